@@ -1,0 +1,56 @@
+# Conveyor: two commands on a fresh machine — `make demo` and `make test`.
+# Everything they need (venv, Python packages, Azurite) is installed here, nothing by hand.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: install demo test lint types unit functional e2e bench up clean
+
+install: $(STAMP) $(NODE_STAMP)
+
+$(STAMP): requirements.txt requirements-local.txt requirements-dev.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check -q --upgrade pip
+	$(PIP) install --disable-pip-version-check -q -c constraints.txt -r requirements-dev.txt
+	$(PIP) install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+demo: install
+	$(VENV)/bin/conveyor demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+functional: install
+	$(PY) -m pytest tests/functional -q
+
+e2e: install
+	$(PY) -m pytest tests/e2e -q
+
+test: install lint types
+	$(PY) -m pytest tests -q
+
+bench: install
+	$(PY) -m bench
+
+up: install
+	$(VENV)/bin/conveyor up
+
+clean:
+	rm -rf .conveyor .pytest_cache .mypy_cache .ruff_cache

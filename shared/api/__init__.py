@@ -1,0 +1,1 @@
+"""Framework-neutral HTTP handlers shared by the Functions blueprints and the local host."""

@@ -1,0 +1,1 @@
+"""JobBackend port and adapters for batch, databricks, azureml, register and deploy steps."""

@@ -1,0 +1,63 @@
+"""The JobBackend port: launch a step's remote work, poll it, cancel it.
+
+Every step kind (batch, databricks, azureml, register, deploy) is served by a backend with
+this one small surface, so the engine treats them alike. ``launch`` must be idempotent on
+``request.key``: a second launch with the same key reattaches to the first job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RemoteState = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    run_id: str
+    flow: str
+    step: str
+    kind: str
+    key: str  # idempotency key run-step-attempt
+    attempt: int
+    params: dict[str, Any]  # rendered (templates resolved) step params
+    traceparent: str = ""
+    trigger: dict[str, Any] = field(default_factory=dict)  # template scope of the trigger (lineage)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier steps: {name: {outputs, remote_id}}
+    model: dict[str, Any] | None = None  # the flow's ModelSpec as a dict (register/deploy)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    remote_id: str
+    url: str | None = None
+    reattached: bool = False  # True when the key already had a job
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    state: RemoteState
+    outputs: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, int] | None = None  # {"done": n, "total": m}
+    error: str | None = None
+    retryable: bool = False  # meaningful when state == "failed"
+
+
+class JobBackend(ABC):
+    """Port for one step kind."""
+
+    kind: str = ""
+
+    @abstractmethod
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        """Start (or reattach to) the job for ``request.key``. Raise shared.errors on failure."""
+
+    @abstractmethod
+    def poll(self, remote_id: str) -> StepStatus:
+        """Current state of a launched job."""
+
+    @abstractmethod
+    def cancel(self, remote_id: str) -> None:
+        """Stop a launched job; a no-op when it has already finished."""

@@ -1,0 +1,1 @@
+"""BlobStore port and its Blob Storage adapter (Azurite locally)."""

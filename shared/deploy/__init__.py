@@ -1,0 +1,1 @@
+"""Deployer port and its adapters: a local scoring endpoint; Azure ML online endpoints."""

@@ -1,0 +1,1 @@
+"""flows.yaml: the model (pydantic), loading with line numbers, templating, schedules."""

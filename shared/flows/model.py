@@ -1,0 +1,275 @@
+"""The flows.yaml model.
+
+A file holds ``flows: {name: Flow}``. A flow has triggers, an ordered list of steps,
+policies and (for flows that train) the model it ships and the metric the gate compares.
+Step ``params`` are templated at launch time from ``${trigger.*}`` and
+``${steps.<name>.outputs.*}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
+EVENT_TYPES = ("git.push", "build.complete", "ms.vss-release.deployment-completed-event")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- triggers
+
+
+class BlobTrigger(_Strict):
+    kind: Literal["blob"] = "blob"
+    container: Annotated[str, Field(pattern=r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")]
+    prefix: str = ""
+    suffix: str = ""
+    ignore_empty: bool = True
+    settle_seconds: Annotated[int, Field(ge=0, le=86400)] = 0
+    manifest: str | None = Field(
+        default=None,
+        description="Blob name (relative to the dropped blob's folder) that must exist before a run starts, e.g. _SUCCESS",
+    )
+
+    def matches(self, container: str, name: str) -> bool:
+        return container == self.container and name.startswith(self.prefix) and name.endswith(self.suffix)
+
+
+class ScheduleTrigger(_Strict):
+    kind: Literal["schedule"] = "schedule"
+    cron: str = Field(description="6-field NCRONTAB as Azure Functions uses: sec min hour day month weekday")
+    timezone: str = "UTC"
+    catch_up: bool = False
+    max_catch_up: Annotated[int, Field(ge=1, le=1000)] = 24
+
+    @field_validator("cron")
+    @classmethod
+    def _six_fields(cls, v: str) -> str:
+        if len(v.split()) != 6:
+            raise ValueError("NCRONTAB needs 6 fields: {second} {minute} {hour} {day} {month} {day-of-week}")
+        from shared.flows.cron import Cron
+
+        Cron.parse(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+
+class AzureDevOpsTrigger(_Strict):
+    kind: Literal["azure_devops"] = "azure_devops"
+    events: list[Literal["git.push", "build.complete", "ms.vss-release.deployment-completed-event"]] = Field(
+        min_length=1
+    )
+    repository: str | None = None
+    branch: str | None = Field(default=None, description="Branch name without refs/heads/, e.g. main")
+    result: str | None = Field(default=None, description="build/deployment result to match, e.g. succeeded")
+
+
+class ManualTrigger(_Strict):
+    kind: Literal["manual"] = "manual"
+
+
+Trigger = Annotated[
+    BlobTrigger | ScheduleTrigger | AzureDevOpsTrigger | ManualTrigger, Field(discriminator="kind")
+]
+
+
+# ---------------------------------------------------------------- steps
+
+
+class Retries(_Strict):
+    count: Annotated[int, Field(ge=0, le=20)] = 0
+    backoff_seconds: Annotated[float, Field(ge=0)] = 5.0
+    multiplier: Annotated[float, Field(ge=1)] = 2.0
+    max_backoff_seconds: Annotated[float, Field(ge=0)] = 300.0
+    on: Literal["retryable", "any"] = Field(
+        default="retryable", description="retry only retryable errors (default) or any failure"
+    )
+
+    def delay(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` (attempt counts from 1)."""
+        return float(min(self.max_backoff_seconds, self.backoff_seconds * self.multiplier ** max(0, attempt - 1)))
+
+
+class Poll(_Strict):
+    initial_seconds: Annotated[float, Field(gt=0)] = 2.0
+    multiplier: Annotated[float, Field(ge=1)] = 1.5
+    max_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    def delay(self, polls_done: int) -> float:
+        return float(min(self.max_seconds, self.initial_seconds * self.multiplier**polls_done))
+
+
+class BatchParams(_Strict):
+    command: str = Field(
+        description="Task command line. {input} {input_name} {output_dir} {task_index} are replaced by "
+        "shell-quoted values; run through /bin/sh -c"
+    )
+    inputs: str | list[str] = Field(
+        description="One task per input: a blob URL, a list of them, or 'container/prefix' to list"
+    )
+    resource_files: list[str] = Field(default_factory=list, description="Blob URLs fetched into every task's directory")
+    output_container: str = "outputs"
+    max_task_retries: Annotated[int, Field(ge=0, le=10)] = 0
+    max_wall_clock_seconds: Annotated[int, Field(gt=0)] | None = None
+    pool: str | None = Field(default=None, description="Azure Batch pool id (azure mode)")
+
+
+class DatabricksParams(_Strict):
+    job_id: int | None = Field(default=None, description="Existing job to run_now (azure mode)")
+    python_file: str | None = Field(
+        default=None, description="Python entry for a one-time run; locally a path relative to the project"
+    )
+    parameters: list[str] = Field(default_factory=list)
+    cluster: dict[str, Any] | None = Field(default=None, description="new_cluster spec for a one-time run")
+
+    @model_validator(mode="after")
+    def _one(self) -> DatabricksParams:
+        if self.job_id is None and not self.python_file:
+            raise ValueError("set job_id (an existing job) or python_file (a one-time run)")
+        return self
+
+
+class AzureMLParams(_Strict):
+    pipeline: str | None = Field(
+        default=None, description="Pipeline YAML (v2 job file; locally a list of step scripts)"
+    )
+    published_pipeline_id: str | None = Field(default=None, description="v1 published pipeline (azureml-core)")
+    experiment: str = "conveyor"
+    inputs: dict[str, str] = Field(default_factory=dict)
+    compute: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AzureMLParams:
+        if not self.pipeline and not self.published_pipeline_id:
+            raise ValueError("set pipeline (a pipeline YAML) or published_pipeline_id (v1)")
+        return self
+
+
+class RegisterParams(_Strict):
+    model_uri: str = Field(description="Where the model is, usually ${steps.<train>.outputs.model_uri}")
+    model_name: str | None = Field(default=None, description="Defaults to the flow's model.name")
+    metrics: dict[str, str | float] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class DeployParams(_Strict):
+    model_name: str | None = None
+    version: str = Field(default="${steps.register.outputs.version}")
+    endpoint: str | None = Field(default=None, description="Endpoint name; defaults to the flow's name")
+
+
+class _StepBase(_Strict):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    retries: Retries = Field(default_factory=Retries)
+    timeout_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    poll: Poll = Field(default_factory=Poll)
+
+
+class BatchStep(_StepBase):
+    kind: Literal["batch"]
+    params: BatchParams
+
+
+class DatabricksStep(_StepBase):
+    kind: Literal["databricks"]
+    params: DatabricksParams
+
+
+class AzureMLStep(_StepBase):
+    kind: Literal["azureml"]
+    params: AzureMLParams
+
+
+class RegisterStep(_StepBase):
+    kind: Literal["register"]
+    params: RegisterParams
+
+
+class DeployStep(_StepBase):
+    kind: Literal["deploy"]
+    params: DeployParams = Field(default_factory=DeployParams)
+
+
+Step = Annotated[
+    BatchStep | DatabricksStep | AzureMLStep | RegisterStep | DeployStep, Field(discriminator="kind")
+]
+STEP_KINDS = ("batch", "databricks", "azureml", "register", "deploy")
+
+
+# ---------------------------------------------------------------- flow
+
+
+class Policies(_Strict):
+    max_concurrent_runs: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None, description="Runs beyond this wait in status 'queued' (never skipped)"
+    )
+
+
+class ModelSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")]
+    metric: str = Field(description="Metric the champion/challenger gate compares, e.g. r2")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    min_improvement: float = Field(default=0.0, ge=0, description="Challenger must beat champion by this much")
+
+
+_TEMPLATE_REF = re.compile(r"\$\{steps\.([A-Za-z0-9_-]+)\.")
+
+
+class Flow(_Strict):
+    description: str = ""
+    triggers: list[Trigger] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1)
+    policies: Policies = Field(default_factory=Policies)
+    model: ModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> Flow:
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if step.name in seen:
+                raise ValueError(f"steps[{i}].name: duplicate step name {step.name!r}")
+            # A step may only reference the outputs of steps before it.
+            refs = _TEMPLATE_REF.findall(step.params.model_dump_json())
+            for ref in refs:
+                if ref not in seen:
+                    raise ValueError(
+                        f"steps[{i}].params: references steps.{ref} which is not an earlier step"
+                    )
+            seen.add(step.name)
+            if step.kind in ("register", "deploy") and self.model is None:
+                p = step.params
+                if getattr(p, "model_name", None) is None:
+                    raise ValueError(f"steps[{i}]: a {step.kind} step needs the flow's model (name, metric)")
+        return self
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def step_index(self, name: str) -> int:
+        for i, s in enumerate(self.steps):
+            if s.name == name:
+                return i
+        raise KeyError(name)
+
+
+class FlowsFile(_Strict):
+    version: Literal[1] = 1
+    flows: dict[Annotated[str, Field(pattern=NAME_RE)], Flow] = Field(min_length=1)

@@ -1,0 +1,1 @@
+"""Ingest: triggers become runs, created once, started once."""

@@ -1,0 +1,1 @@
+"""WorkQueue port and adapters (Service Bus in Azure; Storage Queue on Azurite locally)."""

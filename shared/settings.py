@@ -1,0 +1,149 @@
+"""Every app setting Conveyor reads, in one place.
+
+Names follow Azure Functions conventions (flat env vars; ``__`` for nested connection
+settings). ``local.settings.sample.json`` lists and explains each one; keep them in step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from shared.errors import ValidationError
+
+Mode = Literal["local", "azure"]
+
+# Azurite's published development account (not a secret: it is in Azurite's docs).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+# Port names that can be switched between adapters one by one (CONVEYOR_ADAPTER_<PORT>).
+PORTS = ("queue", "store", "blobs", "batch", "databricks", "azureml", "registry", "deployer", "telemetry")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValidationError(f"must be an integer, got {raw!r}", field=name) from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: Mode = "local"
+    root: Path = field(default_factory=Path.cwd)
+    home: Path = field(default_factory=lambda: Path.cwd() / ".conveyor")
+    flows_file: Path = field(default_factory=lambda: Path.cwd() / "flows.yaml")
+    # storage (queue / table / blob). Locally: Azurite on loopback.
+    storage_connection: str | None = None
+    azurite_host: str = "127.0.0.1"
+    azurite_blob_port: int = 10000
+    azurite_queue_port: int = 10001
+    azurite_table_port: int = 10002
+    queue_name: str = "conveyor-work"
+    runs_table: str = "conveyorruns"
+    max_delivery_count: int = 5
+    # local host
+    host_port: int = 7071
+    scoring_port: int = 5088
+    watch_interval_seconds: float = 1.0
+    batch_max_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    # Azure DevOps service hook authentication
+    devops_username: str | None = None
+    devops_password: str | None = None
+    devops_secret_header: str = "X-Conveyor-Secret"
+    devops_secret: str | None = None
+    # registry / telemetry
+    mlflow_tracking_uri: str | None = None
+    telemetry_exporter: str = "local"  # local | opentelemetry | opencensus
+    appinsights_connection_string: str | None = None
+    sweeper_pending_seconds: int = 300
+    adapters: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        root = Path(env.get("CONVEYOR_ROOT") or Path.cwd()).resolve()
+        home = Path(env.get("CONVEYOR_HOME") or root / ".conveyor").resolve()
+        mode = env.get("CONVEYOR_MODE", "local").strip().lower()
+        if mode not in ("local", "azure"):
+            raise ValidationError(f"must be 'local' or 'azure', got {mode!r}", field="CONVEYOR_MODE")
+        adapters = {}
+        for port in PORTS:
+            value = env.get(f"CONVEYOR_ADAPTER_{port.upper()}")
+            if value:
+                adapters[port] = value.strip().lower()
+        return cls(
+            mode=mode,  # type: ignore[arg-type]
+            root=root,
+            home=home,
+            flows_file=Path(env.get("CONVEYOR_FLOWS_FILE") or root / "flows.yaml"),
+            storage_connection=env.get("CONVEYOR_STORAGE_CONNECTION") or env.get("AzureWebJobsStorage") or None,
+            azurite_host=env.get("CONVEYOR_AZURITE_HOST", "127.0.0.1"),
+            azurite_blob_port=_int(env, "CONVEYOR_AZURITE_BLOB_PORT", 10000),
+            azurite_queue_port=_int(env, "CONVEYOR_AZURITE_QUEUE_PORT", 10001),
+            azurite_table_port=_int(env, "CONVEYOR_AZURITE_TABLE_PORT", 10002),
+            queue_name=env.get("CONVEYOR_QUEUE_NAME", "conveyor-work"),
+            runs_table=env.get("CONVEYOR_RUNS_TABLE", "conveyorruns"),
+            max_delivery_count=_int(env, "CONVEYOR_MAX_DELIVERY_COUNT", 5),
+            host_port=_int(env, "CONVEYOR_HOST_PORT", 7071),
+            scoring_port=_int(env, "CONVEYOR_SCORING_PORT", 5088),
+            watch_interval_seconds=float(env.get("CONVEYOR_WATCH_INTERVAL_SECONDS", "1.0")),
+            batch_max_workers=_int(env, "CONVEYOR_BATCH_MAX_WORKERS", os.cpu_count() or 2),
+            devops_username=env.get("CONVEYOR_DEVOPS_USERNAME") or None,
+            devops_password=env.get("CONVEYOR_DEVOPS_PASSWORD") or None,
+            devops_secret_header=env.get("CONVEYOR_DEVOPS_SECRET_HEADER", "X-Conveyor-Secret"),
+            devops_secret=env.get("CONVEYOR_DEVOPS_SECRET") or None,
+            mlflow_tracking_uri=env.get("CONVEYOR_MLFLOW_TRACKING_URI") or None,
+            telemetry_exporter=env.get("CONVEYOR_TELEMETRY_EXPORTER", "local").strip().lower(),
+            appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
+            sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
+            adapters=adapters,
+            env=env,
+        )
+
+    def adapter(self, port: str) -> str:
+        """Which adapter serves ``port``: the per-port override, else the mode."""
+        return self.adapters.get(port, self.mode)
+
+    @property
+    def connection_string(self) -> str:
+        """Storage connection string; locally the Azurite dev account on our ports."""
+        conn = self.storage_connection
+        if conn and conn.strip() != "UseDevelopmentStorage=true":
+            return conn
+        h = self.azurite_host
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://{h}:{self.azurite_blob_port}/{AZURITE_ACCOUNT};"
+            f"QueueEndpoint=http://{h}:{self.azurite_queue_port}/{AZURITE_ACCOUNT};"
+            f"TableEndpoint=http://{h}:{self.azurite_table_port}/{AZURITE_ACCOUNT};"
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """Settings from the process environment, read once."""
+    global _cached
+    if _cached is None:
+        _cached = Settings.from_env()
+    return _cached
+
+
+def reset_settings() -> None:
+    global _cached
+    _cached = None

@@ -1,0 +1,138 @@
+"""Composition root: builds the adapters the settings ask for, lazily.
+
+Nothing heavy is imported until a port is first used, so a function that only ingests
+never loads the Batch, Databricks or Azure ML SDKs. Tests build ``Services`` with their own
+adapters through the keyword overrides.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import ValidationError
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from shared.backends.base import JobBackend
+    from shared.blobs.base import BlobStore
+    from shared.deploy.base import Deployer
+    from shared.flows.model import FlowsFile
+    from shared.queue.base import WorkQueue
+    from shared.registry.base import ModelRegistry
+    from shared.store.base import RunStore
+    from shared.telemetry.base import Telemetry
+
+
+class Services:
+    """The ports, each built on first use from settings unless handed in."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings or get_settings()
+        for name, value in overrides.items():
+            if name == "backends":
+                self._backends = dict(value)
+            else:
+                self.__dict__[name] = value  # pre-fills a cached_property
+        self.__dict__.setdefault("_backends", {})
+
+    def _unsupported(self, port: str) -> ValidationError:
+        return ValidationError(
+            f"no {self.settings.adapter(port)!r} adapter for {port}", field=f"CONVEYOR_ADAPTER_{port.upper()}"
+        )
+
+    @cached_property
+    def flows(self) -> FlowsFile:
+        from shared.flows.loader import load_flows
+
+        return load_flows(self.settings.flows_file)
+
+    @cached_property
+    def queue(self) -> WorkQueue:
+        if self.settings.adapter("queue") == "local":
+            from shared.queue.storage_queue import StorageQueueWorkQueue
+
+            return StorageQueueWorkQueue.from_settings(self.settings)
+        raise self._unsupported("queue")
+
+    @cached_property
+    def store(self) -> RunStore:
+        from shared.store.table import TableRunStore
+
+        return TableRunStore.from_settings(self.settings)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        from shared.blobs.storage import AzureBlobStore
+
+        return AzureBlobStore.from_settings(self.settings)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        if self.settings.adapter("registry") == "local":
+            from shared.registry.mlflow_registry import MlflowRegistry
+
+            return MlflowRegistry.from_settings(self.settings)
+        raise self._unsupported("registry")
+
+    @cached_property
+    def deployer(self) -> Deployer:
+        if self.settings.adapter("deployer") == "local":
+            from shared.deploy.local_endpoint import LocalScoringDeployer
+
+            return LocalScoringDeployer.from_settings(self.settings)
+        raise self._unsupported("deployer")
+
+    @cached_property
+    def telemetry(self) -> Telemetry:
+        from shared.telemetry.factory import build_telemetry
+
+        return build_telemetry(self.settings)
+
+    def backend(self, kind: str) -> JobBackend:
+        """The JobBackend serving a step kind, built on first use."""
+        if kind not in self._backends:
+            self._backends[kind] = self._build_backend(kind)
+        return self._backends[kind]
+
+    def _build_backend(self, kind: str) -> JobBackend:
+        s = self.settings
+        if kind == "register":
+            from shared.backends.register import RegisterBackend
+
+            return RegisterBackend(self.registry)
+        if kind == "deploy":
+            from shared.backends.deploy import DeployBackend
+
+            return DeployBackend(self.registry, self.deployer)
+        adapter = s.adapter(kind)
+        if adapter == "local":
+            if kind == "batch":
+                from shared.backends.local_batch import LocalBatchBackend
+
+                return LocalBatchBackend.from_settings(s, self.blobs)
+            if kind == "databricks":
+                from shared.backends.local_databricks import LocalDatabricksBackend
+
+                return LocalDatabricksBackend.from_settings(s)
+            if kind == "azureml":
+                from shared.backends.local_azureml import LocalAzureMLBackend
+
+                return LocalAzureMLBackend.from_settings(s, self.blobs)
+        raise self._unsupported(kind)
+
+
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    """Process-wide services (one per Functions worker / local host)."""
+    global _services
+    if _services is None:
+        _services = Services()
+    return _services
+
+
+def set_services(services: Services | None) -> None:
+    global _services
+    _services = services

@@ -1,0 +1,177 @@
+"""In-memory test doubles of the ports, for unit tests (no network, no processes).
+
+They honour the ports' contracts (create-once, ETag concurrency, scheduled delivery,
+idempotent launch) so that unit tests exercise the same rules the real adapters enforce.
+The real adapters are tested against Azurite in tests/functional.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.engine.model import Message, Run, RunStatus
+from shared.errors import ConcurrencyError, NotFoundError
+from shared.queue.base import Received, WorkQueue
+from shared.store.base import RunStore
+
+
+class MemoryRunStore(RunStore):
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[str, str]] = {}  # run_id -> (etag, json)
+        self.creates = 0
+        self.saves = 0
+
+    def create_if_absent(self, run: Run) -> bool:
+        if run.run_id in self.rows:
+            return False
+        etag = uuid.uuid4().hex
+        self.rows[run.run_id] = (etag, run.model_dump_json())
+        run.etag = etag
+        self.creates += 1
+        return True
+
+    def get(self, run_id: str) -> Run:
+        if run_id not in self.rows:
+            raise NotFoundError(f"run {run_id} not found")
+        etag, doc = self.rows[run_id]
+        run = Run.model_validate_json(doc)
+        run.etag = etag
+        return run
+
+    def save(self, run: Run) -> Run:
+        current = self.rows.get(run.run_id)
+        if current is None:
+            raise NotFoundError(f"run {run.run_id} not found")
+        if run.etag != current[0]:
+            raise ConcurrencyError(f"run {run.run_id} changed since it was read")
+        etag = uuid.uuid4().hex
+        saved = run.model_copy(update={"version": run.version + 1})
+        self.rows[run.run_id] = (etag, saved.model_dump_json())
+        saved.etag = etag
+        self.saves += 1
+        return saved
+
+    def list(
+        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+    ) -> list[Run]:
+        wanted = set(statuses) if statuses is not None else None
+        runs = [self.get(rid) for rid in self.rows]
+        runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]
+        runs.sort(key=lambda r: r.created_at, reverse=True)
+        return runs[:limit]
+
+
+@dataclass
+class _Queued:
+    message: Message
+    visible_at: float
+    dequeues: int = 0
+    seq: int = 0
+
+
+class MemoryQueue(WorkQueue):
+    """A queue with a manual clock: ``advance(seconds)`` makes scheduled messages visible."""
+
+    def __init__(self, max_delivery_count: int = 5) -> None:
+        self.now = 0.0
+        self.items: list[_Queued] = []
+        self.sent: list[tuple[Message, float]] = []
+        self.dead: list[tuple[Message, str, str]] = []
+        self.max_delivery_count = max_delivery_count
+        self._seq = itertools.count()
+
+    def send(self, message: Message, delay_seconds: float = 0.0) -> None:
+        message = message.with_id()
+        self.sent.append((message, delay_seconds))
+        self.items.append(_Queued(message, self.now + max(0.0, delay_seconds), seq=next(self._seq)))
+
+    def receive(self, max_messages: int = 16, visibility_timeout: float = 60.0) -> list[Received]:
+        visible = sorted((q for q in self.items if q.visible_at <= self.now), key=lambda q: (q.visible_at, q.seq))
+        out = []
+        for q in visible[:max_messages]:
+            q.dequeues += 1
+            q.visible_at = self.now + visibility_timeout
+            out.append(Received(q.message, q.dequeues, q))
+        return out
+
+    def complete(self, received: Received) -> None:
+        if received.handle in self.items:
+            self.items.remove(received.handle)
+
+    def dead_letter(self, received: Received, reason: str, description: str) -> None:
+        self.complete(received)
+        self.dead.append((received.message, reason, description))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def next_visible_in(self) -> float | None:
+        if not self.items:
+            return None
+        return max(0.0, min(q.visible_at for q in self.items) - self.now)
+
+
+@dataclass
+class FakeJob:
+    key: str
+    request: LaunchRequest
+    polls_left: int
+    outcome: StepStatus
+    cancelled: bool = False
+
+
+@dataclass
+class ScriptedBackend(JobBackend):
+    """Runs nothing: each launched job finishes after ``polls`` polls with a scripted outcome.
+
+    ``outcomes`` maps (step, attempt) to a StepStatus; default is success with
+    ``{"value": f"{step}-{attempt}"}`` as outputs. Counts launches per key.
+    """
+
+    kind: str = "scripted"
+    polls: int = 1
+    outcomes: dict[tuple[str, int], StepStatus] = field(default_factory=dict)
+    launch_errors: dict[tuple[str, int], Exception] = field(default_factory=dict)
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    launches: list[str] = field(default_factory=list)  # keys, one per *new* job
+
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        err = self.launch_errors.get((request.step, request.attempt))
+        if err is not None:
+            raise err
+        if request.key in self.jobs:
+            return LaunchResult(remote_id=request.key, reattached=True)
+        outcome = self.outcomes.get(
+            (request.step, request.attempt),
+            StepStatus("succeeded", outputs={"value": f"{request.step}-{request.attempt}"}),
+        )
+        self.jobs[request.key] = FakeJob(request.key, request, self.polls, outcome)
+        self.launches.append(request.key)
+        return LaunchResult(remote_id=request.key)
+
+    def poll(self, remote_id: str) -> StepStatus:
+        job = self.jobs[remote_id]
+        if job.cancelled:
+            return StepStatus("cancelled")
+        if job.polls_left > 0:
+            job.polls_left -= 1
+            return StepStatus("running", progress={"done": 0, "total": 1})
+        return job.outcome
+
+    def cancel(self, remote_id: str) -> None:
+        if remote_id in self.jobs:
+            self.jobs[remote_id].cancelled = True
+
+    def launches_per_step(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for key in self.launches:
+            step = self.jobs[key].request.step
+            counts[step] = counts.get(step, 0) + 1
+        return counts
+
+
