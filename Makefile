@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-local.txt requirements-dev.txt constrain
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q --upgrade pip
 	$(PIP) install --disable-pip-version-check -q -c constraints.txt -r requirements-dev.txt
-	$(PIP) install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(PIP) install --disable-pip-version-check -q --no-deps -e .
 	@touch $(STAMP)
 
 $(NODE_STAMP): package.json package-lock.json

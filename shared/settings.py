@@ -18,9 +18,7 @@ Mode = Literal["local", "azure"]
 
 # Azurite's published development account (not a secret: it is in Azurite's docs).
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 # Port names that can be switched between adapters one by one (CONVEYOR_ADAPTER_<PORT>).
 PORTS = ("queue", "store", "blobs", "batch", "databricks", "azureml", "registry", "deployer", "telemetry")
@@ -59,7 +57,7 @@ class Settings:
     # Azure DevOps service hook authentication
     devops_username: str | None = None
     devops_password: str | None = None
-    devops_secret_header: str = "X-Conveyor-Secret"
+    devops_secret_header: str = "X-Conveyor-Secret"  # noqa: S105 - a header name, not a secret
     devops_secret: str | None = None
     # registry / telemetry
     mlflow_tracking_uri: str | None = None

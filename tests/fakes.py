@@ -11,7 +11,6 @@ import itertools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.engine.model import Message, Run, RunStatus
@@ -56,9 +55,7 @@ class MemoryRunStore(RunStore):
         self.saves += 1
         return saved
 
-    def list(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
-    ) -> list[Run]:
+    def list(self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100) -> list[Run]:
         wanted = set(statuses) if statuses is not None else None
         runs = [self.get(rid) for rid in self.rows]
         runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]
@@ -173,5 +170,3 @@ class ScriptedBackend(JobBackend):
             step = self.jobs[key].request.step
             counts[step] = counts.get(step, 0) + 1
         return counts
-
-

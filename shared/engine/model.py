@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     PENDING = "pending"  # created; start message sent (or about to be)
     QUEUED = "queued"  # waiting for a concurrency slot (max_concurrent_runs)
     RUNNING = "running"
@@ -27,7 +27,7 @@ class RunStatus(str, Enum):
         return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
-class StepState(str, Enum):
+class StepState(StrEnum):
     PENDING = "pending"  # not reached yet
     LAUNCHING = "launching"  # idempotency key recorded; launch in flight
     RUNNING = "running"  # launched; polled by ticks

@@ -26,14 +26,14 @@ class _Strict(BaseModel):
 
 class BlobTrigger(_Strict):
     kind: Literal["blob"] = "blob"
-    container: Annotated[str, Field(pattern=r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")]
+    container: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")]
     prefix: str = ""
     suffix: str = ""
     ignore_empty: bool = True
     settle_seconds: Annotated[int, Field(ge=0, le=86400)] = 0
     manifest: str | None = Field(
         default=None,
-        description="Blob name (relative to the dropped blob's folder) that must exist before a run starts, e.g. _SUCCESS",
+        description=("Blob name, relative to the dropped blob's folder, whose arrival starts the run, e.g. _SUCCESS"),
     )
 
     def matches(self, container: str, name: str) -> bool:
@@ -83,9 +83,7 @@ class ManualTrigger(_Strict):
     kind: Literal["manual"] = "manual"
 
 
-Trigger = Annotated[
-    BlobTrigger | ScheduleTrigger | AzureDevOpsTrigger | ManualTrigger, Field(discriminator="kind")
-]
+Trigger = Annotated[BlobTrigger | ScheduleTrigger | AzureDevOpsTrigger | ManualTrigger, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------- steps
@@ -205,9 +203,7 @@ class DeployStep(_StepBase):
     params: DeployParams = Field(default_factory=DeployParams)
 
 
-Step = Annotated[
-    BatchStep | DatabricksStep | AzureMLStep | RegisterStep | DeployStep, Field(discriminator="kind")
-]
+Step = Annotated[BatchStep | DatabricksStep | AzureMLStep | RegisterStep | DeployStep, Field(discriminator="kind")]
 STEP_KINDS = ("batch", "databricks", "azureml", "register", "deploy")
 
 
@@ -247,9 +243,7 @@ class Flow(_Strict):
             refs = _TEMPLATE_REF.findall(step.params.model_dump_json())
             for ref in refs:
                 if ref not in seen:
-                    raise ValueError(
-                        f"steps[{i}].params: references steps.{ref} which is not an earlier step"
-                    )
+                    raise ValueError(f"steps[{i}].params: references steps.{ref} which is not an earlier step")
             seen.add(step.name)
             if step.kind in ("register", "deploy") and self.model is None:
                 p = step.params

@@ -34,8 +34,13 @@ class Telemetry(ABC):
         """A timed operation inside the run's trace. Exceptions mark it failed and propagate."""
         from shared.telemetry.trace import child
 
-        sp = Span(name=name, traceparent=child(traceparent), parent=traceparent, run_id=run_id,
-                  attributes=dict(attributes or {}))
+        sp = Span(
+            name=name,
+            traceparent=child(traceparent),
+            parent=traceparent,
+            run_id=run_id,
+            attributes=dict(attributes or {}),
+        )
         self._start(sp)
         try:
             yield sp
