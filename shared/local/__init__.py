@@ -1,0 +1,1 @@
+"""Local stand-ins for Azure services (Azurite) used by `conveyor up`, the demo and tests."""

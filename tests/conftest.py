@@ -1,0 +1,78 @@
+"""Shared fixtures.
+
+``azurite_settings`` (session): ONE Azurite on free ports with its data in a temp dir,
+as ``Settings`` pointing at it (nothing read from the process environment).
+``storage_settings`` (function): the same Azurite, but a unique queue name, runs table and
+home directory per test, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.local.azurite import Azurite, free_port
+from shared.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def unique_suffix() -> str:
+    """8 lowercase hex chars: valid in queue names, table names and containers."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def azurite_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("conveyor-home")
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    blob_port, queue_port, table_port = sorted(ports)
+    azurite = Azurite(
+        home / "azurite",
+        blob_port=blob_port,
+        queue_port=queue_port,
+        table_port=table_port,
+        root=REPO_ROOT,
+    )
+    azurite.start(timeout=60)
+    try:
+        yield Settings(
+            mode="local",
+            root=REPO_ROOT,
+            home=home,
+            flows_file=REPO_ROOT / "flows.yaml",
+            storage_connection=None,
+            azurite_host=azurite.host,
+            azurite_blob_port=blob_port,
+            azurite_queue_port=queue_port,
+            azurite_table_port=table_port,
+            batch_max_workers=2,
+            env={},
+        )
+    finally:
+        azurite.stop()
+
+
+@pytest.fixture
+def storage_settings(azurite_settings: Settings, tmp_path: Path) -> Settings:
+    suffix = unique_suffix()
+    return azurite_settings.with_overrides(
+        home=tmp_path,
+        queue_name=f"conveyor-work-{suffix}",
+        runs_table=f"conveyorruns{suffix}",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by folder so `-m "not functional"` works without per-file markers."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "functional" in parts:
+            item.add_marker(pytest.mark.functional)
+        elif "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
