@@ -9,6 +9,7 @@ Step ``params`` are templated at launch time from ``${trigger.*}`` and
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -223,7 +224,52 @@ class ModelSpec(_Strict):
     min_improvement: float = Field(default=0.0, ge=0, description="Challenger must beat champion by this much")
 
 
-_TEMPLATE_REF = re.compile(r"\$\{steps\.([A-Za-z0-9_-]+)\.")
+_TEMPLATE_REF = re.compile(r"\$\{steps\.([A-Za-z0-9_-]+)\.")  # kept for importers; see step_problems
+
+
+def step_problems(steps: Sequence[Any], *, has_model: bool) -> list[str]:
+    """Cross-step problems of a flow's steps, given as plain dicts (name, kind, params).
+
+    One message per problem, prefixed with its path inside the flow (``steps[2].params.command:
+    ...``). Shared by :class:`Flow`'s validator and the loader, which also runs it on the raw
+    YAML so these are reported even when other fields of the flow are invalid. Entries that
+    are not dicts are skipped (the field validation reports them).
+    """
+    from shared.flows.template import SCOPE_ROOTS, TemplateError, references_by_field
+
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, step in enumerate(steps):
+        if not isinstance(step, Mapping):
+            continue
+        name, kind, params = step.get("name"), step.get("kind"), step.get("params")
+        if isinstance(name, str) and name in seen:
+            problems.append(f"steps[{i}].name: duplicate step name {name!r}")
+        base = f"steps[{i}].params"
+        try:
+            by_field = references_by_field(params, base) if isinstance(params, (Mapping, list)) else {}
+        except TemplateError as exc:
+            problems.append(f"{exc.field}: {exc.message}")
+            by_field = {}
+        for field, refs in sorted(by_field.items()):
+            for ref in sorted(refs):
+                root, _, rest = ref.partition(".")
+                if root not in SCOPE_ROOTS:
+                    problems.append(
+                        f"{field}: unknown reference ${{{ref}}}: references start with {', '.join(SCOPE_ROOTS)}"
+                    )
+                elif root == "steps" and rest.split(".")[0] not in seen:
+                    target = rest.split(".")[0]
+                    hint = ""
+                    if kind == "deploy" and field == f"{base}.version":
+                        hint = " (a deploy step's version defaults to ${steps.register.outputs.version})"
+                    problems.append(f"{field}: references steps.{target} which is not an earlier step{hint}")
+        if isinstance(name, str):
+            seen.add(name)
+        model_name = params.get("model_name") if isinstance(params, Mapping) else None
+        if kind in ("register", "deploy") and not has_model and model_name is None:
+            problems.append(f"steps[{i}]: a {kind} step needs the flow's model (name, metric) or params.model_name")
+    return problems
 
 
 class Flow(_Strict):
@@ -235,20 +281,11 @@ class Flow(_Strict):
 
     @model_validator(mode="after")
     def _check_steps(self) -> Flow:
-        seen: set[str] = set()
-        for i, step in enumerate(self.steps):
-            if step.name in seen:
-                raise ValueError(f"steps[{i}].name: duplicate step name {step.name!r}")
-            # A step may only reference the outputs of steps before it.
-            refs = _TEMPLATE_REF.findall(step.params.model_dump_json())
-            for ref in refs:
-                if ref not in seen:
-                    raise ValueError(f"steps[{i}].params: references steps.{ref} which is not an earlier step")
-            seen.add(step.name)
-            if step.kind in ("register", "deploy") and self.model is None:
-                p = step.params
-                if getattr(p, "model_name", None) is None:
-                    raise ValueError(f"steps[{i}]: a {step.kind} step needs the flow's model (name, metric)")
+        # Every problem is reported, one per line (see step_problems).
+        raw = [{"name": s.name, "kind": s.kind, "params": s.params.model_dump(mode="json")} for s in self.steps]
+        problems = step_problems(raw, has_model=self.model is not None)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def step(self, name: str) -> Step:

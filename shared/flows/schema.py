@@ -1,0 +1,33 @@
+"""JSON schema of flows.yaml, for editor completion and validation.
+
+Point an editor at it, e.g. with the YAML language server's modeline at the top of the file::
+
+    # yaml-language-server: $schema=./flows.schema.json
+
+``conveyor`` can write it with ``json.dumps(json_schema(), indent=2)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.flows.model import FlowsFile
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema (draft 2020-12) of a flows.yaml file."""
+    schema = FlowsFile.model_json_schema(mode="validation")
+    out: dict[str, Any] = {
+        "$schema": SCHEMA_DIALECT,
+        "$id": "https://conveyor.local/flows.schema.json",
+        "title": "Conveyor flows.yaml",
+        "description": (
+            "Flows: triggers (blob, schedule, azure_devops, manual) start runs of ordered steps "
+            "(batch, databricks, azureml, register, deploy). Step params may use ${trigger.*}, "
+            "${steps.<earlier step>.outputs.*}, ${run.*} and ${flow.*}."
+        ),
+    }
+    out.update({k: v for k, v in schema.items() if k not in ("title", "description")})
+    return out
