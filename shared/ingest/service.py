@@ -1,0 +1,483 @@
+"""Trigger -> run id -> run created once -> start message sent once.
+
+Every trigger handler (Event Grid, timer, Azure DevOps hook, manual HTTP/CLI) comes through
+:class:`IngestService`. Each turns its input into a :class:`TriggerContext` and a
+deterministic run id:
+
+=============  ================================================================
+blob           ``run_id_for(flow, blob url, eTag)``: one run per blob *version*,
+               however often Event Grid delivers the event
+schedule       ``run_id_for(flow, "schedule", fire time ISO UTC)``: one run per fire,
+               however often (or late) the timer calls
+Azure DevOps   ``run_id_for(flow, "devops", notification id)``: retried hooks collapse
+manual         ``run_id_for(flow, "manual", idempotency key)`` or a fresh uuid
+=============  ================================================================
+
+``RunStore.create_many`` decides who created what; only creators send ``start`` (message id
+= run id, so Service Bus duplicate detection also collapses resends). Everything is
+validated before the first create or send: invalid input enqueues nothing. A crash between
+create and send leaves the run ``pending``; :func:`shared.ingest.sweeper.sweep_pending`
+re-sends it.
+
+Blob trigger options:
+
+* ``prefix`` / ``suffix`` filter names; ``ignore_empty`` ignores zero-length blobs (the result
+  says so; manifest blobs such as an empty ``_SUCCESS`` are exempt).
+* ``manifest: _SUCCESS``: data blobs of a folder are ignored ("waiting for manifest"); the
+  manifest's own event starts one run for its folder. ``trigger.blob`` then describes the
+  manifest (url, etag...) plus ``folder`` (the folder's name prefix, ending in ``/`` unless
+  it is the container root), ``folder_url`` and ``manifest``. Re-writing the manifest (new
+  eTag) starts a new run for the folder.
+* ``settle_seconds``: the start message is sent with that delay, so a run begins only after
+  the drop has had time to settle (e.g. several blobs written one after the other). The run
+  exists at once (status ``pending``); the sweeper leaves it alone until the settle time has
+  passed (``trigger.blob.settle_seconds``).
+
+Schedules (``fire_schedules(now)``): the due fire is ``cron.last_at_or_before(now, tz)``.
+Without ``catch_up`` only that fire runs; when the fire before it has no run (the host was
+down, or the flow is new) the miss is *recorded* -- a ``schedule.missed`` telemetry event
+and an ``ignored`` result -- never silently dropped. With ``catch_up`` the service walks back
+from the due fire and also starts every earlier fire without a run, up to ``max_catch_up``
+of them, stopping at the first fire that already has one. A flow newly deployed with
+``catch_up`` therefore back-fills up to ``max_catch_up`` fires once. All of it is idempotent
+by run id: double and late timer calls start each fire exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.clock import utcnow
+from shared.engine.model import Message, Run, RunStatus, StepRun, TriggerContext, run_id_for
+from shared.errors import ConflictError, NotFoundError, ValidationError
+from shared.flows.model import AzureDevOpsTrigger, BlobTrigger, Flow, FlowsFile, ManualTrigger, ScheduleTrigger
+from shared.ingest.devops import DevOpsEvent, authenticate, parse_devops
+from shared.ingest.eventgrid import BlobEvent, parse_delivery, parse_events
+from shared.telemetry.trace import new_traceparent
+
+if TYPE_CHECKING:
+    from shared.blobs.base import BlobStore
+    from shared.queue.base import WorkQueue
+    from shared.settings import Settings
+    from shared.store.base import RunStore
+    from shared.telemetry.base import Telemetry
+
+log = logging.getLogger("conveyor.ingest")
+
+MAX_PARAMS_BYTES = 32 * 1024  # manual params travel on the run row (Table properties cap at 64 KiB)
+MAX_KEY_CHARS = 200
+
+
+@dataclass
+class IngestResult:
+    flow: str
+    run_id: str
+    created: bool
+    status: str  # "created" | "duplicate" | "ignored"
+    reason: str = ""
+
+
+@dataclass
+class EventGridOutcome:
+    """An Event Grid delivery's answer: the validation handshake, or the runs it started."""
+
+    validation_code: str | None = None
+    validation_url: str | None = None
+    results: list[IngestResult] = field(default_factory=list)
+    ignored: int = 0  # events of other types in the delivery
+
+    @property
+    def validation(self) -> dict[str, str] | None:
+        """``{"validationResponse": code}`` for a SubscriptionValidation delivery, else None."""
+        return None if self.validation_code is None else {"validationResponse": self.validation_code}
+
+
+@dataclass
+class _Plan:
+    """One run to create (or one ignored trigger) before anything is written."""
+
+    flow: str
+    run: Run | None
+    delay: float = 0.0
+    status: str = ""  # set for ignored plans
+    reason: str = ""
+
+
+def fire_time_text(when: datetime) -> str:
+    """A fire time as the ISO UTC text the run id and ``trigger.schedule.fire_time`` use."""
+    return when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _etag_key(etag: str) -> str:
+    """ETags arrive quoted (``"0x8D..."``) or not, depending on the producer; one run either way."""
+    e = etag.strip()
+    if e.startswith("W/"):
+        e = e[2:]
+    return e.strip('"')
+
+
+class IngestService:
+    def __init__(
+        self,
+        store: RunStore,
+        queue: WorkQueue,
+        flows: FlowsFile,
+        settings: Settings | None = None,
+        blobs: BlobStore | None = None,
+        telemetry: Telemetry | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.flows = flows
+        self.settings = settings
+        self.blobs = blobs
+        self.telemetry = telemetry
+        self.clock = clock
+
+    @classmethod
+    def from_services(cls, services: Any) -> IngestService:
+        """Build from :class:`shared.wiring.Services` (the blob adapter is not built: not needed)."""
+        return cls(
+            services.store,
+            services.queue,
+            services.flows,
+            settings=services.settings,
+            blobs=services.__dict__.get("blobs"),
+            telemetry=services.telemetry,
+        )
+
+    # ------------------------------------------------------------ common
+
+    def new_run(self, flow_name: str, flow: Flow, trigger: TriggerContext, run_id: str) -> Run:
+        now = self.clock()
+        return Run(
+            run_id=run_id,
+            flow=flow_name,
+            status=RunStatus.PENDING,
+            trigger=trigger,
+            steps=[StepRun(name=s.name, kind=s.kind) for s in flow.steps],
+            created_at=now,
+            updated_at=now,
+            traceparent=new_traceparent(),
+        )
+
+    def _emit(self, name: str, *, traceparent: str, run_id: str | None = None, **attributes: Any) -> None:
+        if self.telemetry is None:
+            return
+        try:
+            self.telemetry.event(name, traceparent=traceparent, run_id=run_id, attributes=attributes)
+        except Exception:  # telemetry must never lose a trigger
+            log.exception("telemetry event %s failed", name)
+
+    def _submit(self, plans: list[_Plan]) -> list[IngestResult]:
+        """Create every planned run (once), then send ``start`` for the ones this call created."""
+        results: list[IngestResult | None] = [None] * len(plans)
+        to_create: list[tuple[int, _Plan]] = []
+        seen: dict[str, int] = {}
+        for i, p in enumerate(plans):
+            if p.run is None:
+                results[i] = IngestResult(p.flow, "", False, p.status or "ignored", p.reason)
+            elif p.run.run_id in seen:  # the same unit of work twice in one batch
+                results[i] = IngestResult(p.flow, p.run.run_id, False, "duplicate", "repeated in the same delivery")
+            else:
+                seen[p.run.run_id] = i
+                to_create.append((i, p))
+
+        created_flags = self.store.create_many([p.run for _, p in to_create if p.run is not None]) if to_create else []
+        if len(created_flags) != len(to_create):
+            raise RuntimeError("RunStore.create_many returned a result count different from the runs given")
+
+        send_error: Exception | None = None
+        for (i, p), created in zip(to_create, created_flags, strict=True):
+            run = p.run
+            assert run is not None
+            self._emit(
+                "trigger.received",
+                traceparent=run.traceparent,
+                run_id=run.run_id,
+                flow=p.flow,
+                kind=run.trigger.kind,
+                source=run.trigger.source,
+                created=bool(created),
+            )
+            if not created:
+                results[i] = IngestResult(p.flow, run.run_id, False, "duplicate", "run already exists")
+                continue
+            results[i] = IngestResult(p.flow, run.run_id, True, "created", p.reason)
+            msg = Message(kind="start", run_id=run.run_id, flow=p.flow, traceparent=run.traceparent).with_id()
+            try:
+                self.queue.send(msg, delay_seconds=p.delay)
+            except Exception as exc:  # the run stays pending; the sweeper re-sends it
+                log.warning("start for run %s not sent (sweeper will re-send): %s", run.run_id, exc)
+                send_error = send_error or exc
+                continue
+            self._emit(
+                "run.created",
+                traceparent=run.traceparent,
+                run_id=run.run_id,
+                flow=p.flow,
+                kind=run.trigger.kind,
+                source=run.trigger.source,
+                start_delay_seconds=p.delay,
+            )
+        if send_error is not None:
+            raise send_error
+        return [r for r in results if r is not None]
+
+    def _flow(self, name: str) -> Flow:
+        flow = self.flows.flows.get(name)
+        if flow is None:
+            known = ", ".join(sorted(self.flows.flows)) or "none"
+            raise NotFoundError(f"no flow named {name[:100]!r} (known flows: {known})")
+        return flow
+
+    # ------------------------------------------------------------ blobs
+
+    def _blob_plans(self, ev: BlobEvent, now: datetime) -> list[_Plan]:
+        plans: list[_Plan] = []
+        for flow_name in sorted(self.flows.flows):
+            flow = self.flows.flows[flow_name]
+            for trig in flow.triggers:
+                if not isinstance(trig, BlobTrigger):
+                    continue
+                plan = self._blob_plan(flow_name, flow, trig, ev, now)
+                if plan is not None:
+                    plans.append(plan)
+        return plans
+
+    def _blob_plan(self, flow_name: str, flow: Flow, trig: BlobTrigger, ev: BlobEvent, now: datetime) -> _Plan | None:
+        if ev.container != trig.container or not ev.name.startswith(trig.prefix):
+            return None
+        info = ev.as_trigger()
+        info["settle_seconds"] = trig.settle_seconds
+        if trig.manifest:
+            manifest = trig.manifest.strip("/")
+            is_manifest = ev.name == manifest or ev.name.endswith("/" + manifest)
+            if not is_manifest:
+                if not ev.name.endswith(trig.suffix):
+                    return None
+                return _Plan(flow_name, None, status="ignored", reason=f"waiting for manifest {manifest}")
+            folder = ev.name[: len(ev.name) - len(manifest)]
+            info["manifest"] = manifest
+            info["folder"] = folder
+            info["folder_url"] = self._folder_url(ev, manifest)
+        else:
+            if not ev.name.endswith(trig.suffix):
+                return None
+            if trig.ignore_empty and ev.size == 0:
+                return _Plan(flow_name, None, status="ignored", reason="empty blob (ignore_empty)")
+        trigger = TriggerContext(kind="blob", blob=info, source=ev.url, received_at=now)
+        run = self.new_run(flow_name, flow, trigger, run_id_for(flow_name, ev.url, _etag_key(ev.etag)))
+        return _Plan(flow_name, run, delay=float(trig.settle_seconds))
+
+    @staticmethod
+    def _folder_url(ev: BlobEvent, manifest: str) -> str:
+        """The folder's URL: the manifest's URL without its last ``manifest``-many path segments."""
+        return ev.url.rsplit("/", manifest.count("/") + 1)[0] + "/"
+
+    def ingest_blob_events(self, events: Sequence[BlobEvent | Mapping[str, Any]]) -> list[IngestResult]:
+        """Start every flow whose blob trigger matches each event. See the module docstring.
+
+        ``events`` are :class:`BlobEvent` objects, or raw event objects of either Event Grid
+        schema (validated here first; other event types are skipped).
+        """
+        raw = [e for e in events if not isinstance(e, BlobEvent)]
+        parsed: list[BlobEvent] = [e for e in events if isinstance(e, BlobEvent)]
+        if raw:
+            more, _ignored = parse_events(raw)
+            parsed.extend(more)
+        now = self.clock()
+        plans: list[_Plan] = []
+        for ev in parsed:
+            matched = self._blob_plans(ev, now)
+            if not matched:
+                self._emit("trigger.unmatched", traceparent=new_traceparent(), kind="blob", source=ev.url)
+            plans.extend(matched)
+        return self._submit(plans)
+
+    def ingest_eventgrid(self, body: bytes | str, headers: Mapping[str, str]) -> EventGridOutcome:
+        delivery = parse_delivery(body, headers)
+        if delivery.kind == "validation":
+            return EventGridOutcome(validation_code=delivery.validation_code, validation_url=delivery.validation_url)
+        results = self.ingest_blob_events(delivery.events)
+        return EventGridOutcome(results=results, ignored=delivery.ignored)
+
+    # ------------------------------------------------------------ schedules
+
+    def _schedule_run(
+        self, flow_name: str, flow: Flow, trig: ScheduleTrigger, fire: datetime, now: datetime, caught_up: bool
+    ) -> Run:
+        text = fire_time_text(fire)
+        trigger = TriggerContext(
+            kind="schedule",
+            schedule={"fire_time": text, "timezone": trig.timezone, "cron": trig.cron, "caught_up": caught_up},
+            source=f"schedule {trig.cron} ({trig.timezone}) at {text}",
+            received_at=now,
+        )
+        return self.new_run(flow_name, flow, trigger, run_id_for(flow_name, "schedule", text))
+
+    def _has_run(self, run_id: str) -> bool:
+        try:
+            self.store.get(run_id)
+        except NotFoundError:
+            return False
+        return True
+
+    def fire_schedules(self, now: datetime) -> list[IngestResult]:
+        """Start the due fire of every schedule trigger (and missed ones with catch_up)."""
+        from zoneinfo import ZoneInfo
+
+        from shared.flows.cron import Cron
+
+        if now.tzinfo is None:
+            raise ValidationError("must be timezone-aware", field="now")
+        plans: list[_Plan] = []
+        missed_checks: list[tuple[str, ScheduleTrigger, datetime, str]] = []
+        for flow_name in sorted(self.flows.flows):
+            flow = self.flows.flows[flow_name]
+            for trig in flow.triggers:
+                if not isinstance(trig, ScheduleTrigger):
+                    continue
+                cron = Cron.parse(trig.cron)
+                tz = ZoneInfo(trig.timezone)
+                due = cron.last_at_or_before(now, tz)
+                if due is None:
+                    continue
+                due_run = self._schedule_run(flow_name, flow, trig, due, now, caught_up=False)
+                plans.append(_Plan(flow_name, due_run))
+                if trig.catch_up:
+                    prev: datetime | None = due
+                    for _ in range(trig.max_catch_up):
+                        assert prev is not None
+                        prev = cron.last_at_or_before(prev - timedelta(microseconds=1), tz)
+                        if prev is None:
+                            break
+                        earlier = self._schedule_run(flow_name, flow, trig, prev, now, caught_up=True)
+                        if self._has_run(earlier.run_id):
+                            break
+                        plans.append(_Plan(flow_name, earlier, reason="caught up"))
+                else:
+                    prev = cron.last_at_or_before(due - timedelta(microseconds=1), tz)
+                    if prev is not None:
+                        missed_checks.append((flow_name, trig, prev, due_run.run_id))
+        results = self._submit(plans)
+        created = {r.run_id for r in results if r.created}
+        for flow_name, trig, prev, due_id in missed_checks:
+            # Only when this call created the due fire's run, so a miss is reported once.
+            if due_id not in created:
+                continue
+            text = fire_time_text(prev)
+            missed_id = run_id_for(flow_name, "schedule", text)
+            if self._has_run(missed_id):
+                continue
+            reason = f"missed fire at {text} skipped: catch_up is off (earlier fires may also have been missed)"
+            self._emit(
+                "schedule.missed",
+                traceparent=new_traceparent(),
+                flow=flow_name,
+                fire_time=text,
+                cron=trig.cron,
+                timezone=trig.timezone,
+                reason=reason,
+            )
+            results.append(IngestResult(flow_name, missed_id, False, "ignored", reason))
+        return results
+
+    # ------------------------------------------------------------ Azure DevOps
+
+    @staticmethod
+    def _devops_matches(trig: AzureDevOpsTrigger, ev: DevOpsEvent) -> bool:
+        if ev.event_type not in trig.events:
+            return False
+        if trig.repository is not None and (ev.repository or "").casefold() != trig.repository.casefold():
+            return False
+        if trig.branch is not None and ev.branch != trig.branch.removeprefix("refs/heads/"):
+            return False
+        return not (trig.result is not None and (ev.result or "").casefold() != trig.result.casefold())
+
+    def ingest_devops(self, body: bytes | str, headers: Mapping[str, str]) -> list[IngestResult]:
+        """Authenticate (before reading the body), parse, start every matching flow once per notification."""
+        from shared.settings import get_settings
+
+        authenticate(headers, self.settings or get_settings())
+        ev = parse_devops(body)
+        now = self.clock()
+        plans: list[_Plan] = []
+        for flow_name in sorted(self.flows.flows):
+            flow = self.flows.flows[flow_name]
+            if not any(isinstance(t, AzureDevOpsTrigger) and self._devops_matches(t, ev) for t in flow.triggers):
+                continue
+            trigger = TriggerContext(
+                kind="azure_devops",
+                devops=ev.as_trigger(),
+                source=f"azure devops {ev.event_type} {ev.event_id}",
+                received_at=now,
+            )
+            run_id = run_id_for(flow_name, "devops", ev.event_id)
+            plans.append(_Plan(flow_name, self.new_run(flow_name, flow, trigger, run_id)))
+        if not plans:
+            self._emit(
+                "trigger.unmatched",
+                traceparent=new_traceparent(),
+                kind="azure_devops",
+                source=f"{ev.event_type} {ev.event_id}",
+                repository=ev.repository,
+                branch=ev.branch,
+                result=ev.result,
+            )
+        return self._submit(plans)
+
+    # ------------------------------------------------------------ manual
+
+    def start_manual(
+        self, flow: str, params: Mapping[str, Any] | None = None, idempotency_key: str | None = None
+    ) -> IngestResult:
+        """Start ``flow`` by hand. The same key starts it once; reusing a key with other params is a conflict."""
+        spec = self._flow(flow)
+        if not any(isinstance(t, ManualTrigger) for t in spec.triggers):
+            raise ValidationError(
+                f"flow {flow!r} has no manual trigger; add '- kind: manual' to its triggers in flows.yaml "
+                "to allow starting it by hand",
+                field="flow",
+            )
+        params = dict(params or {})
+        if not all(isinstance(k, str) for k in params):
+            raise ValidationError("keys must be strings", field="params")
+        try:
+            encoded = json.dumps(params, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"must be JSON-serialisable: {exc}", field="params") from exc
+        if len(encoded.encode("utf-8")) > MAX_PARAMS_BYTES:
+            raise ValidationError(f"larger than {MAX_PARAMS_BYTES} bytes as JSON", field="params")
+        if idempotency_key is not None:
+            if (
+                not isinstance(idempotency_key, str)
+                or not 0 < len(idempotency_key) <= MAX_KEY_CHARS
+                or not idempotency_key.isprintable()
+            ):
+                raise ValidationError(f"must be 1-{MAX_KEY_CHARS} printable characters", field="idempotency_key")
+            run_id = run_id_for(flow, "manual", idempotency_key)
+        else:
+            run_id = uuid.uuid4().hex
+        trigger = TriggerContext(
+            kind="manual",
+            params=json.loads(encoded),
+            source=f"manual{' key ' + idempotency_key if idempotency_key else ''}",
+            received_at=self.clock(),
+        )
+        result = self._submit([_Plan(flow, self.new_run(flow, spec, trigger, run_id))])[0]
+        if result.status == "duplicate":
+            existing = self.store.get(run_id)
+            if existing.trigger.params != trigger.params:
+                raise ConflictError(
+                    f"idempotency key already used for run {run_id} of flow {flow!r} with different params",
+                    status=409,
+                )
+        return result
