@@ -40,3 +40,11 @@ class ModelRegistry(ABC):
     @abstractmethod
     def record_decision(self, name: str, version: str, decision: dict[str, str]) -> None:
         """Tag a version with the gate's decision (promoted or rejected, and why)."""
+
+    def find_by_key(self, key: str, name: str | None = None) -> ModelVersion | None:
+        """The version a ``register`` call with idempotency ``key`` made, or None.
+
+        Lets the register step answer ``poll(key)`` after a restart. Adapters that cannot
+        search by tag may keep the default (None: "not registered").
+        """
+        return None
