@@ -1,0 +1,363 @@
+"""The HTTP API, framework-neutral: one method per route, HttpRequest in, HttpResponse out.
+
+Azure Functions (functions/webhooks.py) calls the methods one route per function; the local
+host calls :meth:`Api.dispatch`, which matches :data:`ROUTES`. Either way the same code
+validates the input *before* anything is created or enqueued and maps errors the same way
+(:func:`shared.api.http.map_error`).
+
+Routes (all under ``/api``):
+
+====== ============================== =============== ==========================================
+method path                           handler         answer
+====== ============================== =============== ==========================================
+POST   /api/hooks/azure-devops        devops_hook     202 runs created / 200 nothing new; 401
+POST   /api/flows/{flow}/runs         start_run       202 + Location: /api/runs/<id>; 404 flow
+GET    /api/runs                      list_runs       200 ?flow=&status=a,b&limit=
+GET    /api/runs/{run_id}             get_run         200 the run (steps, gate); 404
+POST   /api/runs/{run_id}/cancel      cancel_run      202
+POST   /api/runs/{run_id}/rerun       rerun           202 body {"from_step": "..."} (optional)
+POST   /api/events/blob               eventgrid       Event Grid webhook: handshake or 202
+OPTIONS /api/events/blob              eventgrid       CloudEvents abuse-protection handshake
+====== ============================== =============== ==========================================
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote
+
+from shared.api.http import (
+    HttpRequest,
+    HttpResponse,
+    error_response,
+    json_response,
+    map_error,
+)
+from shared.errors import NotFoundError, ValidationError
+
+if TYPE_CHECKING:
+    from shared.engine.model import Run
+    from shared.ingest.service import IngestResult
+    from shared.wiring import Services
+
+log = logging.getLogger("conveyor.api")
+
+ROUTE_PREFIX = "/api"
+FLOW_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # shared.flows.model.NAME_RE
+STEP_RE = FLOW_RE
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")  # visible ASCII, no spaces
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 50
+
+
+class Route(NamedTuple):
+    method: str
+    pattern: str  # full path with the /api prefix, {name} for a path segment
+    handler: str  # Api method name
+
+    @property
+    def function_route(self) -> str:
+        """The route as Azure Functions declares it (relative to host.json routePrefix "api")."""
+        return self.pattern.removeprefix(ROUTE_PREFIX + "/")
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/api/hooks/azure-devops", "devops_hook"),
+    Route("POST", "/api/flows/{flow}/runs", "start_run"),
+    Route("GET", "/api/runs", "list_runs"),
+    Route("GET", "/api/runs/{run_id}", "get_run"),
+    Route("POST", "/api/runs/{run_id}/cancel", "cancel_run"),
+    Route("POST", "/api/runs/{run_id}/rerun", "rerun"),
+    Route("POST", "/api/events/blob", "eventgrid"),
+    Route("OPTIONS", "/api/events/blob", "eventgrid"),
+]
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    out = []
+    for part in re.split(r"(\{[a-z_]+\})", pattern):
+        if part.startswith("{") and part.endswith("}"):
+            out.append(f"(?P<{part[1:-1]}>[^/]+)")
+        else:
+            out.append(re.escape(part))
+    return re.compile("^" + "".join(out) + "$", re.IGNORECASE)
+
+
+_COMPILED = [(route, _compile(route.pattern)) for route in ROUTES]
+
+Handler = Callable[["Api", HttpRequest], HttpResponse]
+
+
+def _guarded(fn: Handler) -> Handler:
+    """Every handler answers: Conveyor errors map to their status, anything else to a bare 500."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Api, req: HttpRequest) -> HttpResponse:
+        try:
+            return fn(self, req)
+        except Exception as exc:
+            resp = map_error(exc)
+            log.info("api: %s %s -> %s", req.method, req.path, resp.status)
+            return resp
+
+    return wrapper
+
+
+def status_url(run_id: str) -> str:
+    return f"{ROUTE_PREFIX}/runs/{run_id}"
+
+
+class Api:
+    """The route handlers. ``services`` defaults to the process-wide ``get_services()``."""
+
+    def __init__(self, services: Services | None = None) -> None:
+        self._services = services
+
+    @property
+    def services(self) -> Services:
+        if self._services is not None:
+            return self._services
+        from shared.wiring import get_services
+
+        return get_services()
+
+    # ------------------------------------------------------------ dispatch
+    def dispatch(self, req: HttpRequest) -> HttpResponse:
+        """Route ``req`` by method and path (``/api/...``) to its handler."""
+        path = req.path.split("?", 1)[0]
+        if len(path) > 1:
+            path = path.rstrip("/")
+        allowed: list[str] = []
+        for route, rx in _COMPILED:
+            m = rx.match(path)
+            if m is None:
+                continue
+            if route.method != req.method:
+                allowed.append(route.method)
+                continue
+            params = {k: unquote(v) for k, v in m.groupdict().items()}
+            handler = getattr(self, route.handler)
+            return handler(replace(req, route_params={**req.route_params, **params}))
+        if allowed:
+            return error_response(
+                405, "method_not_allowed", f"{req.method} not allowed on {path}", headers={"Allow": ", ".join(allowed)}
+            )
+        return error_response(404, "not_found", f"no route for {path}")
+
+    # ------------------------------------------------------------ webhooks
+    @_guarded
+    def devops_hook(self, req: HttpRequest) -> HttpResponse:
+        """Azure DevOps service hook. The service checks credentials before reading the body."""
+        from shared.ingest.service import IngestService
+
+        results = IngestService.from_services(self.services).ingest_devops(req.body, req.headers)
+        runs = [_result_json(r) for r in results]
+        created = sum(1 for r in results if r.created)
+        return json_response(202 if created else 200, {"runs": runs, "created": created})
+
+    @_guarded
+    def eventgrid(self, req: HttpRequest) -> HttpResponse:
+        """Event Grid delivering to an HTTP webhook (Event Grid schema or CloudEvents 1.0)."""
+        from shared.ingest import eventgrid as eg
+
+        if req.method == "OPTIONS":
+            # CloudEvents abuse protection: consent by echoing the origin (WebHook-Allowed-Origin).
+            granted = eg.webhook_validation_response(req.headers)
+            if granted is None:
+                raise ValidationError("missing or malformed header", field="WebHook-Request-Origin")
+            return HttpResponse(status=200, body=b"", headers=dict(granted))
+        from shared.ingest.service import IngestService
+
+        outcome = IngestService.from_services(self.services).ingest_eventgrid(req.body, req.headers)
+        if outcome.validation_code is not None:
+            # Event Grid schema SubscriptionValidation handshake.
+            return json_response(200, {"validationResponse": outcome.validation_code})
+        runs = [_result_json(r) for r in outcome.results]
+        created = sum(1 for r in outcome.results if r.created)
+        return json_response(202, {"runs": runs, "created": created, "ignored": outcome.ignored})
+
+    # ------------------------------------------------------------ runs
+    @_guarded
+    def start_run(self, req: HttpRequest) -> HttpResponse:
+        flow = req.route_params.get("flow", "")
+        if not FLOW_RE.match(flow):
+            raise NotFoundError(f"flow {flow!r} not found")
+        params, key = _start_body(req)
+        from shared.ingest.service import IngestService
+
+        result = IngestService.from_services(self.services).start_manual(flow, params, idempotency_key=key)
+        url = status_url(result.run_id)
+        body = {
+            "run_id": result.run_id,
+            "flow": result.flow,
+            "status": _text(result.status),
+            "created": bool(result.created),
+            "status_url": url,
+        }
+        if result.reason:
+            body["reason"] = result.reason
+        return json_response(202, body, {"Location": url})
+
+    @_guarded
+    def list_runs(self, req: HttpRequest) -> HttpResponse:
+        from shared.engine.model import RunStatus
+
+        flow = req.query.get("flow") or None
+        if flow is not None and not FLOW_RE.match(flow):
+            raise ValidationError(f"not a flow name: {flow!r}", field="flow")
+        statuses: list[RunStatus] | None = None
+        raw_status = req.query.get("status") or ""
+        if raw_status.strip():
+            statuses = []
+            for part in raw_status.split(","):
+                try:
+                    statuses.append(RunStatus(part.strip().lower()))
+                except ValueError:
+                    allowed = ", ".join(s.value for s in RunStatus)
+                    raise ValidationError(
+                        f"unknown status {part.strip()!r}; one of {allowed}", field="status"
+                    ) from None
+        limit = _limit(req.query.get("limit"))
+        runs = self.services.store.list_runs(flow=flow, statuses=statuses, limit=limit)
+        return json_response(200, {"runs": [run_summary(r) for r in runs], "count": len(runs)})
+
+    @_guarded
+    def get_run(self, req: HttpRequest) -> HttpResponse:
+        run = self.services.store.get(_run_id(req))
+        return json_response(200, run_document(run))
+
+    @_guarded
+    def cancel_run(self, req: HttpRequest) -> HttpResponse:
+        run_id = _run_id(req)
+        _object_body(req, allowed=())
+        from shared.engine.control import request_cancel
+
+        s = self.services
+        run = request_cancel(s.store, s.queue, run_id)
+        body = {**_run_ref(run), "cancel_requested": bool(run.cancel_requested)}
+        return json_response(202, body, {"Location": status_url(run.run_id)})
+
+    @_guarded
+    def rerun(self, req: HttpRequest) -> HttpResponse:
+        run_id = _run_id(req)
+        data = _object_body(req, allowed=("from_step",))
+        from_step = data.get("from_step")
+        if from_step is not None and (not isinstance(from_step, str) or not STEP_RE.match(from_step)):
+            raise ValidationError("must be a step name", field="from_step")
+        from shared.engine.control import request_rerun
+
+        s = self.services
+        run = request_rerun(s.store, s.queue, s.flows, run_id, from_step)
+        body = {**_run_ref(run), "from_step": from_step, "reruns": run.reruns}
+        return json_response(202, body, {"Location": status_url(run.run_id)})
+
+
+# ---------------------------------------------------------------- request parsing
+
+
+def _run_id(req: HttpRequest) -> str:
+    run_id = req.route_params.get("run_id", "")
+    if not RUN_ID_RE.match(run_id):
+        # Not a shape any run id has: it cannot exist (and never reaches the store).
+        raise NotFoundError(f"run {run_id[:64]!r} not found")
+    return run_id
+
+
+def _object_body(req: HttpRequest, allowed: tuple[str, ...]) -> dict[str, Any]:
+    data = req.json()
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValidationError("body must be a JSON object", field="body")
+    for name in sorted(data):
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "nothing"
+            raise ValidationError(f"unknown field; expected {expected}", field=name)
+    return data
+
+
+def _start_body(req: HttpRequest) -> tuple[dict[str, Any], str | None]:
+    data = _object_body(req, allowed=("params", "idempotency_key"))
+    params = data.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValidationError("must be a JSON object", field="params")
+    key = data.get("idempotency_key")
+    if key is not None and not isinstance(key, str):
+        raise ValidationError("must be a string", field="idempotency_key")  # the service checks the rest
+    header_key = req.headers.get("Idempotency-Key")
+    if header_key is not None:
+        header_key = header_key.strip()
+        if not IDEMPOTENCY_KEY_RE.match(header_key):
+            raise ValidationError("must be 1-200 visible ASCII characters", field="Idempotency-Key")
+        if key is not None and key != header_key:
+            raise ValidationError("differs from the Idempotency-Key header", field="idempotency_key")
+        key = header_key
+    return params, key
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None or raw.strip() == "":
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"must be an integer, got {raw[:20]!r}", field="limit") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise ValidationError(f"must be between 1 and {MAX_LIMIT}", field="limit")
+    return value
+
+
+# ---------------------------------------------------------------- response shapes
+
+
+def _text(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def _result_json(result: IngestResult) -> dict[str, Any]:
+    out = {
+        "flow": result.flow,
+        "run_id": result.run_id,
+        "created": bool(result.created),
+        "status": _text(result.status),
+        "reason": result.reason or None,
+    }
+    if result.run_id:
+        out["status_url"] = status_url(result.run_id)
+    return out
+
+
+def _run_ref(run: Run) -> dict[str, Any]:
+    return {"run_id": run.run_id, "flow": run.flow, "status": run.status.value, "status_url": status_url(run.run_id)}
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """One line of ``GET /api/runs``."""
+    current = run.current_step()
+    return {
+        **_run_ref(run),
+        "trigger": run.trigger.kind,
+        "source": run.trigger.source,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "current_step": None if run.status.terminal or current is None else current.name,
+        "cancel_requested": run.cancel_requested,
+        "error": run.error,
+    }
+
+
+def run_document(run: Run) -> dict[str, Any]:
+    """``GET /api/runs/{id}``: the whole run (steps, outputs, gate) plus its URL."""
+    doc = run.model_dump(mode="json")
+    doc["status_url"] = status_url(run.run_id)
+    return doc
