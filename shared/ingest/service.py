@@ -34,13 +34,15 @@ Blob trigger options:
   passed (``trigger.blob.settle_seconds``).
 
 Schedules (``fire_schedules(now)``): the due fire is ``cron.last_at_or_before(now, tz)``.
-Without ``catch_up`` only that fire runs; when the fire before it has no run (the host was
-down, or the flow is new) the miss is *recorded* -- a ``schedule.missed`` telemetry event
-and an ``ignored`` result -- never silently dropped. With ``catch_up`` the service walks back
-from the due fire and also starts every earlier fire without a run, up to ``max_catch_up``
-of them, stopping at the first fire that already has one. A flow newly deployed with
-``catch_up`` therefore back-fills up to ``max_catch_up`` fires once. All of it is idempotent
-by run id: double and late timer calls start each fire exactly once.
+Without ``catch_up`` only that fire runs; when the fire before it has no run although the
+flow has earlier scheduled runs (the host was down), the miss is *recorded* -- a
+``schedule.missed`` telemetry event and an ``ignored`` result, once -- never silently
+dropped. With ``catch_up`` the service walks back from the due fire and also starts every
+earlier fire without a run, up to ``max_catch_up`` of them, stopping at the first fire that
+already has one and never going back past the flow's first scheduled run (a newly deployed
+flow does not back-fill history). All of it is idempotent by run id: double and late timer
+calls start each fire exactly once. "Earlier scheduled runs" are looked up among the flow's
+latest runs (``HISTORY_LIMIT``), only when a fire is found missing.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ log = logging.getLogger("conveyor.ingest")
 
 MAX_PARAMS_BYTES = 32 * 1024  # manual params travel on the run row (Table properties cap at 64 KiB)
 MAX_KEY_CHARS = 200
+HISTORY_LIMIT = 200  # runs of a flow looked at to find its first scheduled fire
 
 
 @dataclass
@@ -330,6 +333,17 @@ class IngestService:
             return False
         return True
 
+    def _first_fire(self, flow_name: str, cache: dict[str, str | None]) -> str | None:
+        """The earliest ``fire_time`` among the flow's recent scheduled runs (None: never fired)."""
+        if flow_name not in cache:
+            fires = [
+                str(r.trigger.schedule.get("fire_time", ""))
+                for r in self.store.list_runs(flow=flow_name, limit=HISTORY_LIMIT)
+                if r.trigger.kind == "schedule" and r.trigger.schedule
+            ]
+            cache[flow_name] = min((f for f in fires if f), default=None)
+        return cache[flow_name]
+
     def fire_schedules(self, now: datetime) -> list[IngestResult]:
         """Start the due fire of every schedule trigger (and missed ones with catch_up)."""
         from zoneinfo import ZoneInfo
@@ -339,6 +353,7 @@ class IngestService:
         if now.tzinfo is None:
             raise ValidationError("must be timezone-aware", field="now")
         plans: list[_Plan] = []
+        history: dict[str, str | None] = {}
         missed_checks: list[tuple[str, ScheduleTrigger, datetime, str]] = []
         for flow_name in sorted(self.flows.flows):
             flow = self.flows.flows[flow_name]
@@ -362,6 +377,9 @@ class IngestService:
                         earlier = self._schedule_run(flow_name, flow, trig, prev, now, caught_up=True)
                         if self._has_run(earlier.run_id):
                             break
+                        first = self._first_fire(flow_name, history)
+                        if first is None or first >= fire_time_text(prev):
+                            break  # before the flow's first scheduled run: nothing was missed
                         plans.append(_Plan(flow_name, earlier, reason="caught up"))
                 else:
                     prev = cron.last_at_or_before(due - timedelta(microseconds=1), tz)
@@ -377,6 +395,9 @@ class IngestService:
             missed_id = run_id_for(flow_name, "schedule", text)
             if self._has_run(missed_id):
                 continue
+            first = self._first_fire(flow_name, history)
+            if first is None or first >= text:
+                continue  # the flow had not fired before: nothing was missed
             reason = f"missed fire at {text} skipped: catch_up is off (earlier fires may also have been missed)"
             self._emit(
                 "schedule.missed",
