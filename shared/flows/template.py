@@ -72,7 +72,7 @@ def _keys_hint(node: Any) -> str:
         return f"known: {', '.join(keys)}" if keys else "it is empty"
     if isinstance(node, Sequence) and not isinstance(node, (str, bytes)):
         return f"it is a list of {len(node)} item(s)" if node else "it is an empty list"
-    return f"it is a {type(node).__name__}, not a mapping"
+    return f"it is a value of type {type(node).__name__}, not a mapping"
 
 
 def _lookup(scope: Mapping[str, Any], path: str, field: str) -> Any:
