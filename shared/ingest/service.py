@@ -187,6 +187,7 @@ class IngestService:
         for i, p in enumerate(plans):
             if p.run is None:
                 results[i] = IngestResult(p.flow, "", False, p.status or "ignored", p.reason)
+                self._emit("trigger.ignored", traceparent=new_traceparent(), flow=p.flow, reason=p.reason)
             elif p.run.run_id in seen:  # the same unit of work twice in one batch
                 results[i] = IngestResult(p.flow, p.run.run_id, False, "duplicate", "repeated in the same delivery")
             else:
