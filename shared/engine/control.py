@@ -1,0 +1,98 @@
+"""Cancel and rerun requests (HTTP API, CLI): validate, then hand the work to the executor.
+
+Neither function touches a backend: each checks the request against the run, records it
+where that helps (``cancel_requested``) and sends a message; the executor applies it
+through ``decide`` like any other message. The message carries the run's ``reruns`` count
+in ``tick`` so that a duplicate delivered after a later rerun does nothing.
+"""
+
+from __future__ import annotations
+
+from shared.engine.model import Message, Run, StepState
+from shared.errors import ConcurrencyError, ConflictError, ValidationError
+from shared.flows.model import FlowsFile
+from shared.queue.base import WorkQueue
+from shared.store.base import RunStore
+
+MAX_SAVE_TRIES = 5
+
+
+def request_cancel(store: RunStore, queue: WorkQueue, run_id: str) -> Run:
+    """Ask for a run to be cancelled; returns the run with ``cancel_requested`` set.
+
+    NotFoundError for an unknown run; ConflictError when it has already finished.
+    """
+    for _ in range(MAX_SAVE_TRIES):
+        run = store.get(run_id)
+        if run.status.terminal:
+            raise ConflictError(f"run {run_id} already {run.status.value}; there is nothing to cancel", status=409)
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            try:
+                run = store.save(run)
+            except ConcurrencyError:
+                continue
+        queue.send(
+            Message(
+                kind="cancel",
+                run_id=run.run_id,
+                flow=run.flow,
+                tick=run.reruns,
+                traceparent=run.traceparent,
+                message_id=f"{run.run_id}:cancel:{run.reruns}",
+            )
+        )
+        return run
+    raise ConcurrencyError(f"run {run_id} keeps changing; try the cancel again")
+
+
+def request_rerun(
+    store: RunStore, queue: WorkQueue, flows: FlowsFile, run_id: str, from_step: str | None = None
+) -> Run:
+    """Ask for a finished run to run again from ``from_step`` (default: its first step that did not succeed).
+
+    Steps before ``from_step`` must have succeeded: their outputs are reused. NotFoundError
+    for an unknown run; ConflictError while the run is still pending/queued/running;
+    ValidationError(field="from_step") for a step that is not in the run or cannot be a start.
+    """
+    run = store.get(run_id)
+    if not run.status.terminal:
+        raise ConflictError(
+            f"run {run_id} is {run.status.value}; cancel it or wait for it to finish before a rerun", status=409
+        )
+    flow = flows.flows.get(run.flow)
+    if flow is None:
+        raise ValidationError(f"flow {run.flow!r} is no longer in flows.yaml", field="flow")
+    names = [s.name for s in run.steps]
+    if from_step is None:
+        current = run.current_step()
+        from_step = current.name if current is not None else names[0]
+    if from_step not in names:
+        raise ValidationError(f"unknown step {from_step!r}; the run's steps are: {', '.join(names)}", field="from_step")
+    flow_names = [s.name for s in flow.steps]
+    if from_step not in flow_names:
+        raise ValidationError(
+            f"step {from_step!r} is no longer in flow {run.flow} (steps: {', '.join(flow_names)})", field="from_step"
+        )
+    idx = names.index(from_step)
+    for s in run.steps[:idx]:
+        if s.state is not StepState.SUCCEEDED:
+            raise ValidationError(
+                f"step {s.name!r} before {from_step!r} has not succeeded ({s.state.value}); rerun from {s.name!r}",
+                field="from_step",
+            )
+    queue.send(
+        Message(
+            kind="rerun",
+            run_id=run.run_id,
+            flow=run.flow,
+            from_step=from_step,
+            tick=run.reruns,
+            traceparent=run.traceparent,
+            message_id=f"{run.run_id}:rerun:{run.reruns + 1}",
+        )
+    )
+    return run
+
+
+__all__ = ["request_cancel", "request_rerun"]
