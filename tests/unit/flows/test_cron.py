@@ -148,6 +148,7 @@ def test_last_at_or_before() -> None:
     c = Cron.parse("0 0 6 * * *")
     assert c.last_at_or_before(utc(2024, 5, 2, 6)) == utc(2024, 5, 2, 6)
     assert c.last_at_or_before(utc(2024, 5, 2, 5, 59, 59)) == utc(2024, 5, 1, 6)
+    assert c.last_at_or_before(utc(2024, 5, 2, 6) - timedelta(microseconds=1)) == utc(2024, 5, 1, 6)
     assert c.last_at_or_before(utc(2024, 1, 1, 0)) == utc(2023, 12, 31, 6)
     yearly = Cron.parse("0 0 0 1 Jan *")
     assert yearly.last_at_or_before(utc(2024, 12, 31)) == utc(2024, 1, 1)
