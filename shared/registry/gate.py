@@ -67,7 +67,11 @@ def decide_gate(
     direction: str,
     min_improvement: float = 0.0,
 ) -> GateDecision:
-    """Promote ``candidate`` iff it is strictly better than ``champion`` by ``min_improvement``."""
+    """Promote ``candidate`` iff it is strictly better than ``champion`` by ``min_improvement``.
+
+    Also promoted: the first model (no champion), a candidate when the champion lacks the
+    metric, and the champion itself (a no-op that keeps it deployed, e.g. on a retried deploy).
+    """
     if direction not in ("maximize", "minimize"):
         raise ValidationError(f"must be 'maximize' or 'minimize', got {direction!r}", field="model.direction")
     if min_improvement < 0 or math.isnan(min_improvement):
@@ -86,8 +90,8 @@ def decide_gate(
         )
     if champion.name == candidate.name and champion.version == candidate.version:
         return GateDecision(
-            promote=False,
-            decision="rejected",
+            promote=True,  # promoting the champion again is a no-op that keeps it deployed
+            decision="promoted",
             reason=f"v{candidate.version} is already the champion ({metric}={cand:g})",
             metric=metric,
             direction=direction,

@@ -71,9 +71,10 @@ def test_champion_without_metric_does_not_block_forever() -> None:
     assert d.promote and d.champion_version == "1" and d.champion is None
 
 
-def test_candidate_that_is_already_champion_is_not_promoted_again() -> None:
+def test_candidate_that_is_already_champion_stays_promoted() -> None:
+    # e.g. a retried deploy attempt after the promotion went through: it must still deploy it
     d = decide_gate(mv("1", r2=0.9), mv("1", r2=0.9), "r2", "maximize")
-    assert not d.promote and "already the champion" in d.reason
+    assert d.promote and d.decision == "promoted" and "already the champion" in d.reason
 
 
 def test_bad_direction_and_negative_margin() -> None:

@@ -1,0 +1,113 @@
+"""The ``register`` step: record the trained model in the registry with its lineage.
+
+Registration is quick, so ``launch`` does it synchronously and ``poll`` only reports. The
+remote id is the step's idempotency key; the registry is idempotent on it, and ``poll``
+looks the version up again by key, so both survive a restart or a redelivered message.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeVar
+
+import pydantic
+
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.errors import ValidationError
+from shared.flows.model import RegisterParams
+from shared.registry.base import ModelRegistry, ModelVersion
+
+P = TypeVar("P", bound=pydantic.BaseModel)
+
+_TAG_VALUE_MAX = 5000
+
+
+def parse_params(model: type[P], params: dict[str, Any]) -> P:
+    """Validate rendered step params; the first error names its field as ``params.<path>``."""
+    try:
+        return model.model_validate(params)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        raise ValidationError(first.get("msg", "invalid"), field=f"params.{loc}" if loc else "params") from exc
+
+
+def model_name_for(request: LaunchRequest, explicit: str | None) -> str:
+    name = explicit or (request.model or {}).get("name")
+    if not name:
+        raise ValidationError(
+            "no model name: set params.model_name or the flow's model.name", field="params.model_name"
+        )
+    return str(name)
+
+
+def cast_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in raw.items():
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise ValidationError(f"metric must be a number, got {v!r}", field=f"params.metrics.{k}") from None
+        if math.isnan(value) or math.isinf(value):
+            raise ValidationError(f"metric must be finite, got {v!r}", field=f"params.metrics.{k}")
+        out[str(k)] = value
+    return out
+
+
+def lineage_tags(request: LaunchRequest) -> dict[str, str]:
+    """Where the model came from: run, flow, trace, source blob, commit and the earlier steps' remote ids."""
+    tags: dict[str, str] = {
+        "conveyor.run_id": request.run_id,
+        "conveyor.flow": request.flow,
+        "conveyor.step": request.step,
+        "conveyor.traceparent": request.traceparent,
+    }
+    trigger = request.trigger or {}
+    if trigger.get("kind"):
+        tags["conveyor.trigger"] = str(trigger["kind"])
+    blob = trigger.get("blob") or {}
+    if isinstance(blob, dict):
+        tags["source.blob_url"] = str(blob.get("url") or "")
+        tags["source.blob_etag"] = str(blob.get("etag") or "")
+    devops = trigger.get("devops") or {}
+    if isinstance(devops, dict):
+        tags["source.commit"] = str(devops.get("commit") or "")
+        if devops.get("repository"):
+            tags["source.repository"] = str(devops["repository"])
+    for name, step in (request.steps or {}).items():
+        remote_id = step.get("remote_id") if isinstance(step, dict) else None
+        if remote_id:
+            tags[f"step.{name}.remote_id"] = str(remote_id)
+    return {k: v[:_TAG_VALUE_MAX] for k, v in tags.items() if v}
+
+
+def version_outputs(mv: ModelVersion) -> dict[str, Any]:
+    return {"model_name": mv.name, "version": mv.version, "model_uri": mv.source_uri, "metrics": dict(mv.metrics)}
+
+
+class RegisterBackend(JobBackend):
+    kind = "register"
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._done: dict[str, ModelVersion] = {}
+
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        params = parse_params(RegisterParams, request.params)
+        name = model_name_for(request, params.model_name)
+        metrics = cast_metrics(params.metrics)
+        tags = {**{str(k): str(v) for k, v in params.tags.items()}, **lineage_tags(request)}
+        before = self.registry.find_by_key(request.key, name)
+        mv = before or self.registry.register(name, params.model_uri, metrics, tags, request.key)
+        self._done[request.key] = mv
+        return LaunchResult(remote_id=request.key, reattached=before is not None)
+
+    def poll(self, remote_id: str) -> StepStatus:
+        mv = self._done.get(remote_id) or self.registry.find_by_key(remote_id)
+        if mv is None:
+            return StepStatus("failed", error=f"no model version was registered with key {remote_id}")
+        self._done[remote_id] = mv
+        return StepStatus("succeeded", outputs=version_outputs(mv))
+
+    def cancel(self, remote_id: str) -> None:
+        """Registration finishes inside launch: nothing to stop."""
