@@ -38,6 +38,7 @@ def azurite_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         queue_port=queue_port,
         table_port=table_port,
         root=REPO_ROOT,
+        in_memory=True,  # nothing to keep after the session; no periodic DB dumps slowing Azurite
     )
     azurite.start(timeout=60)
     try:

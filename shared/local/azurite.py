@@ -53,6 +53,7 @@ class Azurite:
         queue_port: int = 10001,
         table_port: int = 10002,
         root: Path | None = None,
+        in_memory: bool = False,
     ) -> None:
         self.location = Path(location)
         self.host = host
@@ -60,6 +61,7 @@ class Azurite:
         self.queue_port = queue_port
         self.table_port = table_port
         self.root = Path(root) if root is not None else _REPO_ROOT
+        self.in_memory = in_memory  # no persistence: faster (no periodic DB dumps), data lost on stop
         self.log_path = self.location / "azurite.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -81,8 +83,8 @@ class Azurite:
             "--loose",
             "--disableProductStyleUrl",
             "--disableTelemetry",
-            "--location",
-            str(self.location),
+            # Azurite refuses --location together with --inMemoryPersistence
+            *(["--inMemoryPersistence"] if self.in_memory else ["--location", str(self.location)]),
             "--blobHost",
             h,
             "--blobPort",

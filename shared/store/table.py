@@ -1,0 +1,437 @@
+"""RunStore on Azure Table Storage (Azurite locally).
+
+Entity layout (table ``settings.runs_table``):
+
+* ``PartitionKey`` = ``"r"`` + the first hex digit of sha256(run id): 16 fixed buckets.
+  A point read needs only the run id; bulk ingest batches up to 100 creates per
+  transaction (transactions must stay in one partition), and in Azure the load spreads over
+  16 partitions instead of one (a single partition targets ~2,000 entities/s).
+* ``RowKey`` = run id.
+* ``flow``, ``status``, ``created_at``/``updated_at`` (ISO 8601 UTC strings, which sort
+  lexicographically), ``version``, and the run JSON in ``doc`` — split across ``doc``,
+  ``doc1``, ``doc2``… when it exceeds one string property (64 KiB of UTF-16).
+
+Concurrency: ``save`` replaces the entity only if its ETag still matches (If-Match).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.azure_errors import map_azure_error
+from shared.engine.model import Run, RunStatus
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.store.base import RunStore
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+SERVICE = "table"
+BUCKETS = "0123456789abcdef"
+# Chars per doc property: 15,000 chars is at most 30,000 UTF-16 units (< 32 Ki units = 64 KiB)
+# even if every char is outside the BMP; ASCII-heavy JSON packs 30,000 chars per property.
+_FAST_CHUNK = 30_000
+_SAFE_CHUNK = 15_000
+_MAX_UNITS = 32_000
+_MAX_DOC_UNITS = 480_000  # ~960 KB of UTF-16: entities are limited to 1 MiB in total
+_TX_SIZE = 100  # operations per entity group transaction (service limit)
+_TX_MAX_UNITS = 1_500_000  # keep a transaction's payload well under the 4 MiB limit
+_TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_MAX_LIST = 1000
+_STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
+_ETAG_LINE = re.compile(r"^ETag:\s*(.+?)\s*$", re.MULTILINE | re.IGNORECASE)
+
+
+def partition_for(run_id: str) -> str:
+    return "r" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[0]
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _units(text: str) -> int:
+    """Length in UTF-16 code units (what the Table service counts)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_doc(doc: str) -> list[str]:
+    """Chunks that each fit one Table string property."""
+    if len(doc) <= _SAFE_CHUNK:
+        return [doc]
+    chunks: list[str] = []
+    i = 0
+    while i < len(doc):
+        chunk = doc[i : i + _FAST_CHUNK]
+        if len(chunk) > _SAFE_CHUNK and _units(chunk) > _MAX_UNITS:
+            chunk = doc[i : i + _SAFE_CHUNK]
+        chunks.append(chunk)
+        i += len(chunk)
+    return chunks
+
+
+def doc_property(index: int) -> str:
+    return "doc" if index == 0 else f"doc{index}"
+
+
+def join_doc(entity: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    i = 0
+    while (part := entity.get(doc_property(i))) is not None:
+        parts.append(part)
+        i += 1
+    return "".join(parts)
+
+
+def check_run_id(run_id: str) -> None:
+    if not run_id or len(run_id) > 512 or _BAD_KEY_CHARS.search(run_id):
+        raise ValidationError(
+            "run id must be 1-512 characters without '/', '\\', '#', '?' or control characters", field="run_id"
+        )
+
+
+class TableRunStore(RunStore):
+    def __init__(self, connection_string: str, table_name: str, client: TableClient | None = None) -> None:
+        if not _TABLE_RE.match(table_name):
+            raise ValidationError(
+                f"table name {table_name!r} must be 3-63 letters/digits starting with a letter",
+                field="CONVEYOR_RUNS_TABLE",
+            )
+        if client is None:
+            from azure.data.tables import TableClient
+
+            client = TableClient.from_connection_string(connection_string, table_name=table_name)
+        self.table_name = table_name
+        self._client = client
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TableRunStore:
+        return cls(settings.connection_string, settings.runs_table)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _ensure_table(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            from azure.core.exceptions import ResourceExistsError
+
+            try:
+                self._client.create_table()
+            except ResourceExistsError:
+                pass
+            except Exception as exc:
+                raise map_azure_error(exc, SERVICE) from exc
+            self._ready = True
+
+    @staticmethod
+    def to_entity(run: Run) -> dict[str, Any]:
+        check_run_id(run.run_id)
+        doc = run.model_dump_json()
+        if len(doc) > _MAX_DOC_UNITS // 2 and _units(doc) > _MAX_DOC_UNITS:
+            raise ValidationError(
+                f"run document is too large for Table Storage ({len(doc)} chars); keep large data in blobs",
+                field="run",
+            )
+        entity: dict[str, Any] = {
+            "PartitionKey": partition_for(run.run_id),
+            "RowKey": run.run_id,
+            "flow": run.flow,
+            "status": run.status.value,
+            "created_at": _iso(run.created_at),
+            "updated_at": _iso(run.updated_at),
+            "version": run.version,
+        }
+        for i, chunk in enumerate(split_doc(doc)):
+            entity[doc_property(i)] = chunk
+        return entity
+
+    @staticmethod
+    def from_entity(entity: Mapping[str, Any], etag: str | None) -> Run:
+        run = Run.model_validate_json(join_doc(entity))
+        run.etag = etag
+        return run
+
+    @staticmethod
+    def _etag_of(metadata: Mapping[str, Any] | None) -> str | None:
+        if not metadata:
+            return None
+        etag = metadata.get("etag")
+        return str(etag) if etag is not None else None
+
+    # -- RunStore ------------------------------------------------------------------------
+
+    def create_if_absent(self, run: Run) -> bool:
+        entity = self.to_entity(run)
+        self._ensure_table()
+        return self._create_one(run, entity)
+
+    def _create_one(self, run: Run, entity: dict[str, Any]) -> bool:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            metadata = self._client.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        run.etag = self._etag_of(metadata)
+        return True
+
+    def get(self, run_id: str) -> Run:
+        check_run_id(run_id)
+        self._ensure_table()
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._client.get_entity(partition_for(run_id), run_id)
+        except ResourceNotFoundError as exc:
+            raise NotFoundError(f"run {run_id} not found", service=SERVICE, status=404) from exc
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        return self.from_entity(entity, self._etag_of(entity.metadata))
+
+    def save(self, run: Run) -> Run:
+        if not run.etag:
+            raise ConcurrencyError(f"run {run.run_id} has no ETag: load it before saving", service=SERVICE)
+        saved = run.model_copy(update={"version": run.version + 1})
+        entity = self.to_entity(saved)
+        self._ensure_table()
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        try:
+            metadata = self._client.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=run.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceNotFoundError as exc:
+            raise NotFoundError(f"run {run.run_id} not found", service=SERVICE, status=404) from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise ConcurrencyError(
+                    f"run {run.run_id} changed since it was read", service=SERVICE, status=412
+                ) from exc
+            raise map_azure_error(exc, SERVICE) from exc
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        saved.etag = self._etag_of(metadata)
+        return saved
+
+    def list_runs(
+        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+    ) -> list[Run]:
+        """Newest first (at most 1000). First scans only keys and ``created_at`` of matching
+        rows, then fetches the documents of those at least as new as the ``limit``-th."""
+        limit = max(0, min(int(limit), _MAX_LIST))
+        wanted = list(dict.fromkeys(RunStatus(s).value for s in statuses)) if statuses is not None else None
+        if limit == 0 or wanted == []:
+            return []
+        self._ensure_table()
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if flow is not None:
+            clauses.append("flow eq @flow")
+            params["flow"] = flow
+        if wanted:
+            ors = []
+            for i, value in enumerate(wanted):
+                params[f"s{i}"] = value
+                ors.append(f"status eq @s{i}")
+            clauses.append("(" + " or ".join(ors) + ")")
+        query = " and ".join(clauses)
+        select = ["PartitionKey", "RowKey", "created_at"]
+        try:
+            if query:
+                rows = self._client.query_entities(query, parameters=params, select=select, results_per_page=1000)
+            else:
+                rows = self._client.list_entities(select=select, results_per_page=1000)
+            keys = [(str(e.get("created_at") or ""), str(e["RowKey"])) for e in rows]
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        if not keys:
+            return []
+        keys.sort(reverse=True)
+        cutoff = keys[min(limit, len(keys)) - 1][0]
+        at_least_as_new = sum(1 for created, _ in keys if created >= cutoff)
+        if at_least_as_new > limit + 100:  # many rows share the cutoff time: read exactly these
+            runs = self._get_many([rk for _, rk in keys[:limit]])
+            # a row may have changed between the scan and the read: re-check the filter
+            return [
+                r
+                for r in runs
+                if r is not None and (flow is None or r.flow == flow) and (wanted is None or r.status.value in wanted)
+            ]
+        # the documents of rows at least as new as the limit-th newest, in one query
+        params["cutoff"] = cutoff
+        query = " and ".join([*clauses, "created_at ge @cutoff"])
+        try:
+            entities = list(self._client.query_entities(query, parameters=params, results_per_page=1000))
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        entities.sort(key=lambda e: (str(e.get("created_at") or ""), str(e["RowKey"])), reverse=True)
+        return [self.from_entity(e, self._etag_of(e.metadata)) for e in entities[:limit]]
+
+    def _get_or_none(self, run_id: str) -> Run | None:
+        try:
+            return self.get(run_id)
+        except NotFoundError:
+            return None
+
+    def _get_many(self, run_ids: list[str]) -> list[Run | None]:
+        if len(run_ids) <= 4:
+            return [self._get_or_none(rid) for rid in run_ids]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(self._get_or_none, run_ids))
+
+    def create_many(self, runs: list[Run]) -> list[bool]:
+        """Bulk create-once: entity group transactions of up to 100 creates per partition,
+        chunks in parallel. A chunk whose transaction fails (an id exists, a duplicate in the
+        input) falls back to one create per entity, so each result still says who created."""
+        if not runs:
+            return []
+        entities = [self.to_entity(r) for r in runs]
+        self._ensure_table()
+        results: list[bool] = [False] * len(runs)
+        by_partition: dict[str, list[int]] = defaultdict(list)
+        for i, entity in enumerate(entities):
+            by_partition[entity["PartitionKey"]].append(i)
+        chunks: list[list[int]] = []
+        for indexes in by_partition.values():
+            chunk: list[int] = []
+            units = 0
+            for i in indexes:
+                size = sum(len(v) for k, v in entities[i].items() if k.startswith("doc"))
+                if chunk and (len(chunk) >= _TX_SIZE or units + size > _TX_MAX_UNITS):
+                    chunks.append(chunk)
+                    chunk, units = [], 0
+                chunk.append(i)
+                units += size
+            if chunk:
+                chunks.append(chunk)
+
+        def run_chunk(chunk: list[int]) -> None:
+            created = self._create_chunk([runs[i] for i in chunk], [entities[i] for i in chunk])
+            for i, ok in zip(chunk, created, strict=True):
+                results[i] = ok
+
+        if len(chunks) == 1:
+            run_chunk(chunks[0])
+        else:
+            with ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
+                list(pool.map(run_chunk, chunks))
+        return results
+
+    def _create_chunk(self, runs: list[Run], entities: list[dict[str, Any]]) -> list[bool]:
+        if len(entities) == 1:
+            return [self._create_one(runs[0], entities[0])]
+        etags = self._submit_creates(entities)
+        if etags is None:  # refused as a whole (an id exists, a duplicate id): one by one
+            return [self._create_one(r, e) for r, e in zip(runs, entities, strict=True)]
+        for run, etag in zip(runs, etags, strict=True):
+            run.etag = etag
+        return [True] * len(runs)
+
+    def _submit_creates(self, entities: list[dict[str, Any]]) -> list[str | None] | None:
+        """One entity group transaction of creates. ETags in order, or None if the service
+        refused the transaction because of one of its entities (409 exists, 400 duplicate/size)."""
+        from azure.core.exceptions import HttpResponseError
+        from azure.data.tables import TableTransactionError
+
+        lean = self._lean_batch_parts()
+        if lean is None:
+            try:
+                replies = self._client.submit_transaction([("create", e) for e in entities])
+            except TableTransactionError:
+                return None
+            except HttpResponseError as exc:
+                if exc.status_code in (400, 413):
+                    return None
+                raise map_azure_error(exc, SERVICE) from exc
+            except Exception as exc:
+                raise map_azure_error(exc, SERVICE) from exc
+            return [self._etag_of(reply) for reply in replies]
+        send_request, base = lean
+        from azure.core.rest import HttpRequest
+
+        batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
+        target = f"POST {base}/{self.table_name} HTTP/1.1\r\n"
+        parts = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n"]
+        for i, entity in enumerate(entities):
+            body = json.dumps(entity, separators=(",", ":"))  # ASCII: length == bytes
+            parts.append(
+                f"--{changeset}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+                f"Content-ID: {i}\r\n\r\n{target}Content-Type: application/json\r\n"
+                "Accept: application/json;odata=minimalmetadata\r\nPrefer: return-no-content\r\n"
+                f"DataServiceVersion: 3.0\r\nContent-Length: {len(body)}\r\n\r\n{body}\r\n"
+            )
+        parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
+        request = HttpRequest(
+            "POST",
+            f"{base}/$batch",
+            headers={
+                "x-ms-version": self._client.api_version,
+                "DataServiceVersion": "3.0",
+                "MaxDataServiceVersion": "3.0;NetFx",
+                "Content-Type": f"multipart/mixed; boundary={batch}",
+                "Accept": "application/json",
+            },
+            content="".join(parts).encode("ascii"),
+        )
+        try:
+            response = send_request(request, stream=True)
+            text = response.read().decode("utf-8", "replace")
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        if response.status_code in (400, 413):
+            return None
+        if response.status_code != 202:
+            raise map_azure_error(HttpResponseError(message=text[:300], response=response), SERVICE)
+        statuses = [int(m) for m in _STATUS_LINE.findall(text)]
+        if statuses and all(200 <= st < 300 for st in statuses) and len(statuses) == len(entities):
+            etags: list[str | None] = [None] * len(entities)
+            for i, chunk in enumerate(_STATUS_LINE.split(text)[2::2]):
+                m = _ETAG_LINE.search(chunk)
+                etags[i] = m.group(1).strip() if m else None
+            return etags
+        failed = [st for st in statuses if not 200 <= st < 300]
+        if failed and failed[0] in (400, 409, 413):
+            return None
+        status = failed[0] if failed else 500
+        raise map_azure_error(
+            HttpResponseError(message=f"transaction failed with {status}: {text[:300]}", response=response),
+            SERVICE,
+        )
+
+    def _lean_batch_parts(self) -> tuple[Any, str] | None:
+        """The SDK pipeline's ``send_request`` and account URL, when the client has them.
+
+        The SDK builds and parses transaction bodies with the ``email`` package, which costs
+        ~8 ms of CPU per entity; a plain-string body and a regex over the reply cut bulk
+        ingest several times over while keeping the SDK's auth, retry and transport.
+        A client without these internals (a test double) uses ``submit_transaction``."""
+        inner = getattr(self._client, "_client", None)
+        send_request = getattr(inner, "send_request", None)
+        host = getattr(self._client, "_primary_hostname", None)
+        scheme = getattr(self._client, "scheme", None)
+        if send_request is None or not isinstance(host, str) or scheme not in ("http", "https"):
+            return None
+        return send_request, f"{scheme}://{host}"
