@@ -1,0 +1,93 @@
+"""Timer triggers for the local host: fire due schedules and sweep stuck pending runs.
+
+In Azure the ``schedules`` blueprint's timer calls ``IngestService.fire_schedules(now)`` and
+the sweeper; locally this thread does the same every few seconds. Both are idempotent (a
+schedule's run id is a hash of flow + fire time), so firing twice starts nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.clock import Clock, utcnow
+
+if TYPE_CHECKING:
+    from shared.wiring import Services
+
+log = logging.getLogger("conveyor.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        interval: float = 2.0,
+        sweep_every: float = 30.0,
+        ingest: Any = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.services = services
+        self.interval = interval
+        self.sweep_every = sweep_every
+        self._ingest = ingest
+        self.clock = clock
+        self._last_sweep: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ingest(self) -> Any:
+        if self._ingest is None:
+            from shared.ingest.service import IngestService
+
+            self._ingest = IngestService.from_services(self.services)
+        return self._ingest
+
+    def fire(self, now: datetime | None = None) -> Any:
+        """Fire every schedule due at ``now``; returns what the ingest service returns."""
+        return self.ingest.fire_schedules(now or self.clock())
+
+    def sweep(self, now: datetime | None = None) -> Any:
+        """Re-send start messages of runs left pending longer than the configured age."""
+        from shared.ingest.sweeper import sweep_pending
+
+        s = self.services
+        return sweep_pending(
+            s.store, s.queue, now or self.clock(), older_than_seconds=s.settings.sweeper_pending_seconds
+        )
+
+    def tick(self, now: datetime | None = None) -> None:
+        now = now or self.clock()
+        try:
+            self.fire(now)
+        except Exception:
+            log.exception("scheduler: firing schedules failed")
+        mono = now.timestamp()
+        if self._last_sweep is None or mono - self._last_sweep >= self.sweep_every:
+            self._last_sweep = mono
+            try:
+                self.sweep(now)
+            except Exception:
+                log.exception("scheduler: sweeping pending runs failed")
+
+    def start(self) -> Scheduler:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="conveyor-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

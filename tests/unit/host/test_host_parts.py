@@ -1,0 +1,461 @@
+"""The local host's parts with in-memory doubles: routes, watcher, workers, scheduler, waiting."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.api.http import HttpRequest, json_response
+from shared.blobs.base import BlobInfo, BlobStore
+from shared.engine.model import Message, Run, RunStatus, StepRun, TriggerContext
+from shared.errors import NotFoundError, TransientError, ValidationError
+from shared.host.runtime import RunWaitTimeout, wait_for_run
+from shared.host.scheduler import Scheduler
+from shared.host.server import HostApp
+from shared.host.watcher import BlobWatcher, watched_containers
+from shared.host.worker import QueueWorkers
+from shared.settings import Settings
+from tests.fakes import MemoryQueue, MemoryRunStore
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- HostApp routes
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.requests: list[HttpRequest] = []
+
+    def dispatch(self, req: HttpRequest) -> Any:
+        self.requests.append(req)
+        return json_response(201, {"path": req.path, "query": req.query})
+
+
+def app_with(sink_calls: list[Any]) -> tuple[HostApp, FakeApi]:
+    api = FakeApi()
+
+    def sink(events: list[dict[str, Any]], headers: Any) -> list[dict[str, Any]]:
+        sink_calls.append(events)
+        return [{"run_id": "r1", "created": True}]
+
+    return HostApp(None, api=api, eventgrid=sink), api
+
+
+EG = "/runtime/webhooks/EventGrid?functionName=blob_created"
+
+
+def test_status_route() -> None:
+    app, _ = app_with([])
+    status, body, _ = app.handle("GET", "/admin/host/status", {}, b"")
+    assert status == 200 and json.loads(body) == {"state": "Running"}
+
+
+def test_api_requests_go_to_dispatch_with_query_and_body() -> None:
+    app, api = app_with([])
+    status, _body, headers = app.handle("POST", "/api/flows/x/runs?a=1", {"X-H": "v"}, b'{"k": 1}')
+    assert status == 201
+    req = api.requests[0]
+    assert (req.method, req.path, req.query, req.body) == ("POST", "/api/flows/x/runs", {"a": "1"}, b'{"k": 1}')
+    assert req.headers["x-h"] == "v"
+    assert headers["Content-Type"].startswith("application/json")
+
+
+def test_unknown_path_is_404_json() -> None:
+    app, _ = app_with([])
+    status, body, _ = app.handle("GET", "/nope", {}, b"")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_eventgrid_subscription_validation_handshake() -> None:
+    calls: list[Any] = []
+    app, _ = app_with(calls)
+    body = json.dumps(
+        [
+            {
+                "id": "1",
+                "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+                "data": {"validationCode": "abc-123"},
+            }
+        ]
+    ).encode()
+    status, out, _ = app.handle("POST", EG, {"aeg-event-type": "SubscriptionValidation"}, body)
+    assert status == 200 and json.loads(out) == {"validationResponse": "abc-123"}
+    assert calls == []
+
+
+def test_eventgrid_notification_goes_to_sink() -> None:
+    calls: list[Any] = []
+    app, _ = app_with(calls)
+    events = [{"id": "e1", "eventType": "Microsoft.Storage.BlobCreated"}]
+    status, out, _ = app.handle("POST", EG, {"Aeg-Event-Type": "Notification"}, json.dumps(events).encode())
+    assert status == 202
+    assert calls == [events]
+    assert json.loads(out)["created"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body", "status"),
+    [
+        ("/runtime/webhooks/EventGrid?functionName=nope", {"aeg-event-type": "Notification"}, b"[{}]", 404),
+        ("/runtime/webhooks/EventGrid", {"aeg-event-type": "Notification"}, b"[{}]", 400),
+        (EG, {}, b"[{}]", 400),
+        (EG, {"aeg-event-type": "Notification"}, b"{not json", 400),
+        (EG, {"aeg-event-type": "Notification"}, b"[]", 400),
+        (EG, {"aeg-event-type": "Notification"}, b"[1, 2]", 400),
+        (EG, {"aeg-event-type": "Bogus"}, b"[{}]", 400),
+        (EG, {"aeg-event-type": "SubscriptionValidation"}, b'[{"data": {}}]', 400),
+    ],
+)
+def test_eventgrid_rejections_never_reach_the_sink(
+    path: str, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    calls: list[Any] = []
+    app, _ = app_with(calls)
+    got, out, _hdrs = app.handle("POST", path, headers, body)
+    assert got == status
+    assert "error" in json.loads(out)
+    assert calls == []
+
+
+def test_sink_errors_map_like_the_api() -> None:
+    def sink(events: Any, headers: Any) -> Any:
+        raise ValidationError("bad url", field="[0].data.url")
+
+    app = HostApp(None, api=FakeApi(), eventgrid=sink)
+    status, out, _ = app.handle("POST", EG, {"aeg-event-type": "Notification"}, b"[{}]")
+    assert status == 400 and json.loads(out)["error"]["field"] == "[0].data.url"
+
+
+def test_functions_sink_rejects_a_malformed_event_before_ingesting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.host import server
+
+    ingested: list[Any] = []
+
+    class FakeIngest:
+        @classmethod
+        def from_services(cls, services: Any) -> FakeIngest:
+            return cls()
+
+        def ingest_blob_events(self, events: list[Any]) -> list[Any]:
+            ingested.append(events)
+            return []
+
+    monkeypatch.setattr("shared.ingest.service.IngestService", FakeIngest)
+    sink = server.functions_blob_created(object())  # type: ignore[arg-type]
+    good = {
+        "id": "e1",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": "/blobServices/default/containers/landing/blobs/a.csv",
+        "eventTime": "2024-05-01T12:00:00Z",
+        "topic": "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+        "data": {
+            "url": "http://127.0.0.1:10000/devstoreaccount1/landing/a.csv",
+            "eTag": "0x1",
+            "contentLength": 3,
+            "api": "PutBlob",
+            "blobType": "BlockBlob",
+        },
+    }
+    bad = {**good, "data": {"eTag": "0x1"}}
+    with pytest.raises(ValidationError) as err:
+        sink([good, bad], {})
+    assert (err.value.field or "").startswith("[1]")
+    assert ingested == []
+    sink([good, {**good, "eventType": "Microsoft.Storage.BlobDeleted"}], {})
+    assert len(ingested) == 1 and len(ingested[0]) == 1
+
+
+# ---------------------------------------------------------------- watcher
+
+
+class MemoryBlobs(BlobStore):
+    def __init__(self) -> None:
+        self.blobs: dict[tuple[str, str], BlobInfo] = {}
+        self.n = 0
+
+    def put(self, container: str, name: str) -> BlobInfo:
+        self.n += 1
+        info = BlobInfo(
+            container,
+            name,
+            f"http://127.0.0.1:1/devstoreaccount1/{container}/{name}",
+            f"0x{self.n:X}",
+            10,
+            T0 + timedelta(seconds=self.n),
+        )
+        self.blobs[(container, name)] = info
+        return info
+
+    def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        if container == "missing":
+            raise NotFoundError("no container")
+        return [i for (c, n), i in sorted(self.blobs.items()) if c == container and n.startswith(prefix)]
+
+    def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo:
+        return self.put(container, name)
+
+    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+        return self.put(container, name)
+
+    def download(self, container: str, name: str) -> bytes:
+        return b""
+
+    def download_to(self, container: str, name: str, path: Path) -> None:
+        pass
+
+    def info(self, container: str, name: str) -> BlobInfo | None:
+        return self.blobs.get((container, name))
+
+    def url(self, container: str, name: str) -> str:
+        return f"http://127.0.0.1:1/devstoreaccount1/{container}/{name}"
+
+    def parse_url(self, url: str) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+def make_watcher(tmp_path: Path, blobs: MemoryBlobs, sent: list[Any], fail: list[bool] | None = None) -> BlobWatcher:
+    def deliver(url: str, events: list[dict[str, Any]]) -> int:
+        if fail and fail[0]:
+            raise TransientError("host down")
+        sent.append((url, events))
+        return 202
+
+    settings = Settings(home=tmp_path, root=tmp_path, flows_file=tmp_path / "flows.yaml")
+    return BlobWatcher(settings, blobs, "http://127.0.0.1:7071/", containers=["landing", "missing"], deliver=deliver)
+
+
+def test_watcher_emits_blobcreated_for_new_and_changed_blobs_only(tmp_path: Path) -> None:
+    blobs, sent = MemoryBlobs(), []
+    w = make_watcher(tmp_path, blobs, sent)
+    blobs.put("landing", "a.csv")
+    blobs.put("apps", "ignored.py")  # not a watched container
+    assert len(w.scan_once()) == 1
+    url, events = sent[0]
+    assert url == "http://127.0.0.1:7071/runtime/webhooks/EventGrid?functionName=blob_created"
+    ev = events[0]
+    assert ev["eventType"] == "Microsoft.Storage.BlobCreated"
+    assert ev["subject"].endswith("/containers/landing/blobs/a.csv")
+    assert ev["data"]["eTag"] == blobs.blobs[("landing", "a.csv")].etag
+    assert w.scan_once() == []  # nothing new
+    blobs.put("landing", "a.csv")  # overwritten: new eTag
+    assert len(w.scan_once()) == 1
+    assert len(sent) == 2
+
+
+def test_watcher_remembers_across_restarts(tmp_path: Path) -> None:
+    blobs, sent = MemoryBlobs(), []
+    blobs.put("landing", "a.csv")
+    make_watcher(tmp_path, blobs, sent).scan_once()
+    assert json.loads((tmp_path / "watcher.json").read_text())["seen"]
+    again = make_watcher(tmp_path, blobs, sent)
+    assert again.scan_once() == []
+    assert len(sent) == 1
+
+
+def test_watcher_retries_a_failed_delivery_next_pass(tmp_path: Path) -> None:
+    blobs, sent = MemoryBlobs(), []
+    fail = [True]
+    w = make_watcher(tmp_path, blobs, sent, fail)
+    blobs.put("landing", "a.csv")
+    assert w.scan_once() == []
+    fail[0] = False
+    assert len(w.scan_once()) == 1
+    assert len(sent) == 1
+
+
+def test_watched_containers_from_flows() -> None:
+    from shared.flows.loader import load_flows_text
+
+    flows = load_flows_text(
+        """
+flows:
+  a:
+    triggers: [{kind: blob, container: landing}, {kind: manual}]
+    steps: [{name: s, kind: databricks, params: {python_file: x.py}}]
+  b:
+    triggers: [{kind: blob, container: drops}, {kind: blob, container: landing, suffix: .csv}]
+    steps: [{name: s, kind: databricks, params: {python_file: x.py}}]
+"""
+    )
+    assert watched_containers(flows) == ["drops", "landing"]
+
+
+# ---------------------------------------------------------------- workers
+
+
+def start(run_id: str = "r1") -> Message:
+    return Message(kind="start", run_id=run_id, flow="f")
+
+
+def test_worker_completes_handled_messages() -> None:
+    q = MemoryQueue()
+    q.send(start("r1"))
+    q.send(start("r2"))
+    seen: list[tuple[str, int]] = []
+    w = QueueWorkers(q, lambda m, delivery_count=1: seen.append((m.run_id, delivery_count)), batch=8)
+    assert w.process_available() == 2
+    assert seen == [("r1", 1), ("r2", 1)]
+    assert q.items == [] and w.handled == 2
+
+
+def test_worker_leaves_failed_messages_for_redelivery() -> None:
+    q = MemoryQueue()
+    q.send(start())
+    calls: list[int] = []
+
+    def handle(m: Message, delivery_count: int = 1) -> None:
+        calls.append(delivery_count)
+        if delivery_count < 2:
+            raise TransientError("storage busy")
+
+    w = QueueWorkers(q, handle, visibility_timeout=30)
+    w.process_available()
+    assert len(q.items) == 1 and w.failed == 1  # still there, invisible for 30s
+    assert w.process_available() == 0
+    q.advance(31)
+    w.process_available()
+    assert calls == [1, 2] and q.items == []
+
+
+def test_worker_dead_letters_invalid_and_over_delivered_messages() -> None:
+    q = MemoryQueue()
+    q.send(start("bad"))
+
+    def handle(m: Message, delivery_count: int = 1) -> None:
+        raise ValidationError("no such step", field="step")
+
+    w = QueueWorkers(q, handle)
+    w.process_available()
+    assert q.items == [] and q.dead[0][1] == "InvalidMessage"
+
+    q.send(start("flaky"))
+    w2 = QueueWorkers(
+        q,
+        lambda m, delivery_count=1: (_ for _ in ()).throw(TransientError("x")),
+        visibility_timeout=1,
+        max_delivery_count=2,
+    )
+    for _ in range(3):
+        w2.process_available()
+        q.advance(2)
+    assert [d[1] for d in q.dead] == ["InvalidMessage", "MaxDeliveryCountExceeded"]
+
+
+def test_worker_threads_start_and_stop() -> None:
+    q = MemoryQueue()
+    done: list[str] = []
+    w = QueueWorkers(q, lambda m, delivery_count=1: done.append(m.run_id), count=2, idle_min=0.01, idle_max=0.02)
+    w.start()
+    q.send(start("t1"))
+    import time
+
+    deadline = time.monotonic() + 5
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    w.stop()
+    assert done == ["t1"]
+
+
+# ---------------------------------------------------------------- scheduler
+
+
+def test_scheduler_fires_every_tick_and_sweeps_periodically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fired: list[datetime] = []
+    swept: list[tuple[datetime, float]] = []
+
+    class Ingest:
+        def fire_schedules(self, now: datetime) -> list[Any]:
+            fired.append(now)
+            return []
+
+    def fake_sweep(store: Any, queue: Any, now: datetime, older_than_seconds: float) -> list[str]:
+        swept.append((now, older_than_seconds))
+        return []
+
+    monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", fake_sweep)
+
+    class Svc:
+        settings = Settings(home=tmp_path, sweeper_pending_seconds=42)
+        store = MemoryRunStore()
+        queue = MemoryQueue()
+
+    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30)  # type: ignore[arg-type]
+    for s in (0, 10, 31, 40):
+        sch.tick(T0 + timedelta(seconds=s))
+    assert fired == [T0 + timedelta(seconds=s) for s in (0, 10, 31, 40)]
+    assert swept == [(T0, 42), (T0 + timedelta(seconds=31), 42)]
+
+
+def test_scheduler_survives_a_failing_fire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    swept: list[Any] = []
+    monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", lambda *a, **k: swept.append(a) or [])
+
+    class Ingest:
+        def fire_schedules(self, now: datetime) -> list[Any]:
+            raise TransientError("table down")
+
+    class Svc:
+        settings = Settings(home=tmp_path)
+        store = MemoryRunStore()
+        queue = MemoryQueue()
+
+    Scheduler(Svc(), ingest=Ingest()).tick(T0)  # type: ignore[arg-type]
+    assert len(swept) == 1
+
+
+# ---------------------------------------------------------------- waiting
+
+
+def make_run(run_id: str, status: RunStatus, flow: str = "f", created: datetime = T0) -> Run:
+    return Run(
+        run_id=run_id,
+        flow=flow,
+        status=status,
+        trigger=TriggerContext(kind="manual"),
+        steps=[StepRun(name="s", kind="batch")],
+        created_at=created,
+        updated_at=created,
+    )
+
+
+def test_wait_for_run_by_id_reports_progress_until_terminal() -> None:
+    store = MemoryRunStore()
+    store.create_if_absent(make_run("r1", RunStatus.RUNNING))
+    seen: list[str] = []
+
+    def progress(run: Run) -> None:
+        seen.append(run.status.value)
+        if len(seen) == 2:
+            cur = store.get("r1")
+            store.save(replace_status(cur, RunStatus.SUCCEEDED))
+
+    run = wait_for_run(store, "r1", timeout=5, on_progress=progress, poll=0.01)
+    assert run.status is RunStatus.SUCCEEDED
+    assert seen[:2] == ["running", "running"] and seen[-1] == "succeeded"
+
+
+def replace_status(run: Run, status: RunStatus) -> Run:
+    return run.model_copy(update={"status": status})
+
+
+def test_wait_for_run_by_predicate_follows_the_newest_match() -> None:
+    store = MemoryRunStore()
+    store.create_if_absent(make_run("old", RunStatus.SUCCEEDED, flow="g"))
+    store.create_if_absent(make_run("new", RunStatus.FAILED, flow="g", created=T0 + timedelta(minutes=1)))
+    store.create_if_absent(make_run("other", RunStatus.SUCCEEDED, flow="h", created=T0 + timedelta(minutes=2)))
+    run = wait_for_run(store, lambda r: r.flow == "g", timeout=1, poll=0.01)
+    assert run.run_id == "new"
+
+
+def test_wait_for_run_times_out_with_the_last_status() -> None:
+    store = MemoryRunStore()
+    store.create_if_absent(make_run("r1", RunStatus.RUNNING))
+    with pytest.raises(RunWaitTimeout, match="last status running"):
+        wait_for_run(store, "r1", timeout=0.05, poll=0.01)
+    with pytest.raises(RunWaitTimeout, match="never appeared"):
+        wait_for_run(store, "absent", timeout=0.05, poll=0.01)
