@@ -84,7 +84,7 @@ def test_start_redelivered_while_launching_relaunches_the_same_key() -> None:
     launching = apply(run, flow, Incoming(start(run))).run
     d = apply(launching, flow, Incoming(start(run)))
     assert not d.changed
-    assert of(d, Launch) == [Launch("extract", 1, launching.steps[0].key)]
+    assert of(d, Launch) == [Launch("extract", 1, idempotency_key("run1", "extract", 1))]
     assert d.run.steps[0].attempt == 1
 
 
@@ -100,7 +100,7 @@ def test_start_beyond_max_concurrent_runs_queues_the_run() -> None:
     # a slot freed (StartQueued re-sent the start): runs
     freed = apply(d.run, flow, Incoming(start(run), active_runs=1))
     assert freed.run.status is RunStatus.RUNNING
-    assert of(freed, Launch) == [Launch("extract", 1, freed.run.steps[0].key)]
+    assert of(freed, Launch) == [Launch("extract", 1, idempotency_key("run1", "extract", 1))]
 
 
 def test_finishing_a_run_releases_a_slot() -> None:
@@ -452,7 +452,7 @@ def test_redelivered_tick_after_retry_wait_relaunches_the_saved_key() -> None:
     launching = apply(waiting, flow, Incoming(retry_tick)).run
     d = apply(launching, flow, Incoming(retry_tick, redelivered=True))
     assert not d.changed
-    assert of(d, Launch) == [Launch("extract", 2, launching.steps[0].key)]
+    assert of(d, Launch) == [Launch("extract", 2, idempotency_key("run1", "extract", 2))]
 
 
 def test_redelivered_message_of_a_finished_run_releases_a_slot() -> None:
