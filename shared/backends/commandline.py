@@ -1,0 +1,494 @@
+"""Turning data into safe local paths and shell command lines, and running them.
+
+Blob names, webhook fields and params are data, never code. This module is the one place
+where they meet the file system and the shell:
+
+- ``safe_relpath`` / ``safe_join`` turn a name into a path that stays inside a directory
+  (no ``..``, no absolute paths, no backslash or NUL tricks);
+- ``render_task_command`` fills ``{placeholder}`` slots of a command template with
+  ``shlex.quote``d values, so the shell sees each value as exactly one word;
+- the process helpers start commands in their own process group (so a kill reaches every
+  child), mark them with an environment variable (so a restarted host can find and kill the
+  orphans of a dead one), and keep small JSON state files atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import json
+import logging
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from shared.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+# Placeholders a batch command template may use (LocalBatchBackend fills all of them).
+TASK_PLACEHOLDERS = ("input", "input_name", "input_blob", "input_url", "output_dir", "task_index", "task_id")
+
+# Environment variable carrying "<backend>/<key>/<part>" on every child we start.
+MARKER_ENV = "CONVEYOR_LOCAL_JOB"
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+# {name} where name is an identifier; ``${NAME}`` (shell parameter expansion) is left alone.
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# ---------------------------------------------------------------- names -> paths
+
+
+def safe_relpath(name: str, *, field: str = "name") -> PurePosixPath:
+    """``name`` as a relative POSIX path that cannot leave the directory it is joined to.
+
+    Refuses (ValidationError naming ``field``): empty names, NUL, absolute paths (``/x``,
+    ``C:x``), backslashes (``..\\x`` is a traversal on Windows and never a real blob folder
+    separator here) and any ``..`` segment. ``.`` and empty segments are dropped.
+    """
+    if not isinstance(name, str) or name == "":
+        raise ValidationError("empty name", field=field)
+    if "\x00" in name:
+        raise ValidationError("name contains a NUL byte", field=field)
+    if "\\" in name:
+        raise ValidationError(f"name contains a backslash: {name!r}", field=field)
+    if name.startswith("/") or _WINDOWS_DRIVE.match(name):
+        raise ValidationError(f"absolute path not allowed: {name!r}", field=field)
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ValidationError(f"'..' not allowed in {name!r}", field=field)
+    if not parts:
+        raise ValidationError(f"name has no file part: {name!r}", field=field)
+    return PurePosixPath(*parts)
+
+
+def is_within(base: Path, path: Path) -> bool:
+    """True when ``path`` (resolved, following symlinks) is ``base`` or inside it."""
+    return path.resolve().is_relative_to(base.resolve())
+
+
+def safe_join(base: Path, name: str, *, field: str = "name") -> Path:
+    """``base / name`` after ``safe_relpath``; the resolved result must stay inside ``base``
+    (this also catches symlinks inside ``base`` that point elsewhere)."""
+    rel = safe_relpath(name, field=field)
+    target = base / rel
+    if not is_within(base, target):
+        raise ValidationError(f"{name!r} resolves outside {base}", field=field)
+    return target
+
+
+def local_file_name(blob_name: str, *, field: str = "name") -> str:
+    """The base name of a blob (its last ``/`` segment), checked safe as a file name."""
+    return str(safe_relpath(blob_name.rsplit("/", 1)[-1], field=field))
+
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,254}$")
+
+
+def job_dir(home: Path, backend: str, key: str) -> Path:
+    """``<home>/<backend>/<key>``; the key must be a plain name (it becomes a directory)."""
+    if not isinstance(key, str) or not _KEY.match(key) or ".." in key:
+        raise ValidationError(f"not usable as a job id: {key!r}", field="key")
+    return home / backend / key
+
+
+def validation_error(exc: Exception, prefix: str = "params") -> ValidationError:
+    """A pydantic ValidationError as ours, naming the first offending field."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0] if errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        msg = str(first.get("msg", exc))
+        return ValidationError(msg, field=f"{prefix}.{loc}" if loc else prefix)
+    return ValidationError(str(exc), field=prefix)
+
+
+# ---------------------------------------------------------------- templates
+
+
+def placeholders(template: str) -> list[str]:
+    """The ``{name}`` placeholders a command template uses, in order of appearance."""
+    return _PLACEHOLDER.findall(template)
+
+
+def render_task_command(template: str, values: Mapping[str, str], *, field: str = "params.command") -> str:
+    """Replace each ``{name}`` in ``template`` with ``shlex.quote(values[name])``.
+
+    Only identifier placeholders are touched: ``{a,b}``, ``awk '{print $1}'`` and ``${HOME}``
+    stay as written. A placeholder with no value raises ValidationError naming it.
+    """
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            known = ", ".join("{" + k + "}" for k in sorted(values))
+            raise ValidationError(f"unknown placeholder {{{key}}} (known: {known})", field=field)
+        return shlex.quote(str(values[key]))
+
+    return _PLACEHOLDER.sub(sub, template)
+
+
+# ---------------------------------------------------------------- small state files
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temp file and rename: readers see old or new, never half.
+
+    No fsync: a crash may lose the newest write, never corrupt the file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":"), default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when it does not exist."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def create_json_once(path: Path, data: Any) -> bool:
+    """Create ``path`` with ``data`` unless it exists; True when this call created it.
+
+    Atomic across threads and processes: the file appears complete or not at all.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    tmp.write_text(json.dumps(data, separators=(",", ":"), default=str), encoding="utf-8")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def tail_text(path: Path, lines: int = 20, max_bytes: int = 4000) -> str:
+    """The last ``lines`` lines (at most ``max_bytes``) of a text file; '' when missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:]).strip()
+
+
+class JobLock:
+    """An exclusive, non-blocking ``flock`` on a file: who holds it runs the job.
+
+    The kernel releases it when the holder dies, so a restarted host can take over a job
+    whose host is gone, while a live host (even another object in the same process: flock
+    locks belong to the open file) keeps it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+# ---------------------------------------------------------------- processes
+
+
+def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child: ``base`` (default os.environ), this interpreter's bin dir
+    first on PATH (so ``python`` is the project's interpreter), plus ``extra``."""
+    env = dict(os.environ if base is None else base)
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    if bindir and bindir not in path.split(os.pathsep):
+        env["PATH"] = bindir + (os.pathsep + path if path else "")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def start_process(
+    argv: list[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session (its own process group), output to files."""
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (started with start_new_session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def kill_marked(prefix: str) -> int:
+    """Kill every process whose MARKER_ENV starts with ``prefix`` (and its process group).
+
+    This is how a restarted host or another backend instance stops children it did not
+    start itself: the marker is inherited by grandchildren, so a pid reused by an unrelated
+    process is never hit. Returns how many processes were signalled (Linux /proc only).
+    """
+    needle = f"{MARKER_ENV}={prefix}".encode()
+    me = os.getpid()
+    hits = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if any(var.startswith(needle) for var in environ.split(b"\x00")):
+            pid = int(entry)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                pgid = os.getpgid(pid)
+                if pgid != os.getpgid(0):
+                    os.killpg(pgid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+                hits += 1
+    return hits
+
+
+# A tiny stdlib-only process that starts commands for a worker thread. Spawning from the
+# host itself serialises every fork/exec on the GIL (a threaded host runs ~3x fewer short
+# tasks per second than a process pool); a helper per worker spawns in parallel, like a pool.
+_SPAWNER_SRC = r"""
+import json, os, subprocess, sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+base = dict(os.environ)
+prev = {}
+for line in inp:
+    req = json.loads(line)
+    # Set the command's variables on this (single-threaded) helper and let the child inherit
+    # them: much cheaper than handing Popen a full env mapping to re-encode every time.
+    for k in prev:
+        if k in base:
+            os.environ[k] = base[k]
+        else:
+            os.environ.pop(k, None)
+    prev = req["env"]
+    os.environ.update(prev)
+    try:
+        if req.get("mkdir"):
+            os.mkdir(req["mkdir"])
+        with open(req["stdout"], "wb") as o, open(req["stderr"], "wb") as e:
+            p = subprocess.Popen(req["argv"], cwd=req["cwd"], stdin=subprocess.DEVNULL,
+                                 stdout=o, stderr=e, start_new_session=True)
+    except OSError as exc:
+        out.write((json.dumps({"error": type(exc).__name__ + ": " + str(exc)}) + "\n").encode())
+        out.flush()
+        continue
+    out.write(b'{"pid":%d}\n' % p.pid)
+    out.flush()
+    out.write(b'{"rc":%d}\n' % p.wait())
+    out.flush()
+"""
+
+
+class SpawnerDied(RuntimeError):
+    """The helper process went away while running a command."""
+
+
+class Spawner:
+    """Runs commands through one long-lived helper process (one command at a time).
+
+    ``run`` blocks (without holding the GIL) until the command exits and returns its exit
+    code (negative: killed by that signal). ``env`` is added to the helper's environment
+    (``base_env``, default os.environ, with this interpreter's bin dir on PATH). ``mkdir``
+    is a directory the helper creates first. ``on_start(pid)`` is called as soon as the
+    command runs, so callers can kill its process group.
+    """
+
+    def __init__(self, base_env: Mapping[str, str] | None = None) -> None:
+        self._base_env = child_env(base=base_env)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _helper(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _SPAWNER_SRC],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=self._base_env,
+                cwd="/",
+            )
+        return self._proc
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        stdout: str,
+        stderr: str,
+        mkdir: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> int:
+        helper = self._helper()
+        assert helper.stdin is not None and helper.stdout is not None
+        req = {"argv": argv, "cwd": cwd, "env": dict(env), "stdout": stdout, "stderr": stderr, "mkdir": mkdir}
+        try:
+            helper.stdin.write(json.dumps(req).encode() + b"\n")
+            helper.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            self.close()
+            raise SpawnerDied("process helper is gone") from exc
+        first = helper.stdout.readline()
+        if not first:
+            self.close()
+            raise SpawnerDied("process helper is gone")
+        msg = json.loads(first)
+        if "error" in msg:
+            raise OSError(msg["error"])
+        if on_start is not None:
+            on_start(int(msg["pid"]))
+        second = helper.stdout.readline()
+        if not second:
+            self.close()
+            raise SpawnerDied("process helper died while the command ran")
+        return int(json.loads(second)["rc"])
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+class Watchdog:
+    """One thread that kills process groups whose deadline has passed.
+
+    Cheaper than ``Popen.wait(timeout)`` (which polls with sleeps) or a Timer thread per
+    process: waiters block in ``wait()`` and the watchdog kills on time.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int, Callable[[], None]]] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._done: set[int] = set()
+
+    def watch(self, deadline: float, kill: Callable[[], None]) -> int:
+        """Call ``kill`` at ``deadline`` (time.monotonic) unless ``clear``ed first."""
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, self._seq, kill))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="conveyor-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._seq
+
+    def clear(self, token: int) -> None:
+        with self._cond:
+            self._done.add(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline, _, token, kill = self._heap[0]
+                now = time.monotonic()
+                if token in self._done:
+                    heapq.heappop(self._heap)
+                    self._done.discard(token)
+                    continue
+                if deadline > now:
+                    self._cond.wait(deadline - now)
+                    continue
+                heapq.heappop(self._heap)
+            kill()
+
+
+class WorkerPool:
+    """At most ``max_workers`` callables at once, FIFO, on daemon threads started lazily.
+
+    Daemon threads so that a host that exits does not wait for jobs: their state is on
+    disk and a restarted host resumes them.
+    """
+
+    def __init__(self, max_workers: int, name: str = "conveyor-worker") -> None:
+        if max_workers < 1:
+            raise ValidationError("must be at least 1", field="max_workers")
+        self.max_workers = max_workers
+        self._name = name
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit_all(self, fns: Iterable[Callable[[], None]]) -> None:
+        n = 0
+        for fn in fns:
+            self._queue.put(fn)
+            n += 1
+        with self._lock:
+            while len(self._threads) < min(self.max_workers, len(self._threads) + n):
+                t = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _work(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                fn()
+            except Exception:  # a task callable records its own failure; never lose the worker
+                log.exception("unhandled error in %s", self._name)
