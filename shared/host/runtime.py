@@ -109,7 +109,8 @@ class LocalHost:
         wiring.set_services(services)
 
         self.server = HostServer(HostApp(services), host="127.0.0.1", port=s.host_port).start()
-        self.workers = QueueWorkers.from_services(services, count=self.workers_count).start()
+        if self.workers_count > 0:  # 0: nothing consumes the queue (tests that inspect it)
+            self.workers = QueueWorkers.from_services(services, count=self.workers_count).start()
         if self.schedule:
             self.scheduler = Scheduler(services, interval=self.scheduler_interval).start()
         if self.watch:

@@ -1,0 +1,266 @@
+"""``conveyor demo``: one data drop, followed to a deployed model and a prediction.
+
+With a fresh data home (``<home>/demo`` by default) the demo starts the local host in this
+process (Azurite, HTTP routes, blob watcher, scheduler, queue workers), generates the sample
+sales data, uploads the batch app to ``apps/batch_app/score_file.py``, drops one CSV into
+``landing`` -- the watcher sees it and delivers a real Event Grid BlobCreated event to the
+host, which ingests it into a run -- follows the run with progress bars, prints the summary
+(every step with state and duration, the gate decision with both metrics, the model name and
+version) and POSTs sample rows to the deployed scoring URL. It always stops what it started
+(host, Azurite, scoring server). Exit 0 only when the run succeeded and a prediction came back.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import ConveyorError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from shared.engine.model import Run
+    from shared.settings import Settings
+
+FLOW = "retrain"
+LANDING = "landing"
+APPS = "apps"
+BATCH_APP = ("samples/batch_app/score_file.py", "batch_app/score_file.py")
+TARGET_COLUMNS = ("revenue", "target", "label", "y", "sales")  # never sent to the scoring endpoint
+SAMPLE_ROWS = 3
+
+
+@dataclass
+class DemoResult:
+    ok: bool
+    run: Run | None = None
+    prediction: list[Any] | None = None
+    scoring_url: str | None = None
+    model: dict[str, Any] | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def demo_settings(base: Settings) -> Settings:
+    """The demo's settings: its own data home and free ports when the defaults are taken."""
+    from shared.local.azurite import free_port, port_open
+
+    home = base.home if base.home.name == "demo" else base.home / "demo"
+    changes: dict[str, Any] = {"home": home}
+    h = base.azurite_host
+    storage_ports = (base.azurite_blob_port, base.azurite_queue_port, base.azurite_table_port)
+    if any(port_open(h, p) for p in storage_ports):
+        # someone's Azurite (or `conveyor up`) is there: the demo keeps to itself
+        picked: set[int] = set()
+        while len(picked) < 3:
+            picked.add(free_port(h))
+        blob, queue, table = sorted(picked)
+        changes.update(azurite_blob_port=blob, azurite_queue_port=queue, azurite_table_port=table)
+    if port_open("127.0.0.1", base.host_port):
+        changes["host_port"] = free_port()
+    if port_open("127.0.0.1", base.scoring_port):
+        changes["scoring_port"] = free_port()
+    return base.with_overrides(**changes)
+
+
+def _fresh_home(settings: Settings) -> None:
+    """Remove the demo's previous data home (never the project root or a parent of it)."""
+    from shared.deploy.local_endpoint import stop_server
+
+    home = settings.home.resolve()
+    root = settings.root.resolve()
+    if home == root or home in root.parents or home == Path.home().resolve() or len(home.parts) < 3:
+        raise ConveyorError(f"refusing to wipe {home}: not a demo data home", service="demo")
+    stop_server(home)  # a scoring server left by an interrupted demo
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True)
+
+
+def _load_module(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConveyorError(f"cannot load {path}", service="demo")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generate_data(
+    settings: Settings, out_dir: Path, *, rows: int = 300, seed: int = 7, name: str | None = None
+) -> Path:
+    """One sample sales CSV written by samples/data/make_sales.py into ``out_dir``."""
+    script = settings.root / "samples" / "data" / "make_sales.py"
+    if not script.is_file():
+        raise ConveyorError(f"sample data generator not found: {script}", service="demo")
+    mod = _load_module(script, "conveyor_make_sales")
+    path = Path(mod.make_sales(out_dir / (name or f"sales-{seed:03d}.csv"), rows=rows, seed=seed))
+    if not path.is_file():
+        raise ConveyorError(f"make_sales.py wrote no CSV at {path}", service="demo")
+    return path
+
+
+def sample_rows(csv_path: Path, n: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a CSV as feature dicts (numbers parsed, target column dropped)."""
+    rows: list[dict[str, Any]] = []
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {}
+            if any(v is None or not str(v).strip() for v in raw.values()):
+                continue  # a dirty row (blank value): not a useful example
+            for k, v in raw.items():
+                if k is None or k.strip().lower() in TARGET_COLUMNS:
+                    continue
+                try:
+                    row[k] = float(v) if any(c in v for c in ".eE") else int(v)
+                except (TypeError, ValueError):
+                    row[k] = v
+            rows.append(row)
+            if len(rows) >= n:
+                break
+    return rows
+
+
+def score(url: str, rows: list[dict[str, Any]], timeout: float = 30.0, attempts: int = 10) -> list[Any]:
+    """POST ``{"rows": [...]}`` to a scoring URL; returns the predictions (retries while it starts)."""
+    body = json.dumps({"rows": rows}).encode("utf-8")
+    last = ""
+    for attempt in range(attempts):
+        req = urllib.request.Request(  # noqa: S310 - the local scoring endpoint we deployed
+            url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+                doc = json.loads(resp.read().decode("utf-8"))
+            preds = doc.get("predictions") if isinstance(doc, dict) else None
+            if not isinstance(preds, list):
+                raise ConveyorError(f"scoring answer has no predictions list: {str(doc)[:200]}", service="scoring")
+            return preds
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:300].decode('utf-8', 'replace')}"
+            if exc.code < 500:
+                break
+        except (OSError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(min(0.25 * 2**attempt, 2.0))
+    raise ConveyorError(f"scoring request to {url} failed: {last}", service="scoring")
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    fresh: bool = True,
+    timeout: float = 600.0,
+    out: Console | None = None,
+    workers: int = 2,
+) -> DemoResult:
+    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result."""
+    from rich.console import Console
+
+    from shared.cli import RunFollower, model_of, print_run
+    from shared.deploy.local_endpoint import stop_server
+    from shared.host.runtime import LocalHost
+
+    out = out or Console()
+    started = time.monotonic()
+    result = DemoResult(ok=False)
+    host: LocalHost | None = None
+
+    def mark(name: str, since: float) -> None:
+        result.timings[name] = round(time.monotonic() - since, 2)
+
+    try:
+        if fresh:
+            _fresh_home(settings)
+        out.print(f"[bold]conveyor demo[/bold]  data home {settings.home}", highlight=False)
+        t = time.monotonic()
+        host = LocalHost(settings, workers=workers)
+        host.start()
+        assert host.services is not None
+        services = host.services
+        mark("host_start", t)
+        out.print(f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
+
+        t = time.monotonic()
+        drop = generate_data(settings, settings.home / "sample-data")
+        src, dest = BATCH_APP
+        services.blobs.upload_file(APPS, dest, settings.root / src)
+        out.print(f"uploaded the batch app to {APPS}/{dest}", highlight=False)
+        info = services.blobs.upload_file(LANDING, drop.name, drop)
+        mark("data", t)
+        out.print(f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})", highlight=False)
+        out.print("waiting for the BlobCreated event and following the run…")
+
+        def ours(run: Run) -> bool:
+            blob = run.trigger.blob or {}
+            etag = str(blob.get("etag") or "").strip('"')
+            return run.flow == FLOW and blob.get("name") == drop.name and etag in ("", info.etag.strip('"'))
+
+        t = time.monotonic()
+        with RunFollower(out) as follower:
+            run = host.wait_for_run(ours, timeout=timeout, on_progress=follower.update)
+        mark("run", t)
+        result.run = run
+        out.print()
+        print_run(run, out)
+        result.model = model_of(run)
+        if run.status.value != "succeeded":
+            result.error = f"run {run.run_id} {run.status.value}: {run.error or 'see `conveyor show`'}"
+            return result
+
+        deploy_outputs: dict[str, Any] = {}
+        for step in run.steps:
+            if step.kind == "deploy":
+                deploy_outputs = step.outputs
+        url = deploy_outputs.get("scoring_url")
+        if not url:
+            current = services.deployer.current(str(deploy_outputs.get("endpoint") or FLOW))
+            url = current.scoring_url if current else None
+        if not url:
+            result.error = "the run succeeded but nothing is deployed (gate rejected and no champion?)"
+            return result
+        result.scoring_url = url
+        rows = sample_rows(drop)
+        t = time.monotonic()
+        preds = score(url, rows)
+        mark("score", t)
+        result.prediction = preds
+        out.print(f"scoring url: {url}", highlight=False)
+        out.print(f"rows: {json.dumps(rows)}", highlight=False)
+        out.print(f"prediction: {json.dumps(preds)}", highlight=False)
+        numeric = bool(preds) and all(isinstance(p, int | float) and not isinstance(p, bool) for p in preds)
+        result.ok = numeric
+        if not numeric:
+            result.error = f"predictions are not numbers: {preds!r}"
+        return result
+    except ConveyorError as exc:
+        result.error = str(exc)
+        return result
+    except BaseException as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if host is not None:
+            host.stop()
+        stop_server(settings.home)
+        result.seconds = round(time.monotonic() - started, 1)
+        if result.ok:
+            out.print(f"[green]demo succeeded[/green] in {result.seconds:.0f}s", highlight=False)
+        else:
+            out.print(f"[red]demo failed[/red] after {result.seconds:.0f}s: {result.error}", highlight=False)
+        if result.run is not None:
+            out.print(
+                f"inspect later: CONVEYOR_HOME={settings.home} conveyor show {result.run.run_id[:12]}"
+                f"  |  conveyor trace {result.run.run_id[:12]}",
+                highlight=False,
+            )
