@@ -1,0 +1,129 @@
+"""Databricks job: the medallion layers for one dropped sales file.
+
+bronze  the raw CSV as it arrived (all columns as text) + where it came from
+silver  typed, de-duplicated, no missing values, no outliers
+gold    one row per store and day with the model's features
+
+    python medallion.py --input <blob URL or local path> --lake <dir>
+
+Tables are Delta tables written with the ``deltalake`` package (no Spark needed), so the same
+file runs as a Databricks job and locally. Blob URLs are read with azure-storage-blob using
+the account key in CONVEYOR_STORAGE_CONNECTION when set. The job ends with
+``dbutils.notebook.exit(json)`` (``{"bronze", "silver", "gold", "rows"}``); where there is no
+``dbutils`` (plain python) the JSON is printed instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["store", "day", "temperature", "promo", "price", "sales"]
+FEATURES = ["store", "day", "day_of_week", "temperature", "promo", "price"]
+TARGET = "sales"
+
+
+def _conn_parts(conn: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in conn.split(";") if "=" in part)
+
+
+def read_bytes(source: str) -> bytes:
+    if source.startswith(("http://", "https://")):
+        from azure.storage.blob import BlobClient
+
+        parts = _conn_parts(os.environ.get("CONVEYOR_STORAGE_CONNECTION", ""))
+        credential = None
+        if parts.get("AccountName") and parts.get("AccountKey"):
+            credential = {"account_name": parts["AccountName"], "account_key": parts["AccountKey"]}
+        return BlobClient.from_blob_url(source, credential=credential).download_blob().readall()
+    return Path(source).read_bytes()
+
+
+def bronze(source: str, lake: Path) -> Any:
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    raw = pd.read_csv(io.BytesIO(read_bytes(source)), dtype=str, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise SystemExit(f"input {source} lacks columns {missing}")
+    raw = raw.astype(str)
+    raw["_source"] = source
+    raw["_row"] = range(len(raw))
+    write_deltalake(str(lake / "bronze"), raw, mode="overwrite")
+    return raw
+
+
+def silver(raw: Any, lake: Path) -> Any:
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    typed = pd.DataFrame({c: pd.to_numeric(raw[c].replace("", None), errors="coerce") for c in COLUMNS})
+    typed = typed.dropna()
+    typed = typed.drop_duplicates(subset=["store", "day"], keep="first")
+    typed = typed.astype({"store": "int64", "day": "int64", "promo": "int64"})
+    ok = typed["price"].gt(0) & typed["sales"].ge(0) & typed["temperature"].between(-40, 50)
+    med = typed["sales"].median()
+    mad = (typed["sales"] - med).abs().median() * 1.4826
+    if mad > 0:
+        ok &= (typed["sales"] - med).abs() <= 6 * mad
+    clean = typed[ok].sort_values(["store", "day"]).reset_index(drop=True)
+    write_deltalake(str(lake / "silver"), clean, mode="overwrite")
+    return clean
+
+
+def gold(clean: Any, lake: Path) -> Any:
+    from deltalake import write_deltalake
+
+    per_day = (
+        clean.groupby(["store", "day"], as_index=False)
+        .agg(
+            temperature=("temperature", "mean"),
+            promo=("promo", "max"),
+            price=("price", "mean"),
+            sales=("sales", "sum"),
+        )
+        .sort_values(["store", "day"])
+        .reset_index(drop=True)
+    )
+    per_day["day_of_week"] = (per_day["day"] % 7).astype("int64")
+    features = per_day[[*FEATURES, TARGET]]
+    write_deltalake(str(lake / "gold"), features, mode="overwrite")
+    return features
+
+
+def run(source: str, lake: str | Path) -> dict[str, Any]:
+    lake = Path(lake).resolve()
+    lake.mkdir(parents=True, exist_ok=True)
+    raw = bronze(source, lake)
+    clean = silver(raw, lake)
+    features = gold(clean, lake)
+    return {
+        "bronze": str(lake / "bronze"),
+        "silver": str(lake / "silver"),
+        "gold": str(lake / "gold"),
+        "rows": {"bronze": len(raw), "silver": len(clean), "gold": len(features)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="bronze -> silver -> gold for one sales file")
+    parser.add_argument("--input", required=True, help="blob URL or local path of a sales CSV")
+    parser.add_argument("--lake", required=True, help="directory holding the bronze/silver/gold Delta tables")
+    args = parser.parse_args(argv)
+    result = json.dumps(run(args.input, args.lake))
+    dbutils = globals().get("dbutils") or getattr(builtins, "dbutils", None)
+    if dbutils is not None:
+        dbutils.notebook.exit(result)
+    else:
+        print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
