@@ -256,7 +256,7 @@ class TableRunStore(RunStore):
             for i, value in enumerate(wanted):
                 params[f"s{i}"] = value
                 ors.append(f"status eq @s{i}")
-            clauses.append("(" + " or ".join(ors) + ")")
+            clauses.append("( " + " or ".join(ors) + " )")  # the SDK substitutes space-separated @params
         query = " and ".join(clauses)
         select = ["PartitionKey", "RowKey", "created_at"]
         try:
