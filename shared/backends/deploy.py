@@ -1,0 +1,175 @@
+"""The ``deploy`` step: gate the candidate against the champion, then promote and serve it, or not.
+
+A version is gated once. The decision (and the step's outputs) is stored on the candidate
+version as ``gate.*`` tags *before* any alias moves or the endpoint changes, so a redelivered
+launch, a retried attempt or a restarted host replays the stored decision instead of deciding
+again (which, after a promotion, would compare the candidate with itself). Replaying a
+promotion is idempotent (promote and deploy are no-ops when already done) and is skipped
+when another version has been promoted since, so a late replay never demotes a newer champion.
+
+A rejection is a successful step: the current deployment stays, and the decision with both
+metrics is on the version, in the step outputs and therefore on the run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.register import model_name_for, parse_params
+from shared.deploy.base import Deployer, Deployment
+from shared.deploy.local_endpoint import check_endpoint_name
+from shared.errors import NotFoundError, ValidationError
+from shared.flows.model import DeployParams
+from shared.registry.base import ModelRegistry, ModelVersion
+from shared.registry.gate import GateDecision, decide_gate
+
+RESULT_TAG = "gate.result"
+KEY_TAG = "gate.key"
+
+
+def _remote_id(name: str, version: str, key: str) -> str:
+    return f"{name}/{version}/{key}"
+
+
+def _split_remote_id(remote_id: str) -> tuple[str, str, str]:
+    parts = remote_id.split("/", 2)
+    if len(parts) != 3:
+        raise NotFoundError(f"not a deploy remote id: {remote_id!r}")
+    return parts[0], parts[1], parts[2]
+
+
+class DeployBackend(JobBackend):
+    kind = "deploy"
+    # Gate + promote is a read-modify-write on the champion: one at a time per process.
+    _gate_lock = threading.Lock()
+
+    def __init__(self, registry: ModelRegistry, deployer: Deployer) -> None:
+        self.registry = registry
+        self.deployer = deployer
+        self._results: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _gate_spec(request: LaunchRequest) -> tuple[str, str, float]:
+        spec = request.model or {}
+        metric = spec.get("metric")
+        if not metric:
+            raise ValidationError("the flow's model needs a metric for the gate", field="model.metric")
+        direction = str(spec.get("direction") or "maximize")
+        try:
+            min_improvement = float(spec.get("min_improvement") or 0.0)
+        except (TypeError, ValueError):
+            raise ValidationError("must be a number", field="model.min_improvement") from None
+        return str(metric), direction, min_improvement
+
+    def _serving(self, endpoint: str) -> Deployment | None:
+        try:
+            return self.deployer.current(endpoint)
+        except NotFoundError:
+            return None
+
+    @staticmethod
+    def _outputs(
+        gate: dict[str, Any], candidate: ModelVersion, endpoint: str, deployment: Deployment | None
+    ) -> dict[str, Any]:
+        return {
+            "gate": {**gate, "version": candidate.version},
+            "decision": gate["decision"],
+            "model_name": candidate.name,
+            "version": candidate.version,
+            "endpoint": endpoint,
+            "scoring_url": deployment.scoring_url if deployment else None,
+            "serving_version": deployment.version if deployment else None,
+        }
+
+    def _apply_promotion(self, candidate: ModelVersion, endpoint: str) -> Deployment:
+        self.registry.promote(candidate.name, candidate.version)
+        return self.deployer.deploy(endpoint, candidate)
+
+    # ------------------------------------------------------------ port
+
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        params = parse_params(DeployParams, request.params)
+        name = model_name_for(request, params.model_name)
+        version = str(params.version).strip()
+        if not version or "${" in version:
+            raise ValidationError(f"no model version to deploy (got {version!r})", field="params.version")
+        endpoint = check_endpoint_name(params.endpoint or request.flow)
+        metric, direction, min_improvement = self._gate_spec(request)
+        with self._gate_lock:
+            candidate = self.registry.get(name, version)
+            stored = candidate.tags.get(RESULT_TAG)
+            if stored:
+                outputs = self._replay(json.loads(stored), candidate, endpoint)
+                reattached = True
+            else:
+                outputs = self._decide(request, candidate, endpoint, metric, direction, min_improvement)
+                reattached = False
+        remote_id = _remote_id(name, version, request.key)
+        self._results[remote_id] = outputs
+        return LaunchResult(remote_id=remote_id, url=outputs.get("scoring_url"), reattached=reattached)
+
+    def _decide(
+        self,
+        request: LaunchRequest,
+        candidate: ModelVersion,
+        endpoint: str,
+        metric: str,
+        direction: str,
+        min_improvement: float,
+    ) -> dict[str, Any]:
+        champion = self.registry.champion(candidate.name)
+        decision: GateDecision = decide_gate(candidate, champion, metric, direction, min_improvement)
+        gate = decision.as_dict()
+        # Record first: whatever happens next, a replay finds this decision.
+        record = {
+            **decision.as_tags(),
+            "key": request.key,
+            "run_id": request.run_id,
+            "endpoint": endpoint,
+            "result": json.dumps({"gate": gate, "endpoint": endpoint}),
+        }
+        self.registry.record_decision(candidate.name, candidate.version, record)
+        deployment = self._apply_promotion(candidate, endpoint) if decision.promote else self._serving(endpoint)
+        return self._outputs(gate, candidate, endpoint, deployment)
+
+    def _replay(self, stored: dict[str, Any], candidate: ModelVersion, endpoint: str) -> dict[str, Any]:
+        gate = dict(stored.get("gate") or {})
+        endpoint = str(stored.get("endpoint") or endpoint)
+        deployment: Deployment | None
+        if gate.get("promote"):
+            champion = self.registry.champion(candidate.name)
+            expected = {candidate.version, gate.get("champion_version")}
+            if champion is None or champion.version in expected:
+                deployment = self._apply_promotion(candidate, endpoint)
+            else:  # promoted since by a newer run: leave it; say so
+                gate["superseded_by"] = champion.version
+                deployment = self._serving(endpoint)
+        else:
+            deployment = self._serving(endpoint)
+        return self._outputs(gate, candidate, endpoint, deployment)
+
+    def poll(self, remote_id: str) -> StepStatus:
+        outputs = self._results.get(remote_id)
+        if outputs is None:  # after a restart: the decision lives on the version
+            name, version, _key = _split_remote_id(remote_id)
+            try:
+                candidate = self.registry.get(name, version)
+            except NotFoundError as exc:
+                return StepStatus("failed", error=str(exc))
+            stored = candidate.tags.get(RESULT_TAG)
+            if not stored:
+                return StepStatus("failed", error=f"no gate decision recorded on {name} v{version}")
+            doc = json.loads(stored)
+            endpoint = str(doc.get("endpoint") or "")
+            deployment = self._serving(endpoint) if endpoint else None
+            outputs = self._outputs(dict(doc.get("gate") or {}), candidate, endpoint, deployment)
+            self._results[remote_id] = outputs
+        return StepStatus("succeeded", outputs=outputs)
+
+    def cancel(self, remote_id: str) -> None:
+        """The gate and the deployment finish inside launch: nothing to stop."""
