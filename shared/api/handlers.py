@@ -254,7 +254,8 @@ class Api:
 
         s = self.services
         run = request_rerun(s.store, s.queue, s.flows, run_id, from_step)
-        body = {**_run_ref(run), "from_step": from_step, "reruns": run.reruns}
+        # from_step null: the engine restarts at the run's first step that did not succeed.
+        body = {**_run_ref(run), "from_step": from_step}
         return json_response(202, body, {"Location": status_url(run.run_id)})
 
 
