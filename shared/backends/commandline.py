@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shared.errors import ValidationError
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, RemoteState, StepStatus
+from shared.errors import NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -492,3 +493,176 @@ class WorkerPool:
                 fn()
             except Exception:  # a task callable records its own failure; never lose the worker
                 log.exception("unhandled error in %s", self._name)
+
+
+# ---------------------------------------------------------------- one-run-at-a-time backends
+
+
+class LocalRun:
+    """A launched run of a LocalRunBackend, as held by the instance that runs it."""
+
+    def __init__(self, key: str, dir: Path, spec: dict[str, Any], lock: JobLock) -> None:
+        self.key = key
+        self.dir = dir
+        self.spec = spec
+        self.lock = lock
+        self.cancel_event = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.final: dict[str, Any] | None = None
+        self.progress: dict[str, Any] = {"done": 0, "total": 1}
+
+    def cancelled(self) -> bool:
+        if not self.cancel_event.is_set() and (self.dir / "cancelled").exists():
+            self.cancel_event.set()
+        return self.cancel_event.is_set()
+
+
+class LocalRunBackend(JobBackend):
+    """Base of local backends whose run is a short sequence of processes (Databricks job,
+    Azure ML pipeline), driven by one background thread per run.
+
+    Layout ``<home>/<kind>/<key>/``: ``run.json`` (the run as launched; its creation decides
+    idempotency), ``lock`` (held by the instance running it), ``progress.json``,
+    ``cancelled``, ``status.json`` (final). A new instance on the same home takes over a run
+    whose lock is free (its host died): it kills the dead host's processes and calls
+    ``_execute`` again, which resumes from ``progress.json`` where the subclass allows.
+    """
+
+    kind = ""
+
+    def __init__(self, home: Path, *, resume: bool = True) -> None:
+        self.home = Path(home)
+        self.resume = resume
+        self._runs: dict[str, LocalRun] = {}
+        self._lock = threading.Lock()
+
+    # subclass hooks
+    def _prepare(self, request: LaunchRequest, rdir: Path) -> dict[str, Any]:
+        """Validate the request and return the JSON spec of the run (raise on bad input)."""
+        raise NotImplementedError
+
+    def _execute(self, run: LocalRun) -> dict[str, Any]:
+        """Do the work; return the final {"state", "outputs" | "error"}."""
+        raise NotImplementedError
+
+    # port
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        rdir = job_dir(self.home, self.kind, request.key)
+        if (rdir / "run.json").exists():
+            self._ensure_running(request.key, takeover=self.resume)
+            return LaunchResult(remote_id=request.key, url=rdir.as_uri(), reattached=True)
+        spec = self._prepare(request, rdir)
+        rdir.mkdir(parents=True, exist_ok=True)
+        created = create_json_once(rdir / "run.json", spec)
+        self._ensure_running(request.key, takeover=created or self.resume)
+        return LaunchResult(remote_id=request.key, url=rdir.as_uri(), reattached=not created)
+
+    def poll(self, remote_id: str) -> StepStatus:
+        rdir = job_dir(self.home, self.kind, remote_id)
+        run = self._runs.get(remote_id) or self._ensure_running(remote_id, takeover=self.resume)
+        final = run.final if run is not None else read_json(rdir / "status.json")
+        if final is None:
+            progress = run.progress if run is not None else (read_json(rdir / "progress.json") or {})
+            prog = {"done": int(progress.get("done", 0)), "total": int(progress.get("total", 1))}
+            state: RemoteState = "cancelled" if (rdir / "cancelled").exists() else "running"
+            return StepStatus(state, progress=prog)
+        prog = {"done": int(final.get("done", 0)), "total": int(final.get("total", 1))}
+        if final["state"] == "succeeded":
+            return StepStatus("succeeded", outputs=final.get("outputs") or {}, progress=prog)
+        if final["state"] == "cancelled":
+            return StepStatus("cancelled", progress=prog)
+        return StepStatus("failed", error=final.get("error"), progress=prog, retryable=False)
+
+    def cancel(self, remote_id: str) -> None:
+        rdir = job_dir(self.home, self.kind, remote_id)
+        if not (rdir / "run.json").exists():
+            raise NotFoundError(f"no local {self.kind} run {remote_id!r}", service=self.kind)
+        if (rdir / "status.json").exists():
+            return
+        atomic_write_json(rdir / "cancelled", {"at": time.time()})
+        run = self._runs.get(remote_id)
+        if run is not None:
+            run.cancel_event.set()
+            proc = run.proc
+            if proc is not None:
+                kill_group(proc.pid)
+        else:
+            kill_marked(f"{self.kind}/{remote_id}/")
+            self._ensure_running(remote_id, takeover=self.resume)  # finalises a run whose host is gone
+
+    # machinery
+    def _ensure_running(self, key: str, *, takeover: bool) -> LocalRun | None:
+        with self._lock:
+            run = self._runs.get(key)
+            if run is not None:
+                return run
+            rdir = job_dir(self.home, self.kind, key)
+            spec = read_json(rdir / "run.json")
+            if not isinstance(spec, dict):
+                raise NotFoundError(f"no local {self.kind} run {key!r}", service=self.kind)
+            if not takeover or (rdir / "status.json").exists():
+                return None
+            lock = JobLock(rdir / "lock")
+            if not lock.try_acquire():
+                return None
+            if (rdir / "status.json").exists():
+                lock.release()
+                return None
+            run = LocalRun(key, rdir, spec, lock)
+            run.progress = read_json(rdir / "progress.json") or run.progress
+            self._runs[key] = run
+        kill_marked(f"{self.kind}/{key}/")  # leftovers of a host that died while running it
+        threading.Thread(target=self._drive, args=(run,), name=f"conveyor-{self.kind}-{key}", daemon=True).start()
+        return run
+
+    def _drive(self, run: LocalRun) -> None:
+        final: dict[str, Any]
+        try:
+            final = {"state": "cancelled"} if run.cancelled() else self._execute(run)
+        except Exception as exc:  # a bug or an I/O error fails the run with its reason, never hangs it
+            log.exception("local %s run %s failed", self.kind, run.key)
+            final = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        if run.cancelled():
+            final = {"state": "cancelled"}
+        final.setdefault("done", run.progress.get("done", 0))
+        final.setdefault("total", run.progress.get("total", 1))
+        atomic_write_json(run.dir / "status.json", final)
+        run.final = final
+        run.lock.release()
+
+    def set_progress(self, run: LocalRun, **progress: Any) -> None:
+        run.progress = {**run.progress, **progress}
+        atomic_write_json(run.dir / "progress.json", run.progress)
+
+    def run_process(
+        self,
+        run: LocalRun,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        stdout: Path,
+        stderr: Path,
+        part: str,
+        timeout: float | None = None,
+    ) -> tuple[int | None, str]:
+        """Run one process of ``run``; (exit code, "" | "cancelled" | "timeout")."""
+        if run.cancelled():
+            return None, "cancelled"
+        full_env = dict(env)
+        full_env[MARKER_ENV] = f"{self.kind}/{run.key}/{part}"
+        proc = start_process(argv, cwd=cwd, env=full_env, stdout=stdout, stderr=stderr)
+        run.proc = proc
+        if run.cancel_event.is_set():
+            kill_group(proc.pid)
+        try:
+            code = proc.wait(timeout=timeout)
+            why = ""
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            code = proc.wait()
+            why = "timeout"
+        run.proc = None
+        if run.cancelled():
+            return code, "cancelled"
+        return code, why

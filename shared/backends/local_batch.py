@@ -139,9 +139,15 @@ class LocalBatchBackend(JobBackend):
             raise validation_error(exc) from exc
         self._check_template(params.command)
         resources = []
-        for i, url in enumerate(params.resource_files):
-            container, name = self.blobs.parse_url(url)
-            resources.append([container, name, local_file_name(name, field=f"params.resource_files[{i}]")])
+        for i, ref in enumerate(params.resource_files):
+            fld = f"params.resource_files[{i}]"
+            if "://" in ref:
+                container, name = self.blobs.parse_url(ref)
+            else:  # container/name in this storage account
+                container, _, name = ref.strip().partition("/")
+                if not container or not name:
+                    raise ValidationError(f"not a blob URL nor container/name: {ref!r}", field=fld)
+            resources.append([container, name, local_file_name(name, field=fld)])
         tasks, error = self._expand_inputs(params.inputs)
         spec = {
             "key": request.key,
