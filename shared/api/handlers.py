@@ -7,18 +7,18 @@ validates the input *before* anything is created or enqueued and maps errors the
 
 Routes (all under ``/api``):
 
-====== ============================== =============== ==========================================
-method path                           handler         answer
-====== ============================== =============== ==========================================
-POST   /api/hooks/azure-devops        devops_hook     202 runs created / 200 nothing new; 401
-POST   /api/flows/{flow}/runs         start_run       202 + Location: /api/runs/<id>; 404 flow
-GET    /api/runs                      list_runs       200 ?flow=&status=a,b&limit=
-GET    /api/runs/{run_id}             get_run         200 the run (steps, gate); 404
-POST   /api/runs/{run_id}/cancel      cancel_run      202
-POST   /api/runs/{run_id}/rerun       rerun           202 body {"from_step": "..."} (optional)
-POST   /api/events/blob               eventgrid       Event Grid webhook: handshake or 202
-OPTIONS /api/events/blob              eventgrid       CloudEvents abuse-protection handshake
-====== ============================== =============== ==========================================
+======= ============================== =========== ==========================================
+method  path                           handler     answer
+======= ============================== =========== ==========================================
+POST    /api/hooks/azure-devops        devops_hook 202 runs created / 200 nothing new; 401
+POST    /api/flows/{flow}/runs         start_run   202 + Location: /api/runs/<id>; 404 flow
+GET     /api/runs                      list_runs   200 ?flow=&status=a,b&limit= (1-1000, 50)
+GET     /api/runs/{run_id}             get_run     200 the run (steps, outputs, gate); 404
+POST    /api/runs/{run_id}/cancel      cancel_run  202; 409 when already finished
+POST    /api/runs/{run_id}/rerun       rerun       202 body {"from_step": "..."} (optional)
+POST    /api/events/blob               eventgrid   Event Grid webhook: 200 handshake or 202
+OPTIONS /api/events/blob               eventgrid   CloudEvents abuse-protection handshake
+======= ============================== =========== ==========================================
 """
 
 from __future__ import annotations
