@@ -243,6 +243,7 @@ class _Decider:
         run.cancel_requested = False
         run.error = None
         run.ended_at = None
+        run.started_at = None
         self.changed = True
         limit = self.flow.policies.max_concurrent_runs
         if limit is not None and ev.active_runs >= limit:

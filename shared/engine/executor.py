@@ -133,6 +133,24 @@ class Executor:
                 if produced is not None:
                     events.append(produced)
 
+    def resume_stalled(self, older_than_seconds: float = 900.0, limit: int = 100) -> list[str]:
+        """Sweeper hook: nudge runs whose next message was lost for good (e.g. dead-lettered).
+
+        A RUNNING run not saved for ``older_than_seconds`` gets a redelivered-style start, which
+        re-issues its pending side effect (same launch key, or the current tick); a QUEUED one
+        gets a plain start (it runs if a slot is free). Returns the run ids nudged.
+        """
+        now = self.clock()
+        nudged: list[str] = []
+        for status in (RunStatus.RUNNING, RunStatus.QUEUED):
+            for run in self.store.list_runs(None, [status], limit=limit):
+                if (now - run.updated_at).total_seconds() < older_than_seconds:
+                    continue
+                log.warning("run %s: %s and untouched since %s; resuming", run.run_id, status.value, run.updated_at)
+                self.handle(start_message(run), delivery_count=2 if status is RunStatus.RUNNING else 1)
+                nudged.append(run.run_id)
+        return nudged
+
     # -------------------------------------------------------------- decide + save
 
     def _flow(self, name: str) -> Flow:

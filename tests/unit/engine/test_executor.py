@@ -366,3 +366,21 @@ def test_from_services_wires_the_ports() -> None:
     ex = Executor.from_services(services)
     assert ex.store is services.store and ex.flows is flows and ex.telemetry is services.telemetry
     assert ex.backend("databricks") is backend
+
+
+def test_resume_stalled_restarts_a_run_whose_tick_was_lost() -> None:
+    from datetime import timedelta
+
+    h = Harness(make_flow(("a", "b")))
+    h.backend.polls = 1
+    h.create()
+    got = h.queue.receive(1)
+    h.executor.handle(got[0].message)  # start: launched, tick 1 sent
+    h.queue.items.clear()  # ... and the tick is lost for good (dead-lettered)
+    assert h.executor.resume_stalled(older_than_seconds=600) == []  # not stalled yet
+    h.queue.advance(601)
+    assert h.executor.resume_stalled(older_than_seconds=600) == ["run1"]
+    h.drain()
+    run = h.store.get("run1")
+    assert run.status is RunStatus.SUCCEEDED and len(h.backend.launches) == 2
+    assert run.ended_at is not None and run.ended_at - run.created_at > timedelta(seconds=600)
