@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +34,47 @@ def report(name: str, figure: str, goal: str, met: bool) -> str:
     line = f"{name:<22} {figure:<58} goal {goal:<22} {'MET' if met else 'NOT MET'}"
     print(line, flush=True)
     return line
+
+
+@contextmanager
+def azurite_settings(in_memory: bool = False) -> Iterator[Settings]:
+    """ONE Azurite on free ports with its data in a temp dir, and Settings pointing at it
+    (built directly, like tests/conftest.py: nothing is read from the environment)."""
+    from shared.local.azurite import Azurite, free_port
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+        home = Path(tmp)
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        blob_port, queue_port, table_port = sorted(ports)
+        azurite = Azurite(
+            home / "azurite",
+            blob_port=blob_port,
+            queue_port=queue_port,
+            table_port=table_port,
+            root=ROOT,
+            in_memory=in_memory,
+        )
+        azurite.start(timeout=60)
+        try:
+            yield Settings(
+                mode="local",
+                root=ROOT,
+                home=home,
+                flows_file=ROOT / "flows.yaml",
+                storage_connection=None,
+                azurite_host=azurite.host,
+                azurite_blob_port=blob_port,
+                azurite_queue_port=queue_port,
+                azurite_table_port=table_port,
+                batch_max_workers=2,
+                env={},
+            )
+        finally:
+            azurite.stop()
+
+
+def unique(prefix: str) -> str:
+    """``prefix`` + 8 hex chars: a fresh queue/table name per benchmark."""
+    return prefix + uuid.uuid4().hex[:8]

@@ -1,0 +1,200 @@
+"""The local batch backend running N short tasks against a bare multiprocessing pool.
+
+Both sides do the same work per task, with the same number of workers:
+
+1. make ``tasks/<id>/wd/output``;
+2. fetch the task's input "blob" into ``wd`` (the backend always downloads each task's input);
+3. run ``echo {task_index} > {output_dir}/o.txt`` through ``/bin/sh -c`` (stdout/stderr to files);
+4. "upload" what the command wrote to ``output_dir`` (the backend uploads every output file).
+
+Blobs are kept off the network on purpose: both sides use :class:`DirBlobStore`, a BlobStore
+whose blobs are plain files under a directory, so a download/upload is a file copy on either
+side. The figure is then the backend's own overhead (job spec, JSON task log, spawner helper,
+templating with ``shlex.quote``, status file, polling) over a bare ``multiprocessing.Pool``
+calling ``subprocess.run``; Azurite would add the same HTTP cost to both sides and dilute it.
+
+Goal: backend time <= 1.15 x bare pool time (medians of interleaved rounds).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import interleaved, report
+from shared.backends.base import LaunchRequest
+from shared.blobs.base import BlobInfo, BlobStore
+from shared.errors import ValidationError
+
+COMMAND = "echo {task_index} > {output_dir}/o.txt"
+GOAL = 1.15
+SCHEME = "dirblob://"
+
+
+class DirBlobStore(BlobStore):
+    """Blobs as files under ``root/<container>/<name>`` (a benchmark double: no network)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, container: str, name: str) -> Path:
+        if ".." in name.split("/") or name.startswith("/"):
+            raise ValidationError(f"bad blob name {name!r}", field="name")
+        return self.root / container / name
+
+    def _info(self, container: str, name: str, path: Path) -> BlobInfo:
+        st = path.stat()
+        return BlobInfo(
+            container=container,
+            name=name,
+            url=self.url(container, name),
+            etag=f'"{st.st_mtime_ns:x}"',
+            size=st.st_size,
+            last_modified=datetime.fromtimestamp(st.st_mtime, UTC),
+        )
+
+    def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo:
+        path = self._path(container, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return self._info(container, name, path)
+
+    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+        target = self._path(container, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return self._info(container, name, target)
+
+    def download(self, container: str, name: str) -> bytes:
+        return self._path(container, name).read_bytes()
+
+    def download_to(self, container: str, name: str, path: Path) -> None:
+        shutil.copyfile(self._path(container, name), path)
+
+    def info(self, container: str, name: str) -> BlobInfo | None:
+        path = self._path(container, name)
+        return self._info(container, name, path) if path.is_file() else None
+
+    def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        base = self.root / container
+        found = []
+        for path in sorted(base.rglob("*")):
+            name = path.relative_to(base).as_posix()
+            if path.is_file() and name.startswith(prefix):
+                found.append(self._info(container, name, path))
+        return found
+
+    def url(self, container: str, name: str) -> str:
+        return f"{SCHEME}{container}/{name}"
+
+    def parse_url(self, url: str) -> tuple[str, str]:
+        if not url.startswith(SCHEME):
+            raise ValidationError(f"not a {SCHEME} URL: {url!r}", field="url")
+        container, _, name = url[len(SCHEME) :].partition("/")
+        return container, name
+
+
+# ---------------------------------------------------------------- the bare pool side
+
+
+def _bare_task(args: tuple[str, str, str, int, str]) -> int:
+    """One task, done the plain way: the same directories, copies and /bin/sh -c command."""
+    blob_root, work, input_name, index, out_prefix = args
+    task_id = f"task-{index:05d}"
+    tdir = os.path.join(work, task_id)
+    wd = os.path.join(tdir, "wd")
+    out = os.path.join(wd, "output")
+    os.makedirs(out)
+    input_path = os.path.join(wd, input_name)
+    shutil.copyfile(os.path.join(blob_root, "inputs", input_name), input_path)
+    command = COMMAND.format(task_index=shlex.quote(str(index)), output_dir=shlex.quote(out))
+    with open(os.path.join(tdir, "stdout.txt"), "wb") as so, open(os.path.join(tdir, "stderr.txt"), "wb") as se:
+        code = subprocess.run(["/bin/sh", "-c", command], cwd=wd, stdout=so, stderr=se, check=False).returncode
+    if code == 0:
+        for entry in os.scandir(out):
+            target = os.path.join(blob_root, "outputs", out_prefix, task_id, entry.name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(entry.path, target)
+    return code
+
+
+def main(tasks: int = 1000, rounds: int = 3, workers: int = 2) -> bool:
+    from shared.backends.local_batch import LocalBatchBackend
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-batch-") as tmp:
+        root = Path(tmp)
+        blob_root = root / "blobs"
+        (blob_root / "inputs").mkdir(parents=True)
+        names = [f"in-{i:05d}.csv" for i in range(tasks)]
+        for i, name in enumerate(names):
+            (blob_root / "inputs" / name).write_text(f"id,value\n{i},{i * 0.5}\n")
+        blobs = DirBlobStore(blob_root)
+        backend = LocalBatchBackend(blobs, root / "home", max_workers=workers)
+        ctx = multiprocessing.get_context("fork")
+        pool = ctx.Pool(workers)
+        failures: list[str] = []
+
+        def run_backend() -> float:
+            key = f"bench-{uuid.uuid4().hex[:12]}"
+            request = LaunchRequest(
+                run_id=key,
+                flow="bench",
+                step="batch",
+                kind="batch",
+                key=key,
+                attempt=1,
+                params={"command": COMMAND, "inputs": "inputs/", "output_container": "outputs"},
+            )
+            start = time.perf_counter()
+            backend.launch(request)
+            while (status := backend.poll(key)).state == "running":
+                time.sleep(0.002)
+            elapsed = time.perf_counter() - start
+            if status.state != "succeeded" or status.outputs.get("tasks") != tasks:
+                failures.append(f"backend job {key}: {status.state} {status.error or ''}"[:300])
+            return elapsed
+
+        def run_pool() -> float:
+            key = f"bare-{uuid.uuid4().hex[:12]}"
+            work = root / "bare" / key
+            work.mkdir(parents=True)
+            args = [(str(blob_root), str(work), name, i, key) for i, name in enumerate(names)]
+            start = time.perf_counter()
+            codes = pool.map(_bare_task, args)
+            elapsed = time.perf_counter() - start
+            if any(codes):
+                failures.append(f"bare pool {key}: {sum(1 for c in codes if c)} tasks failed")
+            return elapsed
+
+        try:
+            run_backend()  # warm-up: spawner helpers, pool workers, page cache
+            run_pool()
+            t_backend, t_pool = interleaved(run_backend, run_pool, rounds)
+        finally:
+            pool.close()
+            pool.join()
+            backend.close()
+
+    ratio = t_backend / t_pool
+    ok = ratio <= GOAL and not failures
+    for f in failures:
+        print(f"  batch: {f}")
+    report(
+        "batch backend",
+        f"{tasks} tasks x{workers}: backend {t_backend:.2f}s vs bare pool {t_pool:.2f}s = {ratio:.2f}x",
+        f"<={GOAL}x",
+        ok,
+    )
+    return ok
+
+
+if __name__ == "__main__":
+    main()
