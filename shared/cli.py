@@ -45,8 +45,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
-err_console = Console(stderr=True)
+# Without a terminal (CI, pipes) rich would wrap at 80 columns: URLs and ids read better wider.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -295,7 +296,7 @@ def _num(value: Any) -> str:
         return str(value)
 
 
-def steps_table(run: Run, *, outputs: bool = True) -> Table:
+def steps_table(run: Run) -> Table:
     table = Table(show_header=True, header_style="bold", expand=False)
     table.add_column("step")
     table.add_column("kind")
@@ -303,47 +304,46 @@ def steps_table(run: Run, *, outputs: bool = True) -> Table:
     table.add_column("attempt", justify="right")
     table.add_column("duration", justify="right")
     table.add_column("progress", justify="right")
-    if outputs:
-        table.add_column("outputs / error", overflow="fold")
+    table.add_column("remote", overflow="fold")
     for step in run.steps:
         prog = f"{step.progress.get('done', 0)}/{step.progress.get('total', 0)}" if step.progress else "-"
-        row = [
+        table.add_row(
             step.name,
             step.kind,
             styled(step.state.value),
             str(step.attempt),
             fmt_seconds(step_duration(step)),
             prog,
-        ]
-        if outputs:
-            if step.error:
-                row.append(f"[red]{_short(step.error, 120)}[/red]")
-            elif step.outputs:
-                row.append(", ".join(f"{k}={_short(v, 50)}" for k, v in step.outputs.items()))
-            else:
-                row.append("")
-        table.add_row(*row)
+            _short(step.remote_id or "-", 48),
+        )
     return table
 
 
-def print_run(run: Run, out: Console | None = None) -> None:
+def print_run(run: Run, out: Console | None = None, *, outputs: bool = True) -> None:
     out = out or console
     total = duration(run.started_at or run.created_at, run.ended_at)
     out.print(f"[bold]run[/bold] {run.run_id}  flow [bold]{run.flow}[/bold]  {styled(run.status.value)}")
-    out.print(f"trigger: {run.trigger.kind}  {run.trigger.source}", highlight=False)
+    out.print(f"trigger: {run.trigger.kind}  {run.trigger.source}", highlight=False, soft_wrap=True)
     out.print(
         f"created {_dt(run.created_at)}  ended {_dt(run.ended_at)}  duration {fmt_seconds(total)}"
         + (f"  reruns {run.reruns}" if run.reruns else "")
         + ("  [yellow]cancel requested[/yellow]" if run.cancel_requested and not run.status.terminal else "")
     )
     out.print(steps_table(run))
+    if outputs:
+        for step in run.steps:
+            if step.error:
+                out.print(f"  {step.name}: [red]{step.error}[/red]", highlight=False, soft_wrap=True)
+            shown = {k: v for k, v in step.outputs.items() if k != "gate"}
+            for key, value in shown.items():
+                out.print(f"  {step.name}.{key} = {_short(value, 160)}", highlight=False, soft_wrap=True)
     for line in gate_lines(run.gate):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)
     model = model_of(run)
     if model:
         out.print(f"model: {model['name']} version {model['version']}", highlight=False)
     if run.error:
-        out.print(f"[red]error:[/red] {run.error}", highlight=False)
+        out.print(f"[red]error:[/red] {run.error}", highlight=False, soft_wrap=True)
 
 
 def run_json(run: Run) -> dict[str, Any]:
@@ -445,7 +445,8 @@ def up(
     def _term(signum: int, frame: Any) -> None:
         stop.set()
 
-    previous = signal.signal(signal.SIGTERM, _term)
+    # SIGINT too: a shell that starts `conveyor up &` hands it SIGINT ignored, and Ctrl-C must stop it
+    previous = {sig: signal.signal(sig, _term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         host.start()
         print_up_banner(host)
@@ -454,7 +455,8 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         err_console.print("stopping…")
         host.stop()
 
@@ -476,7 +478,7 @@ def print_up_banner(host: Any) -> None:
         ("blob storage", f"http://{s.azurite_host}:{s.azurite_blob_port}/devstoreaccount1"),
     ]
     for label, value in lines:
-        console.print(f"  {label:<18} {value}", highlight=False)
+        console.print(f"  {label:<18} {value}", highlight=False, soft_wrap=True)
     console.print(f"  {'flows':<18} {', '.join(flows) or '-'}", highlight=False)
     console.print(f"  {'watching':<18} {', '.join(containers) or '(no blob triggers)'}", highlight=False)
     console.print(f"  {'data home':<18} {s.home}", highlight=False)
@@ -532,7 +534,7 @@ def drop(
     watched = _watching(settings, container)
     with storage(settings) as services:
         info = services.blobs.upload_file(container, blob_name, file)
-    console.print(f"uploaded {info.url}  etag {info.etag}  {info.size} bytes", highlight=False)
+    console.print(f"uploaded {info.url}  etag {info.etag}  {info.size} bytes", highlight=False, soft_wrap=True)
     if watched is not None and not watched:
         err_console.print(f"[yellow]warning:[/yellow] no flow watches container {container!r}; nothing will start")
     elif watched:
@@ -702,6 +704,9 @@ def show(
     print_run(run)
 
 
+TRACE_HIDDEN = frozenset({"run_id", "flow", "traceparent"})
+
+
 def trace_tree(records: list[dict[str, Any]], title: str) -> Tree:
     """Spans nested by parent span id; events under the span that emitted them."""
     spans = [r for r in records if r.get("type") == "span"]
@@ -715,8 +720,8 @@ def trace_tree(records: list[dict[str, Any]], title: str) -> Tree:
     root = Tree(title)
 
     def label(rec: dict[str, Any]) -> str:
-        attrs = rec.get("attributes") or {}
-        shown = ", ".join(f"{k}={_short(v, 40)}" for k, v in list(attrs.items())[:6])
+        attrs = {k: v for k, v in (rec.get("attributes") or {}).items() if k not in TRACE_HIDDEN}
+        shown = ", ".join(f"{k}={_short(v, 48)}" for k, v in list(attrs.items())[:6])
         if rec.get("type") == "span":
             ms = rec.get("duration_ms")
             dur = f"{ms / 1000:.2f}s" if isinstance(ms, int | float) and ms >= 1000 else f"{ms or 0:.1f}ms"
