@@ -1,0 +1,106 @@
+"""LocalDatabricksBackend running real Python scripts."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.backends.base import LaunchRequest
+from shared.backends.local_databricks import LocalDatabricksBackend
+from shared.errors import ValidationError
+from tests.functional.backends.conftest import marked_pids, wait_done, wait_for
+
+
+def req(params: dict, key: str = "run1-etl-1") -> LaunchRequest:
+    return LaunchRequest(run_id="run1", flow="f", step="etl", kind="databricks", key=key, attempt=1, params=params)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "jobs").mkdir(parents=True)
+    return root
+
+
+def script(root: Path, name: str, body: str) -> str:
+    (root / "jobs" / name).write_text(textwrap.dedent(body))
+    return f"jobs/{name}"
+
+
+def test_exit_value_becomes_the_result(root: Path, tmp_path: Path) -> None:
+    path = script(
+        root,
+        "etl.py",
+        """
+        import json, os, sys
+        rows = int(dbutils.widgets.get("rows"))
+        print("working on", dbutils.widgets.get("input"))
+        dbutils.notebook.exit(json.dumps({"gold": "lake/gold", "rows": rows, "run": os.environ["DATABRICKS_RUN_ID"],
+                                          "conn": os.environ["CONVEYOR_STORAGE_CONNECTION"]}))
+        print("not reached")
+        """,
+    )
+    be = LocalDatabricksBackend(tmp_path / "home", root, "UseDevelopmentStorage=true")
+    launched = be.launch(req({"python_file": path, "parameters": ["--rows", "12", "--input", "a b;$(x).csv"]}))
+    assert launched.remote_id == "run1-etl-1"
+    assert be.launch(req({"python_file": path})).reattached
+    status = wait_done(be, "run1-etl-1")
+    assert status.state == "succeeded", status.error
+    assert status.outputs == {
+        "run_id": "run1-etl-1",
+        "result": {"gold": "lake/gold", "rows": 12, "run": "run1-etl-1", "conn": "UseDevelopmentStorage=true"},
+    }
+    stdout = (tmp_path / "home" / "databricks" / "run1-etl-1" / "stdout.txt").read_text()
+    assert "working on a b;$(x).csv" in stdout and "not reached" not in stdout
+
+
+def test_plain_string_result_and_no_exit_value(root: Path, tmp_path: Path) -> None:
+    be = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    be.launch(req({"python_file": script(root, "s.py", "dbutils.notebook.exit('done: ok')\n")}))
+    assert wait_done(be, "run1-etl-1").outputs["result"] == "done: ok"
+    be.launch(req({"python_file": script(root, "n.py", "print(1)\n")}, key="run1-etl-2"))
+    assert wait_done(be, "run1-etl-2").outputs == {"run_id": "run1-etl-2", "result": None}
+
+
+def test_failing_script_fails_with_exit_code_and_stderr(root: Path, tmp_path: Path) -> None:
+    path = script(root, "bad.py", "import sys\nprint('the input is missing', file=sys.stderr)\nsys.exit(4)\n")
+    be = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    status = wait_done(be, be.launch(req({"python_file": path})).remote_id)
+    assert status.state == "failed" and status.retryable is False
+    assert "exited with code 4" in (status.error or "")
+    assert "the input is missing" in (status.error or "")
+    # a missing widget is an error the script reports, not a silent empty value
+    path = script(root, "w.py", "dbutils.widgets.get('nope')\n")
+    status = wait_done(be, be.launch(req({"python_file": path}, key="run1-etl-2")).remote_id)
+    assert status.state == "failed" and "--nope" in (status.error or "")
+
+
+def test_traversal_is_refused(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "evil.py").write_text("open('PWNED', 'w')\n")
+    be = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    with pytest.raises(ValidationError) as err:
+        be.launch(req({"python_file": "../evil.py"}))
+    assert err.value.field == "params.python_file"
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_cancel_kills_and_a_new_instance_reruns_an_orphaned_run(root: Path, tmp_path: Path) -> None:
+    path = script(root, "slow.py", "import time\ntime.sleep(60)\n")
+    be = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    key = be.launch(req({"python_file": path})).remote_id
+    wait_for(lambda: marked_pids(f"databricks/{key}/"), what="the script to start")
+    be.cancel(key)
+    wait_for(lambda: not marked_pids(f"databricks/{key}/"), what="the script to be killed")
+    assert wait_done(be, key).state == "cancelled"
+
+    quick = script(root, "quick.py", "import time\ntime.sleep(0.5)\ndbutils.notebook.exit(7)\n")
+    first = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    first.launch(req({"python_file": quick}, key="run1-etl-2"))
+    del first
+    time.sleep(0.1)
+    second = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    status = wait_done(second, "run1-etl-2")
+    assert status.state == "succeeded" and status.outputs["result"] == 7
