@@ -55,7 +55,9 @@ class MemoryRunStore(RunStore):
         self.saves += 1
         return saved
 
-    def list_runs(self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100) -> list[Run]:
+    def list_runs(
+        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+    ) -> list[Run]:
         wanted = set(statuses) if statuses is not None else None
         runs = [self.get(rid) for rid in self.rows]
         runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]

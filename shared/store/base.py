@@ -28,7 +28,9 @@ class RunStore(ABC):
         """
 
     @abstractmethod
-    def list_runs(self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100) -> list[Run]:
+    def list_runs(
+        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+    ) -> list[Run]:
         """Runs, newest first, optionally filtered by flow and status."""
 
     def create_many(self, runs: list[Run]) -> list[bool]:
