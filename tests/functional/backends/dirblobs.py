@@ -24,7 +24,11 @@ class DirBlobStore(BlobStore):
     def _info(self, container: str, name: str) -> BlobInfo:
         st = self._path(container, name).stat()
         return BlobInfo(
-            container, name, self.url(container, name), str(st.st_mtime_ns), st.st_size,
+            container,
+            name,
+            self.url(container, name),
+            str(st.st_mtime_ns),
+            st.st_size,
             datetime.fromtimestamp(st.st_mtime, UTC),
         )
 
@@ -62,7 +66,7 @@ class DirBlobStore(BlobStore):
         return f"{PREFIX}{container}/{quote(name)}"
 
     def parse_url(self, url: str) -> tuple[str, str]:
-        if not url.startswith(PREFIX) or "/" not in url[len(PREFIX):]:
+        if not url.startswith(PREFIX) or "/" not in url[len(PREFIX) :]:
             raise ValidationError(f"not a blob URL of this store: {url!r}", field="url")
-        container, _, name = url[len(PREFIX):].partition("/")
+        container, _, name = url[len(PREFIX) :].partition("/")
         return container, unquote(name)
