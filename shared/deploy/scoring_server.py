@@ -99,7 +99,8 @@ class LoadedModel:
             schema = None
         if schema is not None and getattr(schema, "has_input_names", lambda: False)():
             for spec in schema.inputs:
-                self.columns.append((spec.name, str(getattr(spec, "type", "")), bool(getattr(spec, "required", True))))
+                typ = getattr(spec, "type", None)
+                self.columns.append((spec.name, str(getattr(typ, "name", typ)), bool(getattr(spec, "required", True))))
 
 
 class ScoringState:
