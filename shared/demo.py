@@ -131,6 +131,29 @@ def sample_rows(csv_path: Path, n: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
     return rows
 
 
+def gold_rows(run: Run, n: int = SAMPLE_ROWS) -> list[dict[str, Any]] | None:
+    """The first ``n`` rows of the gold table the run's ETL wrote (the model's own features), target dropped.
+
+    None when the run has no readable gold table (the caller falls back to the CSV).
+    """
+    gold = None
+    for step in run.steps:
+        result = step.outputs.get("result")
+        if isinstance(result, dict) and result.get("gold"):
+            gold = str(result["gold"])
+    if not gold or not Path(gold).is_dir():
+        return None
+    try:
+        from deltalake import DeltaTable
+
+        frame = DeltaTable(gold).to_pandas()
+    except Exception:
+        return None
+    keep = [c for c in frame.columns if str(c).lower() not in TARGET_COLUMNS]
+    rows = frame[keep].dropna().head(n).to_dict(orient="records")
+    return [{str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows] or None
+
+
 def score(url: str, rows: list[dict[str, Any]], timeout: float = 30.0, attempts: int = 10) -> list[Any]:
     """POST ``{"rows": [...]}`` to a scoring URL; returns the predictions (retries while it starts)."""
     body = json.dumps({"rows": rows}).encode("utf-8")
@@ -230,7 +253,7 @@ def run_demo(
             result.error = "the run succeeded but nothing is deployed (gate rejected and no champion?)"
             return result
         result.scoring_url = url
-        rows = sample_rows(drop)
+        rows = gold_rows(run) or sample_rows(drop)
         t = time.monotonic()
         preds = score(url, rows)
         mark("score", t)

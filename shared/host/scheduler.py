@@ -29,12 +29,14 @@ class Scheduler:
         sweep_every: float = 30.0,
         ingest: Any = None,
         clock: Clock = utcnow,
+        resume_stalled_seconds: float | None = 900.0,
     ) -> None:
         self.services = services
         self.interval = interval
         self.sweep_every = sweep_every
         self._ingest = ingest
         self.clock = clock
+        self.resume_stalled_seconds = resume_stalled_seconds
         self._last_sweep: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,13 +54,22 @@ class Scheduler:
         return self.ingest.fire_schedules(now or self.clock())
 
     def sweep(self, now: datetime | None = None) -> Any:
-        """Re-send start messages of runs left pending longer than the configured age."""
+        """Re-send start messages of runs left pending longer than the configured age, then
+        nudge running runs whose next message was lost (``Executor.resume_stalled``)."""
         from shared.ingest.sweeper import sweep_pending
 
         s = self.services
-        return sweep_pending(
+        resent = sweep_pending(
             s.store, s.queue, now or self.clock(), older_than_seconds=s.settings.sweeper_pending_seconds
         )
+        if self.resume_stalled_seconds is not None:
+            from shared.engine.executor import Executor
+
+            executor = Executor.from_services(s)
+            resume = getattr(executor, "resume_stalled", None)
+            if callable(resume):
+                resume(older_than_seconds=self.resume_stalled_seconds)
+        return resent
 
     def tick(self, now: datetime | None = None) -> None:
         now = now or self.clock()

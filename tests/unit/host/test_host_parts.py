@@ -384,7 +384,7 @@ def test_scheduler_fires_every_tick_and_sweeps_periodically(tmp_path: Path, monk
         store = MemoryRunStore()
         queue = MemoryQueue()
 
-    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30)  # type: ignore[arg-type]
+    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30, resume_stalled_seconds=None)  # type: ignore[arg-type]
     for s in (0, 10, 31, 40):
         sch.tick(T0 + timedelta(seconds=s))
     assert fired == [T0 + timedelta(seconds=s) for s in (0, 10, 31, 40)]
@@ -404,7 +404,7 @@ def test_scheduler_survives_a_failing_fire(tmp_path: Path, monkeypatch: pytest.M
         store = MemoryRunStore()
         queue = MemoryQueue()
 
-    Scheduler(Svc(), ingest=Ingest()).tick(T0)  # type: ignore[arg-type]
+    Scheduler(Svc(), ingest=Ingest(), resume_stalled_seconds=None).tick(T0)  # type: ignore[arg-type]
     assert len(swept) == 1
 
 
