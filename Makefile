@@ -54,3 +54,29 @@ up: install
 
 clean:
 	rm -rf .conveyor .pytest_cache .mypy_cache .ruff_cache
+
+# --- infra-check: offline checkov scan of infra/ (Bicep) in its own venv -----------------
+# checkov pins packages that fight the app's, so it lives in .venv-checkov. The scan is
+# offline: --skip-download and BC_SKIP_MAPPING stop Prisma Cloud look-ups,
+# CKV_SKIP_PACKAGE_UPDATE_CHECK stops the PyPI version check. Re-runs only when infra/ changes.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .venv-checkov
+CHECKOV_INSTALLED := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+CHECKOV_STAMP := $(CHECKOV_VENV)/.infra-checked
+INFRA_FILES := $(wildcard infra/*.bicep infra/modules/*.bicep infra/*.json infra/*.bicepparam)
+CHECKOV_ENV := BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=true
+CHECKOV_ARGS := -d infra --framework bicep --skip-download --quiet --compact
+
+.PHONY: infra-check
+infra-check: $(CHECKOV_STAMP)
+
+$(CHECKOV_INSTALLED): infra/checkov-constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --disable-pip-version-check -q -c infra/checkov-constraints.txt "checkov==$(CHECKOV_VERSION)"
+	@rm -f $(CHECKOV_VENV)/.installed-*
+	@touch $@
+
+$(CHECKOV_STAMP): $(CHECKOV_INSTALLED) $(INFRA_FILES)
+	$(CHECKOV_ENV) $(CHECKOV_VENV)/bin/checkov $(CHECKOV_ARGS)
+	@touch $@
