@@ -92,6 +92,12 @@ param landingContainerName string = 'landing'
 @description('Container receiving Event Grid events that could not be delivered.')
 param deadLetterContainerName string = 'deadletter'
 
+@description('More private containers in the data account: apps (Batch application files, resource_files in flows.yaml) and outputs (step outputs, the batch default output_container).')
+param extraContainerNames array = [
+  'apps'
+  'outputs'
+]
+
 @description('Days deleted blobs and containers stay recoverable.')
 @minValue(1)
 @maxValue(365)
@@ -371,6 +377,16 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
     publicAccess: 'None'
   }
 }
+
+resource extraContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
+  for name in extraContainerNames: {
+    parent: dataBlobService
+    name: name
+    properties: {
+      publicAccess: 'None'
+    }
+  }
+]
 
 resource dataTableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
   parent: dataStorage

@@ -25,7 +25,10 @@ INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 
-RESOURCE_RE = re.compile(r"^resource\s+(\w+)\s+'([^'@]+)@([^']+)'\s*=\s*(?:if\s*\(([^)]*)\)\s*)?\{", re.MULTILINE)
+RESOURCE_RE = re.compile(
+    r"^resource\s+(\w+)\s+'([^'@]+)@([^']+)'\s*=\s*(?:\[\s*for\s+[^:]+:\s*)?(?:if\s*\(([^)]*)\)\s*)?\{",
+    re.MULTILINE,
+)
 
 
 def _strip_comments(text: str) -> str:
@@ -167,6 +170,7 @@ def test_landing_and_deadletter_containers_live_in_the_data_account(text: str, r
     for container in ("landingContainer", "deadLetterContainer"):
         assert _has(res[container]["body"], "parent", "dataBlobService")
     assert _has(res["dataBlobService"]["body"], "parent", "dataStorage")
+    assert _has(res["extraContainers"]["body"], "parent", "dataBlobService")
     assert _has(res["runsTable"]["body"], "name", "runsTableName")
 
 
