@@ -14,6 +14,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +73,37 @@ def own_azurite_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def all_triggers_flows(tmp_path: Path) -> Path:
-    doc = yaml.safe_load((REPO_ROOT / "flows.yaml").read_text(encoding="utf-8"))
-    retrain = doc["flows"]["retrain"]
-    kinds = {t.get("kind") for t in retrain["triggers"]}
-    extra: list[dict[str, Any]] = []
-    if "manual" not in kinds:
-        extra.append({"kind": "manual"})
-    if "azure_devops" not in kinds:
-        extra.append({"kind": "azure_devops", "events": ["git.push"], "branch": "main"})
-    if "schedule" not in kinds:
-        extra.append({"kind": "schedule", "cron": "0 0 * * * *"})
-    retrain["triggers"] = list(retrain["triggers"]) + extra
-    doc["flows"] = {"retrain": retrain}
-    path = tmp_path / "flows.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
+def all_triggers_flows(tmp_path: Path) -> Callable[[str, Path], Path]:
+    """A flows file: the repo's ``retrain`` (blob trigger) plus ``retrain-any``, the same steps
+    startable by hand, by an Azure DevOps push to main and by an hourly schedule.
+
+    ``retrain`` reads ``${trigger.blob.url}``, which only a blob trigger has, so in
+    ``retrain-any`` that reference is replaced by the URL of a CSV the test uploads.
+    """
+
+    def make(data_url: str, home: Path) -> Path:
+        doc = yaml.safe_load((REPO_ROOT / "flows.yaml").read_text(encoding="utf-8"))
+        retrain = doc["flows"]["retrain"]
+        # keep the ETL's lake in the test's data home, not the repository's .conveyor/
+        lake = json.dumps(retrain["steps"]).replace(".conveyor/lake/", f"{home}/lake/")
+        retrain["steps"] = json.loads(lake)
+        steps_text = lake.replace("${trigger.blob.url}", data_url)
+        any_flow = {
+            **retrain,
+            "triggers": [
+                {"kind": "manual"},
+                {"kind": "azure_devops", "events": ["git.push"], "branch": "main"},
+                {"kind": "schedule", "cron": "0 0 * * * *"},
+            ],
+            "steps": json.loads(steps_text),
+        }
+        retrain["triggers"] = [t for t in retrain["triggers"] if t.get("kind") == "blob"]
+        doc["flows"] = {"retrain": retrain, "retrain-any": any_flow}
+        path = tmp_path / "flows.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        return path
+
+    return make
 
 
 def basic_auth(user: str, password: str) -> str:

@@ -10,6 +10,7 @@ the home hold exactly one job per (run, step) key, and the registry one version 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from shared.host.scheduler import Scheduler
 from shared.host.watcher import account_name
 from shared.ingest.eventgrid import blob_created_event
 from shared.settings import Settings
+from shared.wiring import Services
 from tests.conftest import REPO_ROOT, unique_suffix
 from tests.e2e.conftest import DEVOPS_PASSWORD, DEVOPS_USER, basic_auth, get, post
 
@@ -30,15 +32,16 @@ STEP_DIRS = {"batch": "batch", "databricks": "databricks", "azureml": "azureml"}
 
 
 def test_each_trigger_three_times_starts_one_run_and_one_launch_per_step(
-    e2e_settings: Settings, all_triggers_flows: Path, tmp_path: Path
+    e2e_settings: Settings, all_triggers_flows: Callable[[str, Path], Path], tmp_path: Path
 ) -> None:
-    s = e2e_settings.with_overrides(flows_file=all_triggers_flows)
+    csv = generate_data(e2e_settings, tmp_path, rows=120, seed=3, name=f"e2e-{unique_suffix()}.csv")
+    blobs = Services(e2e_settings).blobs
+    s = e2e_settings.with_overrides(flows_file=all_triggers_flows(blobs.url("landing", csv.name), e2e_settings.home))
     with LocalHost(s, workers=2, watch=False, schedule=False) as host:
         services = host.services
         assert services is not None
         url = host.url
-        # the data and the batch app the flow needs
-        csv = generate_data(s, tmp_path, rows=120, seed=3, name=f"e2e-{unique_suffix()}.csv")
+        # the data and the batch app the flows need
         services.blobs.upload_file("apps", "batch_app/score_file.py", REPO_ROOT / "samples/batch_app/score_file.py")
         info = services.blobs.upload_file("landing", csv.name, csv)
 
@@ -57,7 +60,9 @@ def test_each_trigger_three_times_starts_one_run_and_one_launch_per_step(
         # manual: one idempotency key, three calls
         ids = set()
         for _ in range(3):
-            status, doc = post(f"{url}/api/flows/retrain/runs", {"params": {"why": "e2e"}, "idempotency_key": "k-1"})
+            status, doc = post(
+                f"{url}/api/flows/retrain-any/runs", {"params": {"why": "e2e"}, "idempotency_key": "k-1"}
+            )
             assert status == 202, doc
             ids.add(doc["run_id"])
         run_ids["manual"] = ids
@@ -87,7 +92,7 @@ def test_each_trigger_three_times_starts_one_run_and_one_launch_per_step(
         runs: list[Run] = [host.wait_for_run(rid, timeout=600) for rid in sorted(all_ids)]
         for run in runs:
             assert run.status.value == "succeeded", (run.run_id, run.trigger.kind, run.error)
-        status, doc = get(f"{url}/api/runs?flow=retrain")
+        status, doc = get(f"{url}/api/runs")
         assert status == 200 and doc["count"] == 4
 
     # one job directory per launched key, per backend, and nothing else
