@@ -389,10 +389,13 @@ class RunFollower:
             self._progress = None
 
     def update(self, run: Run) -> None:
+        self._steps(run)
         if run.status.value != self._last_status:
             self._last_status = run.status.value
             if not self.interactive:
                 self.out.print(f"run {run.run_id[:12]} {run.status.value}", highlight=False)
+
+    def _steps(self, run: Run) -> None:
         for step in run.steps:
             prog = step.progress or {}
             done, total = int(prog.get("done", 0)), int(prog.get("total", 0))
@@ -806,6 +809,12 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``conveyor = shared.cli:main``)."""
+    import logging
+
+    # MLflow logs its database migrations at INFO on first use: noise in a terminal
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         app(args=argv, prog_name="conveyor", standalone_mode=True)
     except SystemExit as exc:

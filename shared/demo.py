@@ -259,8 +259,8 @@ def run_demo(
         mark("score", t)
         result.prediction = preds
         out.print(f"scoring url: {url}", highlight=False)
-        out.print(f"rows: {json.dumps(rows)}", highlight=False)
-        out.print(f"prediction: {json.dumps(preds)}", highlight=False)
+        out.print(f"rows: {json.dumps(rows)}", highlight=False, soft_wrap=True)
+        out.print(f"prediction: {json.dumps(preds)}", highlight=False, soft_wrap=True)
         numeric = bool(preds) and all(isinstance(p, int | float) and not isinstance(p, bool) for p in preds)
         result.ok = numeric
         if not numeric:

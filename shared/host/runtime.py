@@ -4,7 +4,8 @@ Start order: validate flows.yaml (a host never starts on an invalid file), Azuri
 one already listens on the configured ports), the services, the HTTP server (the same
 routes and handlers as the Functions app), the blob watcher (Event Grid), the scheduler
 (timer triggers and the sweeper) and the queue workers (the orchestrator). ``stop`` undoes
-it in reverse order and stops only what this host started.
+it in reverse order and stops only what this host started (Azurite only when it started
+it; the local scoring server that deploy steps started under its home).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LocalHost:
         schedule: bool = True,
         start_azurite: bool = True,
         scheduler_interval: float = 2.0,
+        stop_scoring: bool = True,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -56,6 +58,7 @@ class LocalHost:
         self.schedule = schedule
         self.start_azurite = start_azurite
         self.scheduler_interval = scheduler_interval
+        self.stop_scoring = stop_scoring
         self.flows: FlowsFile | None = None
         self.azurite: Azurite | None = None
         self.server: HostServer | None = None
@@ -136,6 +139,14 @@ class LocalHost:
         if self._started or self._previous_services is not None:
             wiring.set_services(self._previous_services)
             self._previous_services = None
+        if self.stop_scoring and self._started and self.settings.adapter("deployer") == "local":
+            # the local scoring server a deploy step started is part of this host's stack
+            try:
+                from shared.deploy.local_endpoint import stop_server
+
+                stop_server(self.settings.home)
+            except Exception:
+                log.exception("host: stopping the scoring server failed")
         if self.azurite is not None:
             self.azurite.stop()
             self.azurite = None
