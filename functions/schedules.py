@@ -1,11 +1,12 @@
-"""Timer -> fire due flow schedules, then sweep runs left pending.
+"""Timer -> fire due flow schedules, then sweep runs left pending or stalled.
 
 One timer ticks every ``CONVEYOR_SCHEDULE_TICK`` (an app setting, NCRONTAB with seconds;
 default in local.settings.sample.json: ``0 * * * * *`` = every minute). Flow schedules live in
 flows.yaml, not here: each tick fires the schedules due up to now, with run id = hash(flow,
 fire time), so a double tick (two instances, a restart) starts nothing twice. The sweeper then
 re-sends the start message of runs created but left ``pending`` (a crash between create and
-send) for longer than ``CONVEYOR_SWEEPER_PENDING_SECONDS``.
+send) for longer than ``CONVEYOR_SWEEPER_PENDING_SECONDS`` and nudges running runs whose
+next message was lost (``Executor.resume_stalled``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ DEFAULT_TICK = "0 * * * * *"  # documented default of %CONVEYOR_SCHEDULE_TICK%
 def schedule_tick(timer: func.TimerRequest) -> None:
     from shared.clock import utcnow
     from shared.ingest.service import IngestService
-    from shared.ingest.sweeper import sweep_pending
+    from shared.ingest.sweeper import sweep
     from shared.wiring import get_services
 
     now = utcnow()
@@ -41,9 +42,9 @@ def schedule_tick(timer: func.TimerRequest) -> None:
         log.exception("schedules: firing failed")
         first_error = exc
     try:
-        swept = sweep_pending(services.store, services.queue, now, services.settings.sweeper_pending_seconds)
+        swept = sweep(services, now)
         if swept:
-            log.info("sweeper: re-sent %s pending runs", len(swept) if hasattr(swept, "__len__") else swept)
+            log.info("sweeper: re-sent %d pending runs", len(swept))
     except Exception as exc:
         log.exception("sweeper: failed")
         first_error = first_error or exc

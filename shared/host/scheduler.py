@@ -56,20 +56,9 @@ class Scheduler:
     def sweep(self, now: datetime | None = None) -> Any:
         """Re-send start messages of runs left pending longer than the configured age, then
         nudge running runs whose next message was lost (``Executor.resume_stalled``)."""
-        from shared.ingest.sweeper import sweep_pending
+        from shared.ingest.sweeper import sweep
 
-        s = self.services
-        resent = sweep_pending(
-            s.store, s.queue, now or self.clock(), older_than_seconds=s.settings.sweeper_pending_seconds
-        )
-        if self.resume_stalled_seconds is not None:
-            from shared.engine.executor import Executor
-
-            executor = Executor.from_services(s)
-            resume = getattr(executor, "resume_stalled", None)
-            if callable(resume):
-                resume(older_than_seconds=self.resume_stalled_seconds)
-        return resent
+        return sweep(self.services, now or self.clock(), self.resume_stalled_seconds)
 
     def tick(self, now: datetime | None = None) -> None:
         now = now or self.clock()

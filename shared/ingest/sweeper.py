@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from shared.queue.base import WorkQueue
     from shared.store.base import RunStore
     from shared.telemetry.base import Telemetry
+    from shared.wiring import Services
 
 log = logging.getLogger("conveyor.ingest.sweeper")
 
@@ -72,4 +73,19 @@ def sweep_pending(
                 )
             except Exception:
                 log.exception("telemetry event run.start_resent failed")
+    return resent
+
+
+def sweep(services: Services, now: datetime, resume_stalled_seconds: float | None = 900.0) -> list[str]:
+    """The periodic housekeeping both hosts run (Functions timer and the local scheduler).
+
+    Re-sends the start of runs left pending (:func:`sweep_pending`), then nudges running runs
+    whose next message was lost for good (``Executor.resume_stalled``). Returns the re-sent ids.
+    """
+    s = services
+    resent = sweep_pending(s.store, s.queue, now, older_than_seconds=s.settings.sweeper_pending_seconds)
+    if resume_stalled_seconds is not None:
+        from shared.engine.executor import Executor
+
+        Executor.from_services(s).resume_stalled(older_than_seconds=resume_stalled_seconds)
     return resent

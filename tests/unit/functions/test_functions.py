@@ -255,8 +255,8 @@ def test_schedule_tick_sweeps_even_when_firing_fails(world: World, monkeypatch: 
     def broken(self: Any, now: datetime) -> None:
         raise RuntimeError("flows unreadable")
 
-    def sweep(store: Any, queue: Any, now: datetime, older: float) -> list[str]:
-        calls.append(f"sweep {older}")
+    def sweep(store: Any, queue: Any, now: datetime, older_than_seconds: float) -> list[str]:
+        calls.append(f"sweep {older_than_seconds}")
         return []
 
     monkeypatch.setattr(IngestService, "fire_schedules", broken)
