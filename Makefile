@@ -43,7 +43,7 @@ functional: install
 e2e: install
 	$(PY) -m pytest tests/e2e -q
 
-test: install lint types
+test: install lint types infra-check
 	$(PY) -m pytest tests -q
 
 bench: install
