@@ -13,7 +13,7 @@ side. The figure is then the backend's own overhead (job spec, JSON task log, sp
 templating with ``shlex.quote``, status file, polling) over a bare ``multiprocessing.Pool``
 calling ``subprocess.run``; Azurite would add the same HTTP cost to both sides and dilute it.
 
-Goal: backend time <= 1.15 x bare pool time (medians of interleaved rounds).
+Goal: backend time <= 1.15 x bare pool time (median of the interleaved rounds' ratios).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -160,8 +161,10 @@ def main(tasks: int = 1000, rounds: int = 3, workers: int = 2) -> bool:
             )
             start = time.perf_counter()
             backend.launch(request)
+            # Poll every 10 ms (the engine polls every few seconds): often enough to add at most
+            # ~10 ms to a multi-second job, rarely enough not to compete with the workers for the GIL.
             while (status := backend.poll(key)).state == "running":
-                time.sleep(0.002)
+                time.sleep(0.01)
             elapsed = time.perf_counter() - start
             if status.state != "succeeded" or status.outputs.get("tasks") != count:
                 failures.append(f"backend job {key}: {status.state} {status.error or ''}"[:300])
@@ -196,15 +199,18 @@ def main(tasks: int = 1000, rounds: int = 3, workers: int = 2) -> bool:
             pool.join()
             backend.close()
 
-    ratio = t_backend / t_pool
+    # The figure: the median of the per-round ratios (each backend round next to its pool
+    # round), which is robust to the machine's load drifting between rounds.
+    pairs = list(zip(times["backend"], times["pool"], strict=True))
+    ratio = statistics.median(a / b for a, b in pairs) if pairs else float("inf")
     ok = ratio <= GOAL and not failures
     for f in failures:
         print(f"  batch: {f}")
-    rounds_text = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(times["backend"], times["pool"], strict=True))
+    rounds_text = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs)
     print(f"  batch: rounds backend/pool seconds: {rounds_text}; command {COMMAND!r}, blobs as local files")
     report(
         "batch backend",
-        f"{tasks} tasks x{workers}: backend {t_backend:.2f}s vs bare pool {t_pool:.2f}s = {ratio:.2f}x",
+        f"{tasks} tasks x{workers}: backend {t_backend:.2f}s vs bare pool {t_pool:.2f}s, ratio {ratio:.2f}x",
         f"<={GOAL}x",
         ok,
     )
