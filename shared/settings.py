@@ -35,6 +35,130 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 @dataclass(frozen=True)
+class IdentityConnection:
+    """An identity-based connection as Functions defines them (``<Name>__serviceUri`` etc.).
+
+    ``credential`` is ``managedidentity`` or empty (DefaultAzureCredential); ``client_id``
+    picks a user-assigned identity.
+    """
+
+    name: str
+    connection_string: str | None = None
+    account_name: str | None = None
+    blob_service_uri: str | None = None
+    queue_service_uri: str | None = None
+    table_service_uri: str | None = None
+    fully_qualified_namespace: str | None = None
+    credential: str | None = None
+    client_id: str | None = None
+
+    @classmethod
+    def read(cls, env: Mapping[str, str], name: str) -> IdentityConnection:
+        def get(suffix: str) -> str | None:
+            return env.get(f"{name}__{suffix}") or None
+
+        return cls(
+            name=name,
+            connection_string=env.get(name) or None,
+            account_name=get("accountName"),
+            blob_service_uri=get("blobServiceUri") or get("serviceUri"),
+            queue_service_uri=get("queueServiceUri"),
+            table_service_uri=get("tableServiceUri"),
+            fully_qualified_namespace=get("fullyQualifiedNamespace"),
+            credential=get("credential"),
+            client_id=get("clientId"),
+        )
+
+    def service_uri(self, service: str) -> str | None:
+        """``https://<account>.<service>.core.windows.net`` unless given explicitly."""
+        explicit = {
+            "blob": self.blob_service_uri,
+            "queue": self.queue_service_uri,
+            "table": self.table_service_uri,
+        }[service]
+        if explicit:
+            return explicit.rstrip("/")
+        if self.account_name:
+            return f"https://{self.account_name}.{service}.core.windows.net"
+        return None
+
+    @property
+    def configured(self) -> bool:
+        return bool(
+            self.connection_string
+            or self.account_name
+            or self.blob_service_uri
+            or self.queue_service_uri
+            or self.table_service_uri
+            or self.fully_qualified_namespace
+        )
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """What the Azure adapters read (CONVEYOR_MODE=azure). Identity-based by default."""
+
+    storage: IdentityConnection = field(default_factory=lambda: IdentityConnection("CONVEYOR_STORAGE"))
+    service_bus: IdentityConnection = field(default_factory=lambda: IdentityConnection("ServiceBusConnection"))
+    managed_identity_client_id: str | None = None
+    # Azure Batch
+    batch_account_url: str | None = None
+    batch_pool_id: str | None = None
+    batch_resource_identity: str | None = None  # ARM id of the pool's user-assigned identity for blob access
+    # Databricks
+    databricks_host: str | None = None
+    databricks_auth: str = "azure-msi"  # azure-msi | pat | azure-client-secret
+    databricks_token: str | None = None
+    databricks_client_id: str | None = None
+    databricks_client_secret: str | None = None
+    databricks_tenant_id: str | None = None
+    databricks_resource_id: str | None = None
+    # Azure ML
+    azureml_subscription_id: str | None = None
+    azureml_resource_group: str | None = None
+    azureml_workspace: str | None = None
+    azureml_sdk: str = "v2"  # v2 (azure-ai-ml, supported) | v1 (azureml-core, past support 2026-06-30)
+    azureml_compute: str | None = None
+    azureml_deployment_target: str = "online"  # v2: online endpoint; v1: aci | aks
+    azureml_aks_cluster: str | None = None
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> AzureSettings:
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
+        return cls(
+            storage=IdentityConnection.read(env, "CONVEYOR_STORAGE"),
+            service_bus=IdentityConnection.read(env, "ServiceBusConnection"),
+            managed_identity_client_id=get("CONVEYOR_MANAGED_IDENTITY_CLIENT_ID"),
+            batch_account_url=get("CONVEYOR_BATCH_ACCOUNT_URL"),
+            batch_pool_id=get("CONVEYOR_BATCH_POOL_ID"),
+            batch_resource_identity=get("CONVEYOR_BATCH_RESOURCE_IDENTITY"),
+            databricks_host=get("CONVEYOR_DATABRICKS_HOST"),
+            databricks_auth=(get("CONVEYOR_DATABRICKS_AUTH") or "azure-msi").lower(),
+            databricks_token=get("CONVEYOR_DATABRICKS_TOKEN"),
+            databricks_client_id=get("CONVEYOR_DATABRICKS_CLIENT_ID"),
+            databricks_client_secret=get("CONVEYOR_DATABRICKS_CLIENT_SECRET"),
+            databricks_tenant_id=get("CONVEYOR_DATABRICKS_TENANT_ID"),
+            databricks_resource_id=get("CONVEYOR_DATABRICKS_RESOURCE_ID"),
+            azureml_subscription_id=get("CONVEYOR_AZUREML_SUBSCRIPTION_ID"),
+            azureml_resource_group=get("CONVEYOR_AZUREML_RESOURCE_GROUP"),
+            azureml_workspace=get("CONVEYOR_AZUREML_WORKSPACE"),
+            azureml_sdk=(get("CONVEYOR_AZUREML_SDK") or "v2").lower(),
+            azureml_compute=get("CONVEYOR_AZUREML_COMPUTE"),
+            azureml_deployment_target=(get("CONVEYOR_AZUREML_DEPLOYMENT_TARGET") or "online").lower(),
+            azureml_aks_cluster=get("CONVEYOR_AZUREML_AKS_CLUSTER"),
+        )
+
+    def require(self, field_name: str, setting: str) -> str:
+        """The value of a required Azure setting, or a ValidationError naming the app setting."""
+        value = getattr(self, field_name)
+        if not value:
+            raise ValidationError("is required in azure mode", field=setting)
+        return str(value)
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode = "local"
     root: Path = field(default_factory=Path.cwd)
@@ -65,6 +189,7 @@ class Settings:
     appinsights_connection_string: str | None = None
     sweeper_pending_seconds: int = 300
     adapters: Mapping[str, str] = field(default_factory=dict)
+    azure: AzureSettings = field(default_factory=AzureSettings)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -106,6 +231,7 @@ class Settings:
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
             sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
             adapters=adapters,
+            azure=AzureSettings.read(env),
             env=env,
         )
 

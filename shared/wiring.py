@@ -53,6 +53,10 @@ class Services:
             from shared.queue.storage_queue import StorageQueueWorkQueue
 
             return StorageQueueWorkQueue.from_settings(self.settings)
+        if self.settings.adapter("queue") == "azure":
+            from shared.queue.servicebus import ServiceBusWorkQueue
+
+            return ServiceBusWorkQueue.from_settings(self.settings)
         raise self._unsupported("queue")
 
     @cached_property
@@ -73,6 +77,14 @@ class Services:
             from shared.registry.mlflow_registry import MlflowRegistry
 
             return MlflowRegistry.from_settings(self.settings)
+        if self.settings.adapter("registry") == "azure":
+            if self.settings.azure.azureml_sdk == "v1":
+                from shared.registry.azureml_v1 import AzureMLv1Registry
+
+                return AzureMLv1Registry.from_settings(self.settings)
+            from shared.registry.azureml_v2 import AzureMLRegistry
+
+            return AzureMLRegistry.from_settings(self.settings)
         raise self._unsupported("registry")
 
     @cached_property
@@ -81,6 +93,14 @@ class Services:
             from shared.deploy.local_endpoint import LocalScoringDeployer
 
             return LocalScoringDeployer.from_settings(self.settings)
+        if self.settings.adapter("deployer") == "azure":
+            if self.settings.azure.azureml_sdk == "v1":
+                from shared.deploy.azureml_v1 import AzureMLWebServiceDeployer
+
+                return AzureMLWebServiceDeployer.from_settings(self.settings)
+            from shared.deploy.azureml_v2 import AzureMLOnlineDeployer
+
+            return AzureMLOnlineDeployer.from_settings(self.settings)
         raise self._unsupported("deployer")
 
     @cached_property
@@ -119,6 +139,23 @@ class Services:
                 from shared.backends.local_azureml import LocalAzureMLBackend
 
                 return LocalAzureMLBackend.from_settings(s, self.blobs)
+        if adapter == "azure":
+            if kind == "batch":
+                from shared.backends.azure_batch import AzureBatchBackend
+
+                return AzureBatchBackend.from_settings(s, self.blobs)
+            if kind == "databricks":
+                from shared.backends.azure_databricks import DatabricksJobsBackend
+
+                return DatabricksJobsBackend.from_settings(s)
+            if kind == "azureml":
+                if s.azure.azureml_sdk == "v1":
+                    from shared.backends.azureml_v1 import AzureMLv1Backend
+
+                    return AzureMLv1Backend.from_settings(s)
+                from shared.backends.azureml_v2 import AzureMLv2Backend
+
+                return AzureMLv2Backend.from_settings(s)
         raise self._unsupported(kind)
 
 
