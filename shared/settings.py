@@ -53,13 +53,15 @@ class IdentityConnection:
     client_id: str | None = None
 
     @classmethod
-    def read(cls, env: Mapping[str, str], name: str) -> IdentityConnection:
+    def read(cls, env: Mapping[str, str], name: str, connection_setting: str | None = None) -> IdentityConnection:
+        """``connection_setting`` names the plain connection-string setting (default: ``name``)."""
+
         def get(suffix: str) -> str | None:
             return env.get(f"{name}__{suffix}") or None
 
         return cls(
             name=name,
-            connection_string=env.get(name) or None,
+            connection_string=env.get(connection_setting or name) or None,
             account_name=get("accountName"),
             blob_service_uri=get("blobServiceUri") or get("serviceUri"),
             queue_service_uri=get("queueServiceUri"),
@@ -128,7 +130,7 @@ class AzureSettings:
             return env.get(name) or None
 
         return cls(
-            storage=IdentityConnection.read(env, "CONVEYOR_STORAGE"),
+            storage=IdentityConnection.read(env, "CONVEYOR_STORAGE", "CONVEYOR_STORAGE_CONNECTION"),
             service_bus=IdentityConnection.read(env, "ServiceBusConnection"),
             managed_identity_client_id=get("CONVEYOR_MANAGED_IDENTITY_CLIENT_ID"),
             batch_account_url=get("CONVEYOR_BATCH_ACCOUNT_URL"),
