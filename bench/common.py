@@ -40,39 +40,13 @@ def report(name: str, figure: str, goal: str, met: bool) -> str:
 def azurite_settings(in_memory: bool = False) -> Iterator[Settings]:
     """ONE Azurite on free ports with its data in a temp dir, and Settings pointing at it
     (built directly, like tests/conftest.py: nothing is read from the environment)."""
-    from shared.local.azurite import Azurite, free_port
+    from shared.local.azurite import azurite_on_free_ports
 
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
-        home = Path(tmp)
-        ports: set[int] = set()
-        while len(ports) < 3:
-            ports.add(free_port())
-        blob_port, queue_port, table_port = sorted(ports)
-        azurite = Azurite(
-            home / "azurite",
-            blob_port=blob_port,
-            queue_port=queue_port,
-            table_port=table_port,
-            root=ROOT,
-            in_memory=in_memory,
-        )
-        azurite.start(timeout=60)
-        try:
-            yield Settings(
-                mode="local",
-                root=ROOT,
-                home=home,
-                flows_file=ROOT / "flows.yaml",
-                storage_connection=None,
-                azurite_host=azurite.host,
-                azurite_blob_port=blob_port,
-                azurite_queue_port=queue_port,
-                azurite_table_port=table_port,
-                batch_max_workers=2,
-                env={},
-            )
-        finally:
-            azurite.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp,
+        azurite_on_free_ports(Path(tmp), ROOT, in_memory=in_memory) as settings,
+    ):
+        yield settings
 
 
 def unique(prefix: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.local.azurite import Azurite, free_port
+from shared.local.azurite import azurite_on_free_ports
 from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,36 +27,9 @@ def unique_suffix() -> str:
 
 @pytest.fixture(scope="session")
 def azurite_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    home = tmp_path_factory.mktemp("conveyor-home")
-    ports: set[int] = set()
-    while len(ports) < 3:
-        ports.add(free_port())
-    blob_port, queue_port, table_port = sorted(ports)
-    azurite = Azurite(
-        home / "azurite",
-        blob_port=blob_port,
-        queue_port=queue_port,
-        table_port=table_port,
-        root=REPO_ROOT,
-        in_memory=True,  # nothing to keep after the session; no periodic DB dumps slowing Azurite
-    )
-    azurite.start(timeout=60)
-    try:
-        yield Settings(
-            mode="local",
-            root=REPO_ROOT,
-            home=home,
-            flows_file=REPO_ROOT / "flows.yaml",
-            storage_connection=None,
-            azurite_host=azurite.host,
-            azurite_blob_port=blob_port,
-            azurite_queue_port=queue_port,
-            azurite_table_port=table_port,
-            batch_max_workers=2,
-            env={},
-        )
-    finally:
-        azurite.stop()
+    # In memory: nothing to keep after the session; no periodic DB dumps slowing Azurite.
+    with azurite_on_free_ports(tmp_path_factory.mktemp("conveyor-home"), REPO_ROOT, in_memory=True) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -195,3 +196,41 @@ def ensure_azurite(settings: Settings, timeout: float = 60) -> Azurite | None:
         root=root,
     )
     return azurite.start(timeout=timeout)
+
+
+@contextlib.contextmanager
+def azurite_on_free_ports(home: Path, root: Path, *, in_memory: bool = True) -> Iterator[Settings]:
+    """ONE Azurite on three free loopback ports, and Settings pointing at it.
+
+    For tests and benchmarks: nothing is read from the process environment, data lives
+    under ``home`` (or in memory), and Azurite is stopped on exit.
+    """
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    blob_port, queue_port, table_port = sorted(ports)
+    azurite = Azurite(
+        home / "azurite",
+        blob_port=blob_port,
+        queue_port=queue_port,
+        table_port=table_port,
+        root=root,
+        in_memory=in_memory,
+    )
+    azurite.start(timeout=60)
+    try:
+        yield Settings(
+            mode="local",
+            root=root,
+            home=home,
+            flows_file=root / "flows.yaml",
+            storage_connection=None,
+            azurite_host=azurite.host,
+            azurite_blob_port=blob_port,
+            azurite_queue_port=queue_port,
+            azurite_table_port=table_port,
+            batch_max_workers=2,
+            env={},
+        )
+    finally:
+        azurite.stop()
