@@ -187,8 +187,10 @@ class Settings:
     devops_secret: str | None = None
     # registry / telemetry
     mlflow_tracking_uri: str | None = None
-    telemetry_exporter: str = "local"  # local | opentelemetry | opencensus
+    # local | opentelemetry | opencensus; "" = by adapter("telemetry"): azure -> opentelemetry, local -> local
+    telemetry_exporter: str = ""
     appinsights_connection_string: str | None = None
+    appinsights_authentication_string: str | None = None  # "Authorization=AAD[;ClientId=<guid>]"
     sweeper_pending_seconds: int = 300
     adapters: Mapping[str, str] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
@@ -229,8 +231,9 @@ class Settings:
             devops_secret_header=env.get("CONVEYOR_DEVOPS_SECRET_HEADER", "X-Conveyor-Secret"),
             devops_secret=env.get("CONVEYOR_DEVOPS_SECRET") or None,
             mlflow_tracking_uri=env.get("CONVEYOR_MLFLOW_TRACKING_URI") or None,
-            telemetry_exporter=env.get("CONVEYOR_TELEMETRY_EXPORTER", "local").strip().lower(),
+            telemetry_exporter=env.get("CONVEYOR_TELEMETRY_EXPORTER", "").strip().lower(),
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
+            appinsights_authentication_string=env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or None,
             sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
             adapters=adapters,
             azure=AzureSettings.read(env),
