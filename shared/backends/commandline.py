@@ -317,7 +317,8 @@ for line in inp:
     os.environ.update(prev)
     try:
         if req.get("mkdir"):
-            os.mkdir(req["mkdir"])
+            # exist_ok: a task re-run after a host crash may race a dying orphan of the old host
+            os.makedirs(req["mkdir"], exist_ok=True)
         with open(req["stdout"], "wb") as o, open(req["stderr"], "wb") as e:
             p = subprocess.Popen(req["argv"], cwd=req["cwd"], stdin=subprocess.DEVNULL,
                                  stdout=o, stderr=e, start_new_session=True)
