@@ -37,7 +37,7 @@ from shared.engine.decide import (
     decide,
     start_message,
 )
-from shared.engine.model import Message, Run, RunStatus, StepState
+from shared.engine.model import MAX_START_BATCH, Message, Run, RunStatus, StepState
 from shared.errors import ConcurrencyError, ConveyorError, NotFoundError, ValidationError
 from shared.flows.model import Flow, FlowsFile
 from shared.queue.base import WorkQueue
@@ -79,6 +79,14 @@ def parse_message(body: str | bytes) -> Message:
         for name in ("step", "attempt", "tick"):
             if getattr(message, name) is None:
                 raise ValidationError("a tick message needs step, attempt and tick", field=name)
+    if message.kind == "start_batch":
+        ids = message.run_ids
+        if not ids or len(ids) > MAX_START_BATCH:
+            raise ValidationError(f"a start_batch message needs 1-{MAX_START_BATCH} run ids", field="run_ids")
+        if not all(ids):
+            raise ValidationError("run ids must not be empty", field="run_ids")
+    elif message.run_ids is not None:
+        raise ValidationError("only a start_batch message carries run_ids", field="run_ids")
     return message
 
 
@@ -115,6 +123,9 @@ class Executor:
         Raises RetryableError subclasses when the message should be redelivered; an unknown
         run is logged and dropped.
         """
+        if message.kind == "start_batch":
+            self._fan_out(message, delivery_count)
+            return
         redelivered = delivery_count > 1
         events: deque[Observation | None] = deque([None])
         handled = 0
@@ -132,6 +143,26 @@ class Executor:
                 produced = self._perform(run, flow, command)
                 if produced is not None:
                     events.append(produced)
+
+    def _fan_out(self, message: Message, delivery_count: int) -> None:
+        """A ``start_batch`` becomes one ``start`` per run (message id = run id), sent together.
+
+        Quick (no run is read) and small per run: each run is then started by its own message,
+        on whichever worker takes it, well within the batch message's visibility timeout. If
+        sending fails part-way, the error propagates and the queue redelivers the batch, which
+        sends every start again: starting is idempotent per run (a start for a run already past
+        ``pending`` does nothing; Service Bus also collapses the resends by message id), and a
+        run whose start never arrives stays ``pending`` for the sweeper.
+        """
+        run_ids = list(dict.fromkeys(message.run_ids or []))
+        if not run_ids:
+            return
+        starts = [
+            Message(kind="start", run_id=rid, flow=message.flow, traceparent=message.traceparent).with_id()
+            for rid in run_ids
+        ]
+        log.info("start_batch %s (delivery %d): sending %d start messages", message.run_id, delivery_count, len(starts))
+        self.queue.send_many(starts)
 
     def resume_stalled(self, older_than_seconds: float = 900.0, limit: int = 100) -> list[str]:
         """Sweeper hook: nudge runs whose next message was lost for good (e.g. dead-lettered).

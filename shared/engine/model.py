@@ -132,7 +132,12 @@ class Run(BaseModel):
         return None
 
 
-MessageKind = Literal["start", "tick", "cancel", "rerun"]
+MessageKind = Literal["start", "tick", "cancel", "rerun", "start_batch"]
+
+# A ``start_batch`` message carries at most this many run ids, in at most this many characters
+# of ids: its JSON stays far below the Storage Queue (64 KiB) and Service Bus (256 KiB) limits.
+MAX_START_BATCH = 500
+MAX_START_BATCH_CHARS = 40_000
 
 
 class Message(BaseModel):
@@ -149,6 +154,10 @@ class Message(BaseModel):
     from_step: str | None = None  # rerun: restart here
     traceparent: str = ""
     message_id: str = ""
+    # start_batch: the runs to start. The executor fans it out into one ``start`` per run
+    # (message id = run id); ``run_id`` is then ``batch-<hash of the ids>``, never a run's id.
+    # Left out of the JSON when unset, so other messages read the same as before.
+    run_ids: list[str] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     def with_id(self) -> Message:
         """Fill ``message_id`` deterministically so duplicates collapse on Service Bus."""
@@ -156,12 +165,29 @@ class Message(BaseModel):
             return self
         if self.kind == "start":
             mid = self.run_id
+        elif self.kind == "start_batch":
+            mid = start_batch_id(self.run_ids or [])
         elif self.kind == "tick":
             mid = f"{self.run_id}:{self.step}:{self.attempt}:{self.tick}"
         else:
             raw = f"{self.run_id}:{self.kind}:{self.from_step or ''}"
             mid = hashlib.sha256(raw.encode()).hexdigest()[:32]
         return self.model_copy(update={"message_id": mid})
+
+
+def start_batch_id(run_ids: list[str]) -> str:
+    """``batch-`` + a hash of the ids: the ``run_id`` and ``message_id`` of a ``start_batch``."""
+    return "batch-" + hashlib.sha256("\x1f".join(run_ids).encode("utf-8")).hexdigest()[:32]
+
+
+def start_batch_message(run_ids: list[str], flow: str = "", traceparent: str = "") -> Message:
+    """One queue message asking to start many runs (see ``Message.run_ids``)."""
+    if not run_ids or len(run_ids) > MAX_START_BATCH:
+        raise ValueError(f"a start_batch carries 1-{MAX_START_BATCH} run ids, not {len(run_ids)}")
+    ids = list(run_ids)
+    return Message(
+        kind="start_batch", run_id=start_batch_id(ids), flow=flow, traceparent=traceparent, run_ids=ids
+    ).with_id()
 
 
 def run_id_for(*parts: str) -> str:

@@ -14,7 +14,10 @@ manual         ``run_id_for(flow, "manual", idempotency key)`` or a fresh uuid
 =============  ================================================================
 
 ``RunStore.create_many`` decides who created what; only creators send ``start`` (message id
-= run id, so Service Bus duplicate detection also collapses resends). Everything is
+= run id, so Service Bus duplicate detection also collapses resends). When one call creates
+more than ``BULK_START_MIN`` runs of a flow (a large Event Grid delivery, a schedule catch-up),
+their starts travel as ``start_batch`` messages of up to ``MAX_START_BATCH`` run ids each (one
+queue send instead of hundreds); the executor fans each out into one ``start`` per run. Everything is
 validated before the first create or send: invalid input enqueues nothing. A crash between
 create and send leaves the run ``pending``; :func:`shared.ingest.sweeper.sweep_pending`
 re-sends it.
@@ -56,7 +59,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
-from shared.engine.model import Message, Run, RunStatus, StepRun, TriggerContext, run_id_for
+from shared.engine.model import (
+    MAX_START_BATCH,
+    MAX_START_BATCH_CHARS,
+    Message,
+    Run,
+    RunStatus,
+    StepRun,
+    TriggerContext,
+    run_id_for,
+    start_batch_message,
+)
 from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.flows.model import AzureDevOpsTrigger, BlobTrigger, Flow, FlowsFile, ManualTrigger, ScheduleTrigger
 from shared.ingest.devops import DevOpsEvent, authenticate, parse_devops
@@ -75,6 +88,7 @@ log = logging.getLogger("conveyor.ingest")
 MAX_PARAMS_BYTES = 32 * 1024  # manual params travel on the run row (Table properties cap at 64 KiB)
 MAX_KEY_CHARS = 200
 HISTORY_LIMIT = 200  # runs of a flow looked at to find its first scheduled fire
+BULK_START_MIN = 8  # more runs than this of one flow and delay: start_batch messages, not one start each
 
 
 @dataclass
@@ -110,6 +124,23 @@ class _Plan:
     delay: float = 0.0
     status: str = ""  # set for ignored plans
     reason: str = ""
+
+
+def _start_chunks(plans: list[_Plan]) -> list[list[_Plan]]:
+    """Plans cut into start_batch-sized chunks (count and characters of run ids)."""
+    chunks: list[list[_Plan]] = []
+    chunk: list[_Plan] = []
+    chars = 0
+    for p in plans:
+        size = len(p.run.run_id) + 3 if p.run is not None else 0
+        if chunk and (len(chunk) >= MAX_START_BATCH or chars + size > MAX_START_BATCH_CHARS):
+            chunks.append(chunk)
+            chunk, chars = [], 0
+        chunk.append(p)
+        chars += size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def fire_time_text(when: datetime) -> str:
@@ -198,8 +229,8 @@ class IngestService:
         if len(created_flags) != len(to_create):
             raise RuntimeError("RunStore.create_many returned a result count different from the runs given")
 
-        send_error: Exception | None = None
-        for (i, p), created in zip(to_create, created_flags, strict=True):
+        created: list[_Plan] = []
+        for (i, p), was_created in zip(to_create, created_flags, strict=True):
             run = p.run
             assert run is not None
             self._emit(
@@ -209,19 +240,59 @@ class IngestService:
                 flow=p.flow,
                 kind=run.trigger.kind,
                 source=run.trigger.source,
-                created=bool(created),
+                created=bool(was_created),
             )
-            if not created:
+            if not was_created:
                 results[i] = IngestResult(p.flow, run.run_id, False, "duplicate", "run already exists")
                 continue
             results[i] = IngestResult(p.flow, run.run_id, True, "created", p.reason)
-            msg = Message(kind="start", run_id=run.run_id, flow=p.flow, traceparent=run.traceparent).with_id()
-            try:
-                self.queue.send(msg, delay_seconds=p.delay)
-            except Exception as exc:  # the run stays pending; the sweeper re-sends it
-                log.warning("start for run %s not sent (sweeper will re-send): %s", run.run_id, exc)
-                send_error = send_error or exc
+            created.append(p)
+
+        send_error = self._send_starts(created)
+        if send_error is not None:
+            raise send_error
+        return [r for r in results if r is not None]
+
+    def _send_starts(self, created: list[_Plan]) -> Exception | None:
+        """Send ``start`` for the runs this call created; returns the first send error, if any.
+
+        Runs of one flow with the same delay go together: more than ``BULK_START_MIN`` of them
+        travel as ``start_batch`` messages (one queue send per up to ``MAX_START_BATCH`` runs,
+        fanned out into per-run starts by the executor); fewer get one ``start`` each (message
+        id = run id). A run whose message could not be sent stays pending for the sweeper.
+        """
+        groups: dict[tuple[str, float], list[_Plan]] = {}
+        for p in created:
+            groups.setdefault((p.flow, p.delay), []).append(p)
+        send_error: Exception | None = None
+        for (flow, delay), plans in groups.items():
+            if len(plans) <= BULK_START_MIN:
+                for p in plans:
+                    run = p.run
+                    assert run is not None
+                    msg = Message(kind="start", run_id=run.run_id, flow=flow, traceparent=run.traceparent).with_id()
+                    error = self._send_one(msg, delay, [p])
+                    send_error = send_error or error
                 continue
+            for chunk in _start_chunks(plans):
+                msg = start_batch_message([p.run.run_id for p in chunk if p.run is not None], flow=flow)
+                error = self._send_one(msg, delay, chunk)
+                send_error = send_error or error
+        return send_error
+
+    def _send_one(self, msg: Message, delay: float, plans: list[_Plan]) -> Exception | None:
+        try:
+            self.queue.send(msg, delay_seconds=delay)
+        except Exception as exc:  # the runs stay pending; the sweeper re-sends them
+            log.warning("%s for %d run(s) not sent (sweeper will re-send): %s", msg.kind, len(plans), exc)
+            return exc
+        self._created(plans)
+        return None
+
+    def _created(self, plans: list[_Plan]) -> None:
+        for p in plans:
+            run = p.run
+            assert run is not None
             self._emit(
                 "run.created",
                 traceparent=run.traceparent,
@@ -231,9 +302,6 @@ class IngestService:
                 source=run.trigger.source,
                 start_delay_seconds=p.delay,
             )
-        if send_error is not None:
-            raise send_error
-        return [r for r in results if r is not None]
 
     def _flow(self, name: str) -> Flow:
         flow = self.flows.flows.get(name)

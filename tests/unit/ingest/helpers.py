@@ -69,4 +69,11 @@ def service(
 
 
 def starts(queue: MemoryQueue) -> list[str]:
-    return [m.run_id for m, _ in queue.sent if m.kind == "start"]
+    """Run ids asked to start, in order: one per ``start``, every id of a ``start_batch``."""
+    out: list[str] = []
+    for m, _ in queue.sent:
+        if m.kind == "start":
+            out.append(m.run_id)
+        elif m.kind == "start_batch":
+            out.extend(m.run_ids or [])
+    return out
