@@ -15,7 +15,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("azure.batch", "databricks.sdk", "azureml", "azure.ai.ml", "mlflow", "sklearn", "pandas")
+HEAVY = (
+    "azure.batch",
+    "databricks.sdk",
+    "azureml",
+    "azure.ai.ml",
+    "mlflow",
+    "sklearn",
+    "pandas",
+    # telemetry exporters: built on first use of Services.telemetry, never at import
+    "opencensus",
+    "azure.monitor",
+    "opentelemetry.sdk",
+)
 
 PROBE = f"""
 import json, sys, time
