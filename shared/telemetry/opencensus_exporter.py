@@ -18,7 +18,11 @@ warning saying so when it is built.
 Mapping as in :mod:`shared.telemetry.appinsights` (operation id = the run's trace id).
 OpenCensus differences, kept as the SDK does them: dependencies are type ``INPROC`` and
 always ``success=true`` (a failure is visible as the ``error`` dimension); events'
-``ai.operation.parentId`` uses the legacy ``|<trace>.<span>.`` form. ``flush()`` pushes a
+``ai.operation.parentId`` uses the legacy ``|<trace>.<span>.`` form. Two telemetry
+processors fix what opencensus leaves odd: a request is named after its span (opencensus
+names requests only from ``http.*`` attributes) and ``ai.cloud.role`` is the service name
+(opencensus uses the script name), as with OpenTelemetry. Both SDKs POST to
+``{IngestionEndpoint}/v2.1/track`` (plain JSON, not gzip'd). ``flush()`` pushes a
 sync marker through each exporter's worker queue and waits for it to be sent (the
 opencensus ``Queue.flush`` shortcut returns early while a worker still holds a batch).
 """
