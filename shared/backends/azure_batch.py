@@ -276,22 +276,23 @@ class AzureBatchBackend(JobBackend):
         tasks = self._tasks(request, params, inputs, resources)
 
         metadata = [
-            models.BatchMetadataItem(name="traceparent", value=request.traceparent or ""),
             models.BatchMetadataItem(name="run_id", value=request.run_id),
             models.BatchMetadataItem(name="flow", value=request.flow),
             models.BatchMetadataItem(name="step", value=request.step),
             models.BatchMetadataItem(name="output_container", value=params.output_container),
             models.BatchMetadataItem(name=_META_TASKS, value=str(len(tasks))),
         ]
+        env = []
+        if request.traceparent:  # one trace from the trigger to the tasks (env) and the job (metadata)
+            metadata.insert(0, models.BatchMetadataItem(name="traceparent", value=request.traceparent))
+            env.append(models.EnvironmentSetting(name="TRACEPARENT", value=request.traceparent))
         job = models.BatchJobCreateOptions(
             id=key,
             display_name=f"{request.flow}/{request.step} attempt {request.attempt}"[:1024],
             pool_info=models.BatchPoolInfo(pool_id=pool),
             uses_task_dependencies=False,
             all_tasks_complete_mode=models.BatchAllTasksCompleteMode.NO_ACTION,
-            common_environment_settings=[
-                models.EnvironmentSetting(name="TRACEPARENT", value=request.traceparent or "")
-            ],
+            common_environment_settings=env or None,
             metadata=metadata,
         )
         reattached = False
@@ -469,7 +470,8 @@ class AzureBatchBackend(JobBackend):
                 text = _first_line(getattr(getattr(err, "message", None), "value", None)) if err is not None else ""
                 if status == "servererror":
                     last_server_error = f"{code}: {text}" if code else text
-                    retry.append(by_id.pop(res.task_id))
+                    if res.task_id in by_id:
+                        retry.append(by_id.pop(res.task_id))
                 else:
                     refused.append(f"{res.task_id}: {code}: {text}" if code else f"{res.task_id}: {text}")
                     by_id.pop(res.task_id, None)

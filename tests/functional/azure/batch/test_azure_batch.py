@@ -415,3 +415,23 @@ def test_from_settings_builds_a_client_with_the_app_credential(
     dest = task["outputFiles"][0]["destination"]["container"]
     assert dest["containerUrl"] == "https://data.blob.core.windows.net/results"
     assert dest["identityReference"] == {"resourceId": IDENTITY}
+
+
+def test_without_identity_or_trace_nothing_empty_is_sent(
+    make_client: Any, fake: FakeBatchService, blobs: MemoryBlobs
+) -> None:
+    backend = AzureBatchBackend(
+        make_client(), blobs, pool_id=POOL, output_container_url=lambda c: f"https://other.example/{c}"
+    )
+    seed_inputs(blobs, 1)
+    req = request(pool="pool-override")
+    backend.launch(LaunchRequest(**{**req.__dict__, "traceparent": ""}))
+    (create,) = fake.calls("POST", "/jobs")
+    assert create.body["poolInfo"] == {"poolId": "pool-override"}
+    assert "commonEnvironmentSettings" not in create.body
+    assert "traceparent" not in {m["name"] for m in create.body["metadata"]}
+    (task,) = added_tasks(fake)
+    assert all("identityReference" not in f for f in task["resourceFiles"])
+    dest = task["outputFiles"][0]["destination"]["container"]
+    assert dest == {"containerUrl": "https://other.example/outputs", "path": f"{RUN}/score/task-00000"}
+    assert "maxWallClockTime" not in task["constraints"]
