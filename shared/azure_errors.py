@@ -31,7 +31,8 @@ def error_code(exc: BaseException) -> str | None:
     """The service's error code (``x-ms-error-code``), e.g. ``EntityAlreadyExists``."""
     code = getattr(exc, "error_code", None)
     if code:
-        return str(code)
+        # the storage SDKs give a str-Enum (StorageErrorCode.SERVER_BUSY): its value is the code
+        return str(getattr(code, "value", code))
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if headers is not None:

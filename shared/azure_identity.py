@@ -26,3 +26,53 @@ def get_credential(settings: Settings, client_id: str | None = None) -> Any:
             kwargs["managed_identity_client_id"] = cid
         _cache[cid] = DefaultAzureCredential(**kwargs)
     return _cache[cid]
+
+
+class StorageTarget:
+    """How a storage adapter connects: a connection string, or a service URI + identity."""
+
+    __slots__ = ("client_id", "connection_string", "endpoint")
+
+    def __init__(
+        self, connection_string: str | None = None, endpoint: str | None = None, client_id: str | None = None
+    ) -> None:
+        self.connection_string = connection_string
+        self.endpoint = endpoint
+        self.client_id = client_id
+
+    @property
+    def identity(self) -> bool:
+        return self.endpoint is not None
+
+    def __repr__(self) -> str:  # never print a connection string: it may hold a key
+        how = f"endpoint={self.endpoint!r}" if self.identity else "connection_string=<set>"
+        return f"StorageTarget({how})"
+
+
+def storage_target(settings: Settings, service: str, port: str) -> StorageTarget:
+    """Where the ``port`` adapter (store|blobs|queue) finds its ``service`` (table|blob|queue).
+
+    1. ``CONVEYOR_STORAGE_CONNECTION`` set → that connection string (``UseDevelopmentStorage=true``
+       → Azurite on the configured ports);
+    2. else ``CONVEYOR_STORAGE__<service>ServiceUri`` / ``__accountName`` set → identity-based:
+       the service URI with the app's token credential (``__clientId`` picks the identity);
+    3. else in azure mode for ``port``: ``AzureWebJobsStorage`` if it is a connection string,
+       otherwise a ValidationError naming ``CONVEYOR_STORAGE__accountName``;
+    4. else (local) → today's behaviour: ``settings.connection_string`` (Azurite by default).
+    """
+    conn = settings.azure.storage
+    if conn.connection_string:
+        return StorageTarget(
+            connection_string=settings.with_overrides(storage_connection=conn.connection_string).connection_string
+        )
+    uri = conn.service_uri(service)
+    if uri:
+        return StorageTarget(endpoint=uri, client_id=conn.client_id)
+    if settings.adapter(port) == "azure" and not settings.storage_connection:
+        from shared.errors import ValidationError
+
+        raise ValidationError(
+            "is required in azure mode (identity-based storage account name; or set CONVEYOR_STORAGE_CONNECTION)",
+            field="CONVEYOR_STORAGE__accountName",
+        )
+    return StorageTarget(connection_string=settings.connection_string)

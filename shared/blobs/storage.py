@@ -13,6 +13,7 @@ import mimetypes
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -65,8 +66,28 @@ class AzureBlobStore(BlobStore):
         self._base_path = parts.path.rstrip("/")  # "/devstoreaccount1" on Azurite, "" on Azure
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AzureBlobStore:
-        return cls(settings.connection_string)
+    def from_settings(
+        cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
+    ) -> AzureBlobStore:
+        """Identity-based (``BlobServiceClient(account_url, credential)``) when the settings give a
+        blob service URI / account name and no connection string; else the connection string
+        (Azurite locally). ``client_kwargs`` go to the SDK client (retry, transport options)."""
+        from shared.azure_identity import get_credential, storage_target
+
+        target = storage_target(settings, "blob", "blobs")
+        kwargs = dict(client_kwargs or {})
+        if target.endpoint is None:
+            conn = target.connection_string or settings.connection_string
+            if not kwargs:
+                return cls(conn)
+            from azure.storage.blob import BlobServiceClient
+
+            return cls(conn, BlobServiceClient.from_connection_string(conn, **kwargs))
+        from azure.storage.blob import BlobServiceClient
+
+        if credential is None:
+            credential = get_credential(settings, target.client_id)
+        return cls("", BlobServiceClient(account_url=target.endpoint, credential=credential, **kwargs))
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -76,8 +77,42 @@ class StorageQueueWorkQueue(WorkQueue):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StorageQueueWorkQueue:
-        return cls(settings.connection_string, settings.queue_name, settings.max_delivery_count)
+    def from_settings(
+        cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
+    ) -> StorageQueueWorkQueue:
+        """Identity-based (``QueueClient(account_url, queue, credential)``) when the settings give a
+        queue service URI / account name and no connection string; else the connection string
+        (Azurite locally). ``client_kwargs`` go to the SDK clients (retry, transport options)."""
+        from shared.azure_identity import get_credential, storage_target
+
+        target = storage_target(settings, "queue", "queue")
+        kwargs = dict(client_kwargs or {})
+        name, count = settings.queue_name, settings.max_delivery_count
+        if target.endpoint is None:
+            conn = target.connection_string or settings.connection_string
+            if not kwargs:
+                return cls(conn, name, count)
+            from azure.storage.queue import QueueClient
+
+            return cls(
+                conn,
+                name,
+                count,
+                client=QueueClient.from_connection_string(conn, name, **kwargs),
+                poison_client=QueueClient.from_connection_string(conn, poison_name(name), **kwargs),
+            )
+        from azure.storage.queue import QueueClient
+
+        if credential is None:
+            credential = get_credential(settings, target.client_id)
+        url = target.endpoint
+        return cls(
+            "",
+            name,
+            count,
+            client=QueueClient(account_url=url, queue_name=name, credential=credential, **kwargs),
+            poison_client=QueueClient(account_url=url, queue_name=poison_name(name), credential=credential, **kwargs),
+        )
 
     # -- queues are created once, lazily ---------------------------------------------------
 

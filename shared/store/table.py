@@ -104,13 +104,17 @@ def check_run_id(run_id: str) -> None:
         )
 
 
+def check_table_name(table_name: str) -> None:
+    if not isinstance(table_name, str) or not _TABLE_RE.match(table_name):
+        raise ValidationError(
+            f"table name {table_name!r} must be 3-63 letters/digits starting with a letter",
+            field="CONVEYOR_RUNS_TABLE",
+        )
+
+
 class TableRunStore(RunStore):
     def __init__(self, connection_string: str, table_name: str, client: TableClient | None = None) -> None:
-        if not _TABLE_RE.match(table_name):
-            raise ValidationError(
-                f"table name {table_name!r} must be 3-63 letters/digits starting with a letter",
-                field="CONVEYOR_RUNS_TABLE",
-            )
+        check_table_name(table_name)
         if client is None:
             from azure.data.tables import TableClient
 
@@ -121,8 +125,32 @@ class TableRunStore(RunStore):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TableRunStore:
-        return cls(settings.connection_string, settings.runs_table)
+    def from_settings(
+        cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
+    ) -> TableRunStore:
+        """Identity-based (``TableClient(endpoint, table, credential)``) when the settings give a
+        table service URI / account name and no connection string; else the connection string
+        (Azurite locally). ``client_kwargs`` go to the SDK client (retry, transport options)."""
+        from shared.azure_identity import get_credential, storage_target
+
+        target = storage_target(settings, "table", "store")
+        kwargs = dict(client_kwargs or {})
+        if target.endpoint is None:
+            conn = target.connection_string or settings.connection_string
+            if not kwargs:
+                return cls(conn, settings.runs_table)
+            from azure.data.tables import TableClient
+
+            check_table_name(settings.runs_table)
+            client = TableClient.from_connection_string(conn, settings.runs_table, **kwargs)
+            return cls(conn, settings.runs_table, client)
+        from azure.data.tables import TableClient
+
+        check_table_name(settings.runs_table)
+        if credential is None:
+            credential = get_credential(settings, target.client_id)
+        client = TableClient(endpoint=target.endpoint, table_name=settings.runs_table, credential=credential, **kwargs)
+        return cls("", settings.runs_table, client=client)
 
     # -- helpers -------------------------------------------------------------------------
 
