@@ -401,8 +401,9 @@ class AzureMLv1Backend(JobBackend):
         return self._token[0]
 
     def _run(self, run_id: str) -> Any:
+        ws = self.workspace
         with azureml_errors(f"run {run_id}"):
-            return self.sdk.Run.get(self.workspace, run_id)
+            return self.sdk.Run.get(ws, run_id)
 
     # ------------------------------------------------------------ launch
 
@@ -427,8 +428,9 @@ class AzureMLv1Backend(JobBackend):
 
     def find_run(self, experiment: str, key: str) -> Any | None:
         """The run in ``experiment`` tagged ``conveyor.key == key`` (the newest, if several)."""
+        ws = self.workspace
         with azureml_errors(f"search experiment {experiment} for key {key}"):
-            exp = self.sdk.Experiment(self.workspace, experiment)
+            exp = self.sdk.Experiment(ws, experiment)
             for run in exp.get_runs(tags={KEY_TAG: key}):
                 return run
         return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from azureml.exceptions import ModelNotFoundException, WebserviceException
+from azureml.exceptions import ModelNotFoundException, ModelPathNotFoundException, WebserviceException
 
 
 class FakeServiceException(Exception):
@@ -91,13 +91,12 @@ class FakeRun:
     def register_model(self, model_name: str, model_path: str | None = None, **kwargs: Any) -> Any:
         assert self.azure is not None
         if not any(f.startswith(str(model_path).rstrip("/") + "/") or f == model_path for f in self.files):
-            raise ModelPathNotFound(f"Could not locate the provided model_path {model_path} in the set of files")
+            raise ModelPathNotFoundException(
+                f"Could not locate the provided model_path {model_path} in the set of files uploaded to the run: "
+                f"{self.files}\n                See https://aka.ms/run-logging for more details."
+            )
         self.registered.append({"model_name": model_name, "model_path": model_path, **kwargs})
         return self.azure.add_model(model_name, run_id=self.id, path=model_path, **kwargs)
-
-
-class ModelPathNotFound(Exception):
-    pass
 
 
 @dataclass
@@ -275,7 +274,7 @@ class FakeAzureML:
                 return azure.add_model(model_name, path=model_path, **kwargs)
 
             @staticmethod
-            def deploy(workspace: Any, name: str, models: list[Any], **kwargs: Any) -> FakeService:
+            def deploy(workspace: Any, name: str, models: Any, **kwargs: Any) -> FakeService:
                 azure.calls.append(("Model.deploy", (name, [(m.name, m.version) for m in models], kwargs)))
                 config = kwargs.get("deployment_config") or {}
                 service = FakeService(

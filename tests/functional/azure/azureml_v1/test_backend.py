@@ -395,3 +395,44 @@ def test_importing_the_v1_adapters_loads_no_sdk():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_default_endpoint_is_the_documented_pipeline_submit_url():
+    """Without azureml-pipeline-core, the URL is built from the workspace's discovered pipelines service."""
+    pytest.importorskip("azureml.core")
+    try:
+        import azureml.pipeline.core  # noqa: F401
+
+        pytest.skip("azureml-pipeline-core is installed: PublishedPipeline.get(...).endpoint is used")
+    except ImportError:
+        pass
+
+    class Context:
+        def _get_pipelines_url(self) -> str:
+            return "https://westeurope.api.azureml.ms/"
+
+        def _get_workspace_scope(self) -> str:
+            return SCOPE
+
+    ws = type("Ws", (), {"service_context": Context()})()
+    url = azureml_v1.default_rest_endpoint_for(ws)(PIPELINE_ID)
+    assert url == f"https://westeurope.api.azureml.ms{SUBMIT_PATH}"
+
+
+def test_wiring_builds_the_v1_adapters_lazily_and_names_missing_settings(monkeypatch):
+    import shared.azure_identity
+    from shared.deploy.azureml_v1 import AzureMLWebServiceDeployer
+    from shared.registry.azureml_v1 import AzureMLv1Registry
+    from shared.settings import Settings
+    from shared.wiring import Services
+
+    monkeypatch.setattr(shared.azure_identity, "get_credential", lambda settings, client_id=None: FakeCredential())
+    settings = Settings.from_env({"CONVEYOR_MODE": "azure", "CONVEYOR_AZUREML_SDK": "v1", "CONVEYOR_ROOT": str(REPO)})
+    services = Services(settings)
+    backend = services.backend("azureml")
+    assert isinstance(backend, AzureMLv1Backend)
+    assert isinstance(services.registry, AzureMLv1Registry)
+    assert isinstance(services.deployer, AzureMLWebServiceDeployer) and services.deployer.target == "aci"
+    with pytest.raises(ValidationError) as info:
+        backend.launch(request())
+    assert info.value.field == "CONVEYOR_AZUREML_SUBSCRIPTION_ID"
