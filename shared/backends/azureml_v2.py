@@ -181,7 +181,7 @@ class AzureMLv2Backend(JobBackend):
             if iname not in declared:
                 known = ", ".join(sorted(declared)) or "none"
                 raise ValidationError(f"the pipeline has no input {iname!r} (known: {known})", field=fld)
-            itype = str(getattr(declared[iname], "type", "") or "")
+            itype = _declared_type(declared[iname])
             if itype in _LITERAL_TYPES:
                 job.inputs[iname] = value
             elif is_data_url(value):
@@ -367,6 +367,18 @@ def _studio_url(job: Any) -> str | None:
     except Exception:  # studio_url derives from the id; a partial entity may not have one
         return None
     return str(url) if url else None
+
+
+def _declared_type(pipeline_input: Any) -> str:
+    """The declared type of a pipeline input (``PipelineInput`` keeps the YAML's declaration in ``_data``)."""
+    for source in (pipeline_input, getattr(pipeline_input, "_meta", None), getattr(pipeline_input, "_data", None)):
+        if isinstance(source, dict):
+            value = source.get("type")
+        else:
+            value = getattr(source, "type", None) if source is not None else None
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _output_uri(pipeline: str, child: Any | None, oname: str, out: Any) -> str | None:
