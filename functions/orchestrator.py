@@ -32,9 +32,10 @@ def orchestrator(msg: func.ServiceBusMessage) -> None:
 
     body = msg.get_body()
     delivery_count = msg.delivery_count or 1
+    services = get_services()
     try:
         # delivery_count > 1 lets the engine resume a side effect a crash interrupted.
-        Executor.from_services(get_services()).handle_body(body, delivery_count=delivery_count)
+        Executor.from_services(services).handle_body(body, delivery_count=delivery_count)
     except ValidationError as exc:
         log.error(
             "malformed message %s (delivery %s): %s; raising so Service Bus dead-letters it after MaxDeliveryCount",
@@ -46,3 +47,6 @@ def orchestrator(msg: func.ServiceBusMessage) -> None:
     except RetryableError as exc:
         log.warning("message %s (delivery %s) will be retried: %s", msg.message_id, delivery_count, exc)
         raise
+    finally:
+        # Exporters batch; an instance may be scaled in right after this invocation.
+        services.telemetry.flush()
