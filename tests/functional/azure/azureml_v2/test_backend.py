@@ -349,3 +349,28 @@ def test_ml_client_from_settings_names_the_missing_setting_and_builds_without_re
     assert isinstance(ml, MLClient)
     assert (ml.subscription_id, ml.resource_group_name, ml.workspace_name) == (SUB, RG, WS)
     assert cred.scopes == []  # no token asked for: nothing was sent
+
+
+def test_wiring_builds_the_v2_adapters_from_settings_without_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.azure_identity
+    from shared.deploy.azureml_v2 import AzureMLOnlineDeployer
+    from shared.registry.azureml_v2 import AzureMLRegistry
+    from shared.wiring import Services
+
+    cred = FakeCredential()
+    monkeypatch.setattr(shared.azure_identity, "get_credential", lambda settings, client_id=None: cred)
+    env = {
+        "CONVEYOR_MODE": "azure",
+        "CONVEYOR_ROOT": str(ROOT),
+        "CONVEYOR_AZUREML_SUBSCRIPTION_ID": SUB,
+        "CONVEYOR_AZUREML_RESOURCE_GROUP": RG,
+        "CONVEYOR_AZUREML_WORKSPACE": WS,
+        "CONVEYOR_AZUREML_COMPUTE": "cpu-cluster",
+    }
+    services = Services(Settings.from_env(env))
+    b = services.backend("azureml")
+    assert isinstance(b, AzureMLv2Backend) and b.compute == "cpu-cluster" and b.root == ROOT
+    assert b.ml_client.workspace_name == WS
+    assert isinstance(services.registry, AzureMLRegistry)
+    assert isinstance(services.deployer, AzureMLOnlineDeployer)
+    assert cred.scopes == []
