@@ -17,6 +17,7 @@ Concurrency: ``save`` replaces the entity only if its ETag still matches (If-Mat
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
 import threading
@@ -24,6 +25,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,8 @@ _MAX_UNITS = 32_000
 _MAX_DOC_UNITS = 480_000  # ~960 KB of UTF-16: entities are limited to 1 MiB in total
 _TX_SIZE = 100  # operations per entity group transaction (service limit)
 _TX_MAX_UNITS = 1_500_000  # keep a transaction's payload well under the 4 MiB limit
+_TX_ROUNDS = 3  # transactions tried per chunk (each leaving out the ids found to exist) before one by one
+_KEYS_PER_QUERY = 14  # RowKey comparisons per existence query (+ PartitionKey = the service's 15)
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _MAX_LIST = 1000
@@ -332,8 +336,9 @@ class TableRunStore(RunStore):
 
     def create_many(self, runs: list[Run]) -> list[bool]:
         """Bulk create-once: entity group transactions of up to 100 creates per partition,
-        chunks in parallel. A chunk whose transaction fails (an id exists, a duplicate in the
-        input) falls back to one create per entity, so each result still says who created."""
+        chunks in parallel. A chunk refused because some ids exist is submitted again without
+        them (see ``_create_chunk``); one refused for another reason (a duplicate id in the
+        input) falls back to one create per entity. Each result says whether this call created."""
         if not runs:
             return []
         entities = [self.to_entity(r) for r in runs]
@@ -369,18 +374,83 @@ class TableRunStore(RunStore):
         return results
 
     def _create_chunk(self, runs: list[Run], entities: list[dict[str, Any]]) -> list[bool]:
-        if len(entities) == 1:
-            return [self._create_one(runs[0], entities[0])]
-        etags = self._submit_creates(entities)
-        if etags is None:  # refused as a whole (an id exists, a duplicate id): one by one
-            return [self._create_one(r, e) for r, e in zip(runs, entities, strict=True)]
-        for run, etag in zip(runs, etags, strict=True):
-            run.etag = etag
-        return [True] * len(runs)
+        """Creates of one partition: one transaction; when it is refused because some ids exist
+        (a redelivered drop), look the chunk's ids up (a few queries), leave the existing ones
+        out and submit the rest again, instead of one create per entity."""
+        results = [False] * len(runs)
+        pending = list(range(len(runs)))
+        for _ in range(_TX_ROUNDS):
+            if len(pending) == 1:
+                break
+            outcome = self._submit_creates([entities[i] for i in pending])
+            if outcome.etags is not None:
+                for i, etag in zip(pending, outcome.etags, strict=True):
+                    runs[i].etag = etag
+                    results[i] = True
+                return results
+            if outcome.status != 409:  # a duplicate id in the input, a size limit: one by one
+                break
+            existing = self._existing_keys(entities[pending[0]]["PartitionKey"], [runs[i].run_id for i in pending])
+            if not existing:  # refused, yet nothing is there (deleted meanwhile?): one by one
+                break
+            still: list[int] = []
+            for i in pending:
+                if runs[i].run_id not in existing:
+                    still.append(i)
+                elif outcome.maybe_applied:  # our first POST may have landed before the reset
+                    results[i] = self._is_ours(runs[i])
+            pending = still
+            if not pending:
+                return results
+        for i in pending:
+            results[i] = self._create_one(runs[i], entities[i])
+        return results
 
-    def _submit_creates(self, entities: list[dict[str, Any]]) -> list[str | None] | None:
-        """One entity group transaction of creates. ETags in order, or None if the service
-        refused the transaction because of one of its entities (409 exists, 400 duplicate/size)."""
+    def _existing_keys(self, partition: str, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` (all in ``partition``) exist: queries of at most 15 comparisons
+        (the service's limit per filter), selecting only the RowKey."""
+        found: set[str] = set()
+        for start in range(0, len(run_ids), _KEYS_PER_QUERY):
+            keys = run_ids[start : start + _KEYS_PER_QUERY]
+            params: dict[str, Any] = {"pk": partition}
+            ors = []
+            for j, key in enumerate(keys):
+                params[f"k{j}"] = key
+                ors.append(f"RowKey eq @k{j}")
+            query = "PartitionKey eq @pk and ( " + " or ".join(ors) + " )"
+            try:
+                rows = self._client.query_entities(query, parameters=params, select=["RowKey"])
+                found.update(str(e["RowKey"]) for e in rows)
+            except Exception as exc:
+                raise map_azure_error(exc, SERVICE) from exc
+        return found
+
+    def _is_ours(self, run: Run) -> bool:
+        """After a connection reset, a create refused as existing may be our own first attempt:
+        it is ours if the stored run has our (random, per-run) traceparent."""
+        try:
+            stored = self.get(run.run_id)
+        except NotFoundError:
+            return False
+        if stored.traceparent and stored.traceparent == run.traceparent:
+            run.etag = stored.etag
+            return True
+        return False
+
+    def _submit_creates(self, entities: list[dict[str, Any]]) -> _TxOutcome:
+        """One entity group transaction of creates: ETags in order, or the status with which the
+        service refused it because of one of its entities (409 exists, 400 duplicate/size).
+
+        A connection reset while posting (Azurite closes idle keep-alive connections) is retried
+        once on a fresh connection; the outcome then says the first POST may have been applied."""
+        try:
+            return self._submit_creates_once(entities)
+        except _ConnectionReset:
+            outcome = self._submit_creates_once(entities, retried=True)
+            outcome.maybe_applied = True
+            return outcome
+
+    def _submit_creates_once(self, entities: list[dict[str, Any]], retried: bool = False) -> _TxOutcome:
         from azure.core.exceptions import HttpResponseError
         from azure.data.tables import TableTransactionError
 
@@ -388,15 +458,17 @@ class TableRunStore(RunStore):
         if lean is None:
             try:
                 replies = self._client.submit_transaction([("create", e) for e in entities])
-            except TableTransactionError:
-                return None
+            except TableTransactionError as exc:
+                return _TxOutcome(None, exc.status_code or 400)
             except HttpResponseError as exc:
                 if exc.status_code in (400, 413):
-                    return None
+                    return _TxOutcome(None, exc.status_code)
                 raise map_azure_error(exc, SERVICE) from exc
             except Exception as exc:
+                if not retried and _is_connection_reset(exc):
+                    raise _ConnectionReset from exc
                 raise map_azure_error(exc, SERVICE) from exc
-            return [self._etag_of(reply) for reply in replies]
+            return _TxOutcome([self._etag_of(reply) for reply in replies])
         send_request, base = lean
         from azure.core.rest import HttpRequest
 
@@ -428,9 +500,11 @@ class TableRunStore(RunStore):
             response = send_request(request, stream=True)
             text = response.read().decode("utf-8", "replace")
         except Exception as exc:
+            if not retried and _is_connection_reset(exc):
+                raise _ConnectionReset from exc
             raise map_azure_error(exc, SERVICE) from exc
         if response.status_code in (400, 413):
-            return None
+            return _TxOutcome(None, response.status_code)
         if response.status_code != 202:
             raise map_azure_error(HttpResponseError(message=text[:300], response=response), SERVICE)
         statuses = [int(m) for m in _STATUS_LINE.findall(text)]
@@ -439,10 +513,10 @@ class TableRunStore(RunStore):
             for i, chunk in enumerate(_STATUS_LINE.split(text)[2::2]):
                 m = _ETAG_LINE.search(chunk)
                 etags[i] = m.group(1).strip() if m else None
-            return etags
+            return _TxOutcome(etags)
         failed = [st for st in statuses if not 200 <= st < 300]
         if failed and failed[0] in (400, 409, 413):
-            return None
+            return _TxOutcome(None, failed[0])
         status = failed[0] if failed else 500
         raise map_azure_error(
             HttpResponseError(message=f"transaction failed with {status}: {text[:300]}", response=response),
@@ -463,3 +537,34 @@ class TableRunStore(RunStore):
         if send_request is None or not isinstance(host, str) or scheme not in ("http", "https"):
             return None
         return send_request, f"{scheme}://{host}"
+
+
+@dataclass
+class _TxOutcome:
+    """A create transaction's outcome: the ETags, or the status that refused it."""
+
+    etags: list[str | None] | None
+    status: int = 0
+    maybe_applied: bool = False  # retried after a connection reset: the first POST may have landed
+
+
+class _ConnectionReset(Exception):
+    """The connection was reset or closed under a request (retried once, then mapped)."""
+
+
+_RESET_TYPES = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected)
+
+
+def _is_connection_reset(exc: BaseException) -> bool:
+    """Whether ``exc`` (an SDK or requests error) was caused by a reset/closed connection."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _RESET_TYPES):
+            return True
+        todo.extend([e.__cause__, e.__context__, getattr(e, "inner_exception", None), *e.args])
+    return False
