@@ -2,7 +2,8 @@
 
 For one queue message: load the run, decide, save it with its ETag, then perform the
 commands in order. Launch and Poll produce observations (``Launched``, ``Polled``...) that
-are fed back into ``decide`` the same way until none is left. The run is always saved
+are fed back into ``decide`` the same way until none is left (on the copy just saved: its
+ETag guards the next save, so the run is only read again after a lost race). The run is always saved
 *before* its commands are performed, so an idempotency key is on record before any launch
 that uses it; a crash between the two is repaired when the queue redelivers the message
 (``delivery_count`` > 1 lets ``decide`` resume the run's pending side effect).
@@ -129,16 +130,18 @@ class Executor:
         redelivered = delivery_count > 1
         events: deque[Observation | None] = deque([None])
         handled = 0
+        latest: Run | None = None  # the run as last loaded or saved, with its ETag
         while events:
             observation = events.popleft()
             handled += 1
             if handled > MAX_EVENTS_PER_MESSAGE:
                 log.error("run %s: more than %d events for one message; stopping", message.run_id, handled - 1)
                 return
-            outcome = self._decide_and_save(message, observation, redelivered)
+            outcome = self._decide_and_save(message, observation, redelivered, latest)
             if outcome is None:
                 return
             run, flow, decision = outcome
+            latest = run
             for command in decision.commands:
                 produced = self._perform(run, flow, command)
                 if produced is not None:
@@ -191,14 +194,21 @@ class Executor:
         return flow
 
     def _decide_and_save(
-        self, message: Message, observation: Observation | None, redelivered: bool
+        self, message: Message, observation: Observation | None, redelivered: bool, current: Run | None = None
     ) -> tuple[Run, Flow, Decision] | None:
+        """Decide ``observation`` (or the message itself) and save the result.
+
+        An observation is decided on ``current``, the copy this handler last loaded or saved:
+        its ETag still guards the save, so the run is re-read only after a lost race."""
         for _ in range(MAX_SAVE_TRIES):
-            try:
-                run = self.store.get(message.run_id)
-            except NotFoundError:
-                log.warning("%s message for unknown run %s dropped", message.kind, message.run_id)
-                return None
+            if current is not None and observation is not None:
+                run, current = current, None
+            else:
+                try:
+                    run = self.store.get(message.run_id)
+                except NotFoundError:
+                    log.warning("%s message for unknown run %s dropped", message.kind, message.run_id)
+                    return None
             flow = self._flow(run.flow)
             event: Event
             if observation is None:
