@@ -26,6 +26,7 @@ from shared.azure_errors import map_azure_error
 from shared.engine.model import Message
 from shared.errors import ValidationError
 from shared.queue.base import Received, WorkQueue
+from shared.transport import transport_kwargs
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
@@ -64,9 +65,9 @@ class StorageQueueWorkQueue(WorkQueue):
         from azure.storage.queue import QueueClient
 
         if client is None:
-            client = QueueClient.from_connection_string(connection_string, queue_name)
+            client = QueueClient.from_connection_string(connection_string, queue_name, **transport_kwargs())
         if poison_client is None:
-            poison_client = QueueClient.from_connection_string(connection_string, poison)
+            poison_client = QueueClient.from_connection_string(connection_string, poison, **transport_kwargs())
         self.queue_name = queue_name
         self.poison_queue_name = poison
         self.max_delivery_count = max_delivery_count

@@ -33,6 +33,7 @@ from shared.azure_errors import map_azure_error
 from shared.engine.model import Run, RunStatus
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.store.base import RunStore
+from shared.transport import transport_kwargs
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -122,7 +123,7 @@ class TableRunStore(RunStore):
         if client is None:
             from azure.data.tables import TableClient
 
-            client = TableClient.from_connection_string(connection_string, table_name=table_name)
+            client = TableClient.from_connection_string(connection_string, table_name=table_name, **transport_kwargs())
         self.table_name = table_name
         self._client = client
         self._ready = False
