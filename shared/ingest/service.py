@@ -74,7 +74,7 @@ from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.flows.model import AzureDevOpsTrigger, BlobTrigger, Flow, FlowsFile, ManualTrigger, ScheduleTrigger
 from shared.ingest.devops import DevOpsEvent, authenticate, parse_devops
 from shared.ingest.eventgrid import BlobEvent, parse_delivery, parse_events
-from shared.telemetry.trace import new_traceparent
+from shared.telemetry.trace import new_traceparent, traceparent_for
 
 if TYPE_CHECKING:
     from shared.blobs.base import BlobStore
@@ -199,7 +199,7 @@ class IngestService:
             steps=[StepRun(name=s.name, kind=s.kind) for s in flow.steps],
             created_at=now,
             updated_at=now,
-            traceparent=new_traceparent(),
+            traceparent=traceparent_for(run_id),  # duplicates of this trigger share the run's trace
         )
 
     def _emit(self, name: str, *, traceparent: str, run_id: str | None = None, **attributes: Any) -> None:
