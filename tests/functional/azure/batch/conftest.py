@@ -16,7 +16,8 @@ from pytest_httpserver import HTTPServer
 from shared.backends.azure_batch import AzureBatchBackend
 from shared.blobs.base import BlobInfo, BlobStore
 from shared.errors import NotFoundError, ValidationError
-from tests.functional.azure.batch.fake_batch import TOKEN, FakeBatchService, make_self_signed_cert
+from tests.functional.azure.batch.fake_batch import TOKEN, FakeBatchService
+from tests.functional.azure.https_fake import make_self_signed_cert, running_server, server_context
 
 ACCOUNT_BLOB = "https://acct.blob.core.windows.net"
 POOL = "pool-default"
@@ -91,21 +92,13 @@ class MemoryBlobs(BlobStore):
 @pytest.fixture(scope="session")
 def batch_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
     cert, key = make_self_signed_cert(tmp_path_factory.mktemp("batch-tls"))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return cert, ctx
+    return cert, server_context(cert, key)
 
 
 @pytest.fixture(scope="session")
 def batch_server(batch_tls: tuple[Path, ssl.SSLContext]) -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=batch_tls[1], threaded=True)
-    server.start()
-    try:
+    with running_server(batch_tls[1], threaded=True) as server:
         yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
 
 
 @pytest.fixture
