@@ -24,15 +24,20 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from shared.errors import ValidationError
+from shared.telemetry.base import Span, Telemetry
 from shared.telemetry.local import scrub
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 CONNECTION_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 AUTHENTICATION_SETTING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
 REQUEST_PREFIXES = ("trigger", "run")
 MAX_VALUE = 8192  # App Insights keeps at most 8 KiB per property value
+MAX_STATUS = 1024  # characters of a failed span's ``error`` attribute kept as its status description
 
 
 def parse_connection_string(connection_string: str | None) -> dict[str, str]:
@@ -116,3 +121,40 @@ class FailureLog:
             self._warned.add(what)
         level = logging.WARNING if first else logging.DEBUG
         self._log.log(level, "telemetry (%s): %s failed: %s: %s", self._exporter, what, type(exc).__name__, exc)
+
+
+def error_description(span: Span) -> str:
+    """A failed span's status description: its ``error`` attribute, cut to MAX_STATUS characters."""
+    return str(span.attributes.get("error", ""))[:MAX_STATUS]
+
+
+def exporter_kwargs(connection_string: str | None, credential: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments for either SDK's exporters: the validated connection string, the credential, then ``extra``."""
+    parse_connection_string(connection_string)
+    options: dict[str, Any] = {"connection_string": connection_string, "credential": credential}
+    options.update(extra or {})
+    return options
+
+
+class AppInsightsTelemetry(Telemetry):
+    """What both exporters' facades share: built from settings with the connection string and Entra ID credential."""
+
+    exporter = "appinsights"
+
+    if TYPE_CHECKING:  # each exporter defines its own constructor, with this first argument
+
+        def __init__(self, connection_string: str | None = None, **kwargs: Any) -> None: ...
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
+        """``cls(APPLICATIONINSIGHTS_CONNECTION_STRING, **kwargs)``; ``credential`` defaults to the Entra ID
+        credential that APPLICATIONINSIGHTS_AUTHENTICATION_STRING names (none: the connection string's key)."""
+        connection_string = settings.appinsights_connection_string
+        parse_connection_string(connection_string)
+        if "credential" not in kwargs:
+            aad, client_id = aad_client_id(settings.appinsights_authentication_string)
+            if aad:
+                from shared.azure_identity import get_credential
+
+                kwargs["credential"] = get_credential(settings, client_id)
+        return cls(connection_string, **kwargs)

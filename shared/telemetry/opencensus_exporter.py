@@ -32,14 +32,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.telemetry.appinsights import FailureLog, aad_client_id, dimensions, is_request, parse_connection_string
-from shared.telemetry.base import Span, Telemetry
+from shared.telemetry.appinsights import (
+    AppInsightsTelemetry,
+    FailureLog,
+    dimensions,
+    error_description,
+    exporter_kwargs,
+    is_request,
+)
+from shared.telemetry.base import Span
 from shared.telemetry.trace import parse
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
 
 log = logging.getLogger("conveyor.telemetry")
 
@@ -82,7 +86,7 @@ def _warn_end_of_support() -> None:
     )
 
 
-class OpenCensusAppInsights(Telemetry):
+class OpenCensusAppInsights(AppInsightsTelemetry):
     """Telemetry facade -> Application Insights via opencensus-ext-azure (past end of support).
 
     ``trace_exporter`` / ``event_handler`` take already-built ``AzureExporter`` /
@@ -114,9 +118,7 @@ class OpenCensusAppInsights(Telemetry):
         self._lock = threading.Lock()
         self._open: dict[int, str] = {}  # id(span) -> start time (opencensus ISO string)
         if trace_exporter is None or event_handler is None:
-            parse_connection_string(connection_string)
-            options: dict[str, Any] = {"connection_string": connection_string, "credential": credential}
-            options.update(exporter_options or {})
+            options = exporter_kwargs(connection_string, credential, exporter_options)
             if trace_exporter is None:
                 from opencensus.ext.azure.trace_exporter import AzureExporter
 
@@ -130,18 +132,6 @@ class OpenCensusAppInsights(Telemetry):
                 event_handler.add_telemetry_processor(_role(service_name))
         self.trace_exporter = trace_exporter
         self.event_handler = event_handler
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> OpenCensusAppInsights:
-        connection_string = settings.appinsights_connection_string
-        parse_connection_string(connection_string)
-        if "credential" not in kwargs:
-            aad, client_id = aad_client_id(settings.appinsights_authentication_string)
-            if aad:
-                from shared.azure_identity import get_credential
-
-                kwargs["credential"] = get_credential(settings, client_id)
-        return cls(connection_string, **kwargs)
 
     # ------------------------------------------------------------ Telemetry
     def _start(self, span: Span) -> None:
@@ -171,7 +161,7 @@ class OpenCensusAppInsights(Telemetry):
             parent = parse(span.parent)
             parent_span_id = parent[1] if parent and parent[0] == own[0] else None
             status = (
-                Status(2, str(span.attributes.get("error", ""))[:1024])  # 2 = UNKNOWN (google.rpc.Code)
+                Status(2, error_description(span))  # 2 = UNKNOWN (google.rpc.Code)
                 if span.status == "error"
                 else Status(0)
             )

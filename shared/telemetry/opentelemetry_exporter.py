@@ -25,14 +25,18 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.telemetry.appinsights import FailureLog, aad_client_id, dimensions, is_request, parse_connection_string
-from shared.telemetry.base import Span, Telemetry
+from shared.telemetry.appinsights import (
+    AppInsightsTelemetry,
+    FailureLog,
+    dimensions,
+    error_description,
+    exporter_kwargs,
+    is_request,
+)
+from shared.telemetry.base import Span
 from shared.telemetry.trace import parse
-
-if TYPE_CHECKING:
-    from shared.settings import Settings
 
 log = logging.getLogger("conveyor.telemetry")
 
@@ -82,7 +86,7 @@ def _context(traceparent: str) -> Any:
     return set_span_in_context(NonRecordingSpan(parent), Context())
 
 
-class OpenTelemetryAppInsights(Telemetry):
+class OpenTelemetryAppInsights(AppInsightsTelemetry):
     """Telemetry facade -> Application Insights via OpenTelemetry SDK + Azure Monitor exporters.
 
     ``span_exporter`` / ``log_exporter`` take already-built exporters (any OTel
@@ -131,9 +135,7 @@ class OpenTelemetryAppInsights(Telemetry):
         if span_exporter is None or log_exporter is None:
             from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter, AzureMonitorTraceExporter
 
-            parse_connection_string(connection_string)
-            options: dict[str, Any] = {"connection_string": connection_string, "credential": credential}
-            options.update(exporter_options or {})
+            options = exporter_kwargs(connection_string, credential, exporter_options)
             if span_exporter is None:
                 span_exporter = AzureMonitorTraceExporter(tracer_provider=self.tracer_provider, **options)
             if log_exporter is None:
@@ -148,18 +150,6 @@ class OpenTelemetryAppInsights(Telemetry):
         )
         self._tracer = self.tracer_provider.get_tracer("conveyor")
         self._logger = self.logger_provider.get_logger("conveyor")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> OpenTelemetryAppInsights:
-        connection_string = settings.appinsights_connection_string
-        parse_connection_string(connection_string)
-        if "credential" not in kwargs:
-            aad, client_id = aad_client_id(settings.appinsights_authentication_string)
-            if aad:
-                from shared.azure_identity import get_credential
-
-                kwargs["credential"] = get_credential(settings, client_id)
-        return cls(connection_string, **kwargs)
 
     # ------------------------------------------------------------ Telemetry
     def _start(self, span: Span) -> None:
@@ -189,7 +179,7 @@ class OpenTelemetryAppInsights(Telemetry):
             otel.set_attributes(dimensions(span.run_id, span.attributes))
             status, code = self._status
             if span.status == "error":
-                otel.set_status(status(code.ERROR, str(span.attributes.get("error", ""))[:1024]))
+                otel.set_status(status(code.ERROR, error_description(span)))
             else:
                 otel.set_status(status(code.OK))
             otel.end(end_time=time.time_ns())
