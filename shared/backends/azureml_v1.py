@@ -175,6 +175,35 @@ def workspace_from_settings(settings: Settings, credential: Any | None = None) -
         return Workspace(subscription_id=subscription, resource_group=group, workspace_name=name, auth=auth)
 
 
+class AzureMLv1Workspace:
+    """What every v1 adapter reaches lazily: ``sdk`` (default :func:`load_sdk`) and ``workspace`` (the one
+    handed in, else built once, thread-safely, by ``workspace_factory``). Subclasses call ``_init_workspace``."""
+
+    def _init_workspace(
+        self, workspace: Any | None, sdk: Any | None, workspace_factory: Callable[[], Any] | None
+    ) -> None:
+        self._workspace = workspace
+        self._workspace_factory = workspace_factory
+        self._sdk = sdk
+        self._workspace_lock = threading.Lock()
+
+    @property
+    def sdk(self) -> Any:
+        if self._sdk is None:
+            self._sdk = load_sdk()
+        return self._sdk
+
+    @property
+    def workspace(self) -> Any:
+        if self._workspace is None:
+            with self._workspace_lock:
+                if self._workspace is None:
+                    if self._workspace_factory is None:
+                        raise ValidationError("no Azure ML workspace configured", field="CONVEYOR_AZUREML_WORKSPACE")
+                    self._workspace = self._workspace_factory()
+        return self._workspace
+
+
 def default_rest_endpoint_for(workspace: Any) -> Callable[[str], str]:
     """published pipeline id → its REST endpoint.
 
@@ -315,7 +344,7 @@ class RetryPolicy:
         return min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
 
 
-class AzureMLv1Backend(JobBackend):
+class AzureMLv1Backend(AzureMLv1Workspace, JobBackend):
     """JobBackend for ``kind: azureml`` on SDK v1: published pipelines (see the module docstring)."""
 
     kind = "azureml"
@@ -335,14 +364,11 @@ class AzureMLv1Backend(JobBackend):
         warn_end_of_support("the azureml step backend")
         self.session = session
         self._rest_endpoint_for = rest_endpoint_for
-        self._workspace = workspace
-        self._workspace_factory = workspace_factory
+        self._init_workspace(workspace, sdk, workspace_factory)
         self.credential = credential
-        self._sdk = sdk
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._token: tuple[str, float] | None = None
-        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -364,22 +390,6 @@ class AzureMLv1Backend(JobBackend):
         )
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def sdk(self) -> Any:
-        if self._sdk is None:
-            self._sdk = load_sdk()
-        return self._sdk
-
-    @property
-    def workspace(self) -> Any:
-        if self._workspace is None:
-            with self._lock:
-                if self._workspace is None:
-                    if self._workspace_factory is None:
-                        raise ValidationError("no Azure ML workspace configured", field="CONVEYOR_AZUREML_WORKSPACE")
-                    self._workspace = self._workspace_factory()
-        return self._workspace
 
     def rest_endpoint_for(self, published_pipeline_id: str) -> str:
         if self._rest_endpoint_for is None:

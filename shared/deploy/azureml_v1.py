@@ -35,7 +35,13 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.azureml_v1 import SERVICE, azureml_errors, load_sdk, warn_end_of_support, workspace_from_settings
+from shared.backends.azureml_v1 import (
+    SERVICE,
+    AzureMLv1Workspace,
+    azureml_errors,
+    warn_end_of_support,
+    workspace_from_settings,
+)
 from shared.deploy.base import Deployer, Deployment
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from shared.registry.base import ModelVersion
@@ -70,7 +76,7 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
-class AzureMLWebServiceDeployer(Deployer):
+class AzureMLWebServiceDeployer(AzureMLv1Workspace, Deployer):
     def __init__(
         self,
         workspace: Any | None = None,
@@ -91,11 +97,9 @@ class AzureMLWebServiceDeployer(Deployer):
         if target == "aks" and not aks_cluster:
             raise ValidationError("is required for target 'aks'", field="CONVEYOR_AZUREML_AKS_CLUSTER")
         warn_end_of_support("the web service deployer")
-        self._workspace = workspace
-        self._workspace_factory = workspace_factory
+        self._init_workspace(workspace, sdk, workspace_factory)
         self.target = target
         self.aks_cluster = aks_cluster
-        self._sdk = sdk
         self.inference_config = inference_config
         self.deployment_options = dict(deployment_options or {})
         self.wait_timeout = wait_timeout
@@ -114,20 +118,6 @@ class AzureMLWebServiceDeployer(Deployer):
         )
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def sdk(self) -> Any:
-        if self._sdk is None:
-            self._sdk = load_sdk()
-        return self._sdk
-
-    @property
-    def workspace(self) -> Any:
-        if self._workspace is None:
-            if self._workspace_factory is None:
-                raise ValidationError("no Azure ML workspace configured", field="CONVEYOR_AZUREML_WORKSPACE")
-            self._workspace = self._workspace_factory()
-        return self._workspace
 
     def _service(self, endpoint: str) -> Any | None:
         try:

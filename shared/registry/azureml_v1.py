@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from shared.backends.azureml_v1 import KEY_TAG, azureml_errors, load_sdk, warn_end_of_support, workspace_from_settings
+from shared.backends.azureml_v1 import (
+    KEY_TAG,
+    AzureMLv1Workspace,
+    azureml_errors,
+    warn_end_of_support,
+    workspace_from_settings,
+)
 from shared.errors import NotFoundError, ValidationError
 from shared.registry.base import ModelRegistry, ModelVersion
 
@@ -66,7 +72,7 @@ def _version_key(model: Any) -> int:
         return 0
 
 
-class AzureMLv1Registry(ModelRegistry):
+class AzureMLv1Registry(AzureMLv1Workspace, ModelRegistry):
     def __init__(
         self,
         workspace: Any | None = None,
@@ -75,29 +81,13 @@ class AzureMLv1Registry(ModelRegistry):
         workspace_factory: Callable[[], Any] | None = None,
     ) -> None:
         warn_end_of_support("the model registry")
-        self._workspace = workspace
-        self._workspace_factory = workspace_factory
-        self._sdk = sdk
+        self._init_workspace(workspace, sdk, workspace_factory)
 
     @classmethod
     def from_settings(cls, settings: Settings, workspace: Any | None = None) -> AzureMLv1Registry:
         return cls(workspace, workspace_factory=lambda: workspace_from_settings(settings))
 
     # ------------------------------------------------------------ plumbing
-
-    @property
-    def sdk(self) -> Any:
-        if self._sdk is None:
-            self._sdk = load_sdk()
-        return self._sdk
-
-    @property
-    def workspace(self) -> Any:
-        if self._workspace is None:
-            if self._workspace_factory is None:
-                raise ValidationError("no Azure ML workspace configured", field="CONVEYOR_AZUREML_WORKSPACE")
-            self._workspace = self._workspace_factory()
-        return self._workspace
 
     @staticmethod
     def _to_model_version(model: Any) -> ModelVersion:
