@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 MAX_OUTPUT_URLS = 1000  # outputs are small values on the run; the prefix finds the rest
 _FAILED_DETAIL = 5  # failed tasks described in full in the error
+CANCEL_CHECK_SECONDS = 0.2  # how stale a "not cancelled by another process" answer may be
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,24 @@ class _Job:
 
     tasks_dir: str = ""
     marker: str = ""
+    marker_checked: float = -CANCEL_CHECK_SECONDS  # time.monotonic() of the last look at the marker
 
     def __post_init__(self) -> None:
         self.tasks_dir = str(self.dir / "tasks")
         self.marker = str(self.dir / "cancelled")
 
-    def cancelled(self) -> bool:
+    def cancelled(self, fresh: bool = False) -> bool:
+        """Cancelled here (the event) or by another process (the marker file it writes).
+
+        The file is looked at once per ``CANCEL_CHECK_SECONDS`` at most (not three times per
+        task), unless ``fresh``: a process that cancels a job also kills its commands, so a
+        command that failed, and the final summary, look afresh."""
         if self.cancel_event.is_set():
             return True
+        now = time.monotonic()
+        if not fresh and now - self.marker_checked < CANCEL_CHECK_SECONDS:
+            return False
+        self.marker_checked = now
         if os.path.exists(self.marker):
             self.cancel_event.set()
             return True
@@ -225,7 +236,7 @@ class LocalBatchBackend(JobBackend):
         job.results = _read_log(jdir / "tasks.log")
         todo = [t for t in tasks if t.id not in job.results]
         job.remaining = len(todo)
-        if spec.get("error") or job.cancelled() or not todo:
+        if spec.get("error") or job.cancelled(fresh=True) or not todo:
             self._finish(job)
             return job
         (jdir / "tasks").mkdir(exist_ok=True)
@@ -329,7 +340,7 @@ class LocalBatchBackend(JobBackend):
             job.procs.pop(task.id, None)
             for token in tokens:
                 self._watchdog.clear(token)
-            if job.cancelled():
+            if job.cancelled(fresh=code != 0):  # killed by a cancel from elsewhere: not a failure
                 return None
             if timed_out.is_set():
                 return {"t": task.id, "s": "failed", "x": code, "a": attempt, "e": f"exceeded max wall clock ({wall}s)"}
@@ -374,7 +385,7 @@ class LocalBatchBackend(JobBackend):
         spec = job.spec
         if spec.get("error"):
             return {"state": "failed", "error": spec["error"]}
-        if job.cancelled():
+        if job.cancelled(fresh=True):
             return {"state": "cancelled", "done": len(job.results)}
         failed = [job.results[t.id] for t in job.tasks if job.results.get(t.id, {}).get("s") != "succeeded"]
         if failed:

@@ -1,0 +1,64 @@
+"""A batch job cancelled by another process (the CLI, a second host) while this one runs it.
+
+The running instance looks at the job's cancel marker at most every CANCEL_CHECK_SECONDS on
+its hot path, but afresh when a command fails: a command killed by the other process's cancel
+is not a failure, no queued task starts after it, and the job ends cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.backends.base import LaunchRequest
+from shared.backends.local_batch import LocalBatchBackend
+from tests.functional.backends.conftest import marked_pids, wait_done, wait_for
+from tests.functional.backends.dirblobs import DirBlobStore
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> DirBlobStore:
+    return DirBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def runner(blobs: DirBlobStore, tmp_path: Path) -> Iterator[LocalBatchBackend]:
+    be = LocalBatchBackend(blobs, tmp_path / "home", 2)
+    yield be
+    for key in list(be._jobs):
+        be.cancel(key)
+    be.close()
+
+
+def test_a_cancel_from_another_instance_is_not_recorded_as_failures(
+    runner: LocalBatchBackend, blobs: DirBlobStore, tmp_path: Path
+) -> None:
+    urls = [blobs.upload("in", f"{i}.csv", b"x").url for i in range(6)]
+    key = "run1-score-1"
+    request = LaunchRequest(
+        run_id="run1",
+        flow="f",
+        step="score",
+        kind="batch",
+        key=key,
+        attempt=1,
+        params={"command": "sleep 30", "inputs": urls, "max_task_retries": 2},
+    )
+    runner.launch(request)
+    wait_for(lambda: len(marked_pids(f"batch/{key}/")) >= 2, what="two tasks to run")
+    other = LocalBatchBackend(blobs, tmp_path / "home", 2)  # e.g. `conveyor cancel` in another process
+    try:
+        other.cancel(key)
+        wait_for(lambda: not marked_pids(f"batch/{key}/"), what="the tasks to be killed")
+        status = wait_done(runner, key)
+        assert status.state == "cancelled"
+        log = tmp_path / "home" / "batch" / key / "tasks.log"
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        assert records == []  # killed by the cancel: neither failed nor retried
+        assert not marked_pids(f"batch/{key}/")  # the queued tasks never started
+        assert other.poll(key).state == "cancelled"
+    finally:
+        other.close()
