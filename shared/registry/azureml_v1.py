@@ -32,7 +32,6 @@ azureml-core's workspace discovery is impractical to fake over HTTP.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from pathlib import Path
@@ -47,7 +46,14 @@ from shared.backends.azureml_v1 import (
     workspace_from_settings,
 )
 from shared.errors import NotFoundError, ValidationError
-from shared.registry.base import ModelRegistry, ModelVersion
+from shared.registry.base import (
+    METRIC_PREFIX,
+    ModelRegistry,
+    ModelVersion,
+    gate_tags,
+    lineage_tags,
+    stored_metrics,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,8 +64,6 @@ CHAMPION_TAG = "conveyor.champion"
 PREVIOUS_TAG = "conveyor.previous"
 PROMOTED_AT_TAG = "conveyor.promoted_at"
 SOURCE_TAG = "conveyor.source_model_uri"
-METRIC_PREFIX = "metric."
-GATE_PREFIX = "gate."
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 _RUN_ARTIFACT = re.compile(r"^azureml://jobs/(?P<run>[^/]+)/outputs/artifacts/paths/(?P<path>.+)$")
 _TAG_VALUE_MAX = 5000
@@ -92,11 +96,7 @@ class AzureMLv1Registry(AzureMLv1Workspace, ModelRegistry):
     @staticmethod
     def _to_model_version(model: Any) -> ModelVersion:
         tags = {str(k): "" if v is None else str(v) for k, v in (model.tags or {}).items()}
-        metrics: dict[str, float] = {}
-        for k, v in (model.properties or {}).items():
-            if str(k).startswith(METRIC_PREFIX):
-                with contextlib.suppress(TypeError, ValueError):
-                    metrics[str(k)[len(METRIC_PREFIX) :]] = float(v)
+        metrics = stored_metrics(model.properties or {})
         return ModelVersion(
             name=str(model.name),
             version=str(model.version),
@@ -140,7 +140,7 @@ class AzureMLv1Registry(AzureMLv1Workspace, ModelRegistry):
         existing = self.find_by_key(key, name)
         if existing is not None:
             return existing
-        clean_tags = {str(k): str(v)[:_TAG_VALUE_MAX] for k, v in tags.items() if v is not None and str(v) != ""}
+        clean_tags = lineage_tags(tags, _TAG_VALUE_MAX)
         framework = clean_tags.pop("model_framework", None)
         framework_version = clean_tags.pop("model_framework_version", None)
         all_tags = {**clean_tags, KEY_TAG: key, SOURCE_TAG: str(model_uri)[:_TAG_VALUE_MAX]}
@@ -208,10 +208,7 @@ class AzureMLv1Registry(AzureMLv1Workspace, ModelRegistry):
                 self._model(name, older.version).update_tags_properties(remove_tags=[PREVIOUS_TAG])
 
     def record_decision(self, name: str, version: str, decision: dict[str, str]) -> None:
-        tags = {
-            (k if k.startswith(GATE_PREFIX) else f"{GATE_PREFIX}{k}"): ("" if v is None else str(v)[:_TAG_VALUE_MAX])
-            for k, v in decision.items()
-        }
+        tags = gate_tags(decision, _TAG_VALUE_MAX)
         model = self._model(name, version)
         with azureml_errors(f"record gate decision on {name} v{version}"):
             model.add_tags(tags)

@@ -23,11 +23,19 @@ import contextlib
 import re
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from shared.azureml_common import azureml_errors, map_azureml_error
 from shared.errors import NotFoundError, ValidationError
-from shared.registry.base import ModelRegistry, ModelVersion
+from shared.registry.base import (
+    METRIC_PREFIX,
+    ModelRegistry,
+    ModelVersion,
+    gate_tags,
+    lineage_tags,
+    stored_metrics,
+)
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -37,8 +45,6 @@ PROMOTED_AT_TAG = "conveyor.promoted_at"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 KEY_TAG = "conveyor.key"
-METRIC_PREFIX = "metric."
-GATE_PREFIX = "gate."
 # Azure ML asset names: letters, digits, '-', '_', '.'; start with a letter or digit; ≤255.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
@@ -63,11 +69,7 @@ class AzureMLRegistry(ModelRegistry):
     @staticmethod
     def _to_model_version(model: Any) -> ModelVersion:
         tags = {str(k): "" if v is None else str(v) for k, v in dict(model.tags or {}).items()}
-        metrics: dict[str, float] = {}
-        for k, v in tags.items():
-            if k.startswith(METRIC_PREFIX):
-                with contextlib.suppress(TypeError, ValueError):
-                    metrics[k[len(METRIC_PREFIX) :]] = float(v)
+        metrics = stored_metrics(tags)
         return ModelVersion(
             name=str(model.name),
             version=str(model.version),
@@ -93,7 +95,7 @@ class AzureMLRegistry(ModelRegistry):
         with azureml_errors(f"model {name} version {version}"):
             return self.ml_client.models.get(name=name, version=str(version))
 
-    def _set_tags(self, name: str, version: str, updates: dict[str, str | None]) -> Any:
+    def _set_tags(self, name: str, version: str, updates: Mapping[str, str | None]) -> Any:
         """Read the version, change its tags (None deletes one), write it back."""
         model = self._get(name, version)
         tags = dict(model.tags or {})
@@ -145,7 +147,7 @@ class AzureMLRegistry(ModelRegistry):
         from azure.ai.ml.entities import Model
 
         clean_metrics = {str(k): float(v) for k, v in metrics.items()}
-        lineage = {str(k): str(v) for k, v in tags.items() if v is not None and str(v) != ""}
+        lineage = lineage_tags(tags)
         version_tags = {
             **lineage,
             KEY_TAG: key,
@@ -214,11 +216,7 @@ class AzureMLRegistry(ModelRegistry):
                 self._set_tags(name, str(old.version), {ALIAS_TAG: PREVIOUS})
 
     def record_decision(self, name: str, version: str, decision: dict[str, str]) -> None:
-        updates: dict[str, str | None] = {}
-        for k, v in decision.items():
-            tag = k if k.startswith(GATE_PREFIX) else f"{GATE_PREFIX}{k}"
-            updates[tag] = "" if v is None else str(v)
-        self._set_tags(name, str(version), updates)
+        self._set_tags(name, str(version), gate_tags(decision))
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first (for the CLI)."""

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+METRIC_PREFIX = "metric."  # a version's metrics are stored as tags/properties metric.<name>
+GATE_PREFIX = "gate."  # a gate decision is stored as version tags gate.<key>
 
 
 @dataclass(frozen=True)
@@ -48,3 +54,29 @@ class ModelRegistry(ABC):
         search by tag may keep the default (None: "not registered").
         """
         return None
+
+
+# ---------------------------------------------------------------- what the adapters store, the same way
+
+
+def lineage_tags(tags: Mapping[str, Any], max_len: int | None = None) -> dict[str, str]:
+    """Lineage tags as stored on a version: values as strings (cut to ``max_len``), None and empty ones left out."""
+    return {str(k): str(v)[:max_len] for k, v in tags.items() if v is not None and str(v) != ""}
+
+
+def gate_tags(decision: Mapping[str, Any], max_len: int | None = None) -> dict[str, str]:
+    """A gate decision as version tags: each key under ``gate.`` (once), values as strings (None -> "")."""
+    return {
+        (k if k.startswith(GATE_PREFIX) else f"{GATE_PREFIX}{k}"): ("" if v is None else str(v)[:max_len])
+        for k, v in decision.items()
+    }
+
+
+def stored_metrics(values: Mapping[Any, Any]) -> dict[str, float]:
+    """The ``metric.<name>`` entries of a version's tags or properties as ``{name: float}``; unparsable ones skipped."""
+    metrics: dict[str, float] = {}
+    for k, v in values.items():
+        if str(k).startswith(METRIC_PREFIX):
+            with contextlib.suppress(TypeError, ValueError):
+                metrics[str(k)[len(METRIC_PREFIX) :]] = float(v)
+    return metrics

@@ -33,7 +33,14 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.registry.base import ModelRegistry, ModelVersion
+from shared.registry.base import (
+    METRIC_PREFIX,
+    ModelRegistry,
+    ModelVersion,
+    gate_tags,
+    lineage_tags,
+    stored_metrics,
+)
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -42,8 +49,6 @@ EXPERIMENT = "conveyor-registry"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 KEY_TAG = "conveyor.key"
-METRIC_PREFIX = "metric."
-GATE_PREFIX = "gate."
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 _SERVICE = "mlflow"
 
@@ -164,12 +169,9 @@ class MlflowRegistry(ModelRegistry):
     @staticmethod
     def _to_model_version(mv: Any) -> ModelVersion:
         tags: dict[str, str] = dict(mv.tags or {})
-        metrics: dict[str, float] = {}
-        for k, v in tags.items():
-            if k.startswith(METRIC_PREFIX):
-                with contextlib.suppress(TypeError, ValueError):
-                    metrics[k[len(METRIC_PREFIX) :]] = float(v)
-        return ModelVersion(name=mv.name, version=str(mv.version), source_uri=mv.source, metrics=metrics, tags=tags)
+        return ModelVersion(
+            name=mv.name, version=str(mv.version), source_uri=mv.source, metrics=stored_metrics(tags), tags=tags
+        )
 
     def _check_name(self, name: str) -> None:
         if not _NAME_RE.match(name or ""):
@@ -209,7 +211,7 @@ class MlflowRegistry(ModelRegistry):
             return existing
         model_dir = local_model_dir(model_uri)
         clean_metrics = {str(k): float(v) for k, v in metrics.items()}
-        lineage = {str(k): str(v) for k, v in tags.items() if v is not None and str(v) != ""}
+        lineage = lineage_tags(tags)
         client = self.client
         experiment_id = self._experiment()
         # A run for this key that finished but whose version was never created (crash in
@@ -285,9 +287,8 @@ class MlflowRegistry(ModelRegistry):
 
     def record_decision(self, name: str, version: str, decision: dict[str, str]) -> None:
         with _mlflow_errors(f"record gate decision on {name} v{version}"):
-            for k, v in decision.items():
-                tag = k if k.startswith(GATE_PREFIX) else f"{GATE_PREFIX}{k}"
-                self.client.set_model_version_tag(name, str(version), tag, "" if v is None else str(v))
+            for tag, value in gate_tags(decision).items():
+                self.client.set_model_version_tag(name, str(version), tag, value)
 
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first (for the CLI)."""
