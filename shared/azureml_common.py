@@ -9,6 +9,7 @@ Small and stable on purpose: the v1 adapters import from here too.
 - ``job_state``: an Azure ML job/run status (the same names in v1 and v2) as a ``RemoteState``.
 - ``aml_name``: a deterministic Azure ML job name from an idempotency key.
 - ``is_already_exists``: does an exception say "that name is taken" (reattach instead of fail).
+- ``pipeline_params``: an azureml step's params, and its pipeline job YAML under the project root.
 
 azure.ai.ml / azure.core are imported lazily (cold start).
 """
@@ -21,10 +22,13 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import BadRequestError, ConveyorError, PermanentError
+from shared.errors import BadRequestError, ConveyorError, PermanentError, ValidationError
 
 if TYPE_CHECKING:
-    from shared.backends.base import RemoteState
+    from pathlib import Path
+
+    from shared.backends.base import LaunchRequest, RemoteState
+    from shared.flows.model import AzureMLParams
     from shared.settings import Settings
 
 SERVICE = "azureml"
@@ -79,6 +83,24 @@ def aml_name(key: str, max_len: int = 255) -> str:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
     clean = re.sub(r"[^A-Za-z0-9_-]", "_", key)[: max_len - len(digest) - 1]
     return f"{clean}-{digest}"
+
+
+def pipeline_params(request: LaunchRequest, root: Path) -> tuple[AzureMLParams, Path | None]:
+    """An azureml step's validated params and the pipeline job YAML they name under ``root`` (checked to be a
+    file there); None when ``params.pipeline`` is not set (a v1 published pipeline: each backend says what then)."""
+    from shared.backends.commandline import safe_join, validation_error
+    from shared.flows.model import AzureMLParams
+
+    try:
+        params = AzureMLParams.model_validate(request.params)
+    except Exception as exc:
+        raise validation_error(exc) from exc
+    if not params.pipeline:
+        return params, None
+    path = safe_join(root, params.pipeline, field="params.pipeline")
+    if not path.is_file():
+        raise ValidationError(f"no such file under the project root: {params.pipeline!r}", field="params.pipeline")
+    return params, path
 
 
 def ml_client_from_settings(settings: Settings, credential: Any | None = None, **kwargs: Any) -> Any:

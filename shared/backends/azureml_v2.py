@@ -38,9 +38,16 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.azureml_common import SERVICE, aml_name, azureml_errors, is_already_exists, job_state, map_azureml_error
+from shared.azureml_common import (
+    SERVICE,
+    aml_name,
+    azureml_errors,
+    is_already_exists,
+    job_state,
+    map_azureml_error,
+    pipeline_params,
+)
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
-from shared.backends.commandline import safe_join, validation_error
 from shared.errors import (
     ConveyorError,
     NotFoundError,
@@ -148,21 +155,13 @@ class AzureMLv2Backend(JobBackend):
     # ------------------------------------------------------------ launch
 
     def _load(self, request: LaunchRequest) -> tuple[Any, str]:
-        from shared.flows.model import AzureMLParams
-
-        try:
-            params = AzureMLParams.model_validate(request.params)
-        except Exception as exc:
-            raise validation_error(exc) from exc
-        if not params.pipeline:
+        params, path = pipeline_params(request, self.root)
+        if path is None:
             raise ValidationError(
                 "the v2 SDK submits pipeline job YAML: set params.pipeline (published_pipeline_id needs "
                 "CONVEYOR_AZUREML_SDK=v1)",
                 field="params.pipeline",
             )
-        path = safe_join(self.root, params.pipeline, field="params.pipeline")
-        if not path.is_file():
-            raise ValidationError(f"no such file under the project root: {params.pipeline!r}", field="params.pipeline")
         from azure.ai.ml import Input, load_job
 
         try:

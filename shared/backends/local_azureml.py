@@ -50,6 +50,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.azureml_common import pipeline_params
 from shared.backends.base import LaunchRequest
 from shared.backends.commandline import (
     LocalRun,
@@ -60,7 +61,6 @@ from shared.backends.commandline import (
     safe_join,
     safe_relpath,
     tail_text,
-    validation_error,
 )
 from shared.errors import PermanentError, ValidationError
 
@@ -94,21 +94,13 @@ class LocalAzureMLBackend(LocalRunBackend):
     def _prepare(self, request: LaunchRequest, rdir: Path) -> dict[str, Any]:
         import yaml
 
-        from shared.flows.model import AzureMLParams
-
-        try:
-            params = AzureMLParams.model_validate(request.params)
-        except Exception as exc:
-            raise validation_error(exc) from exc
-        if not params.pipeline:
+        params, yaml_path = pipeline_params(request, self.root)
+        if yaml_path is None:
             raise PermanentError(
                 "a v1 published pipeline lives in an Azure ML workspace, which local mode cannot run: "
                 "set params.pipeline (a pipeline job YAML in the project) for local runs",
                 service="azureml",
             )
-        yaml_path = safe_join(self.root, params.pipeline, field="params.pipeline")
-        if not yaml_path.is_file():
-            raise ValidationError(f"no such file under the project root: {params.pipeline!r}", field="params.pipeline")
         try:
             doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
