@@ -1,10 +1,15 @@
 """Map azure-core SDK errors into Conveyor's error tree at the adapter edge.
 
 One function for the storage adapters (queue, table, blob) and any other azure-core based
-adapter: the engine only looks at ``retryable`` and the error class.
+adapter: the engine only looks at ``retryable`` and the error class. ``first_rule`` is the
+table-driven "SDK exception type -> Conveyor error" step the Databricks and Service Bus
+adapters use before falling back to their own special cases.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from types import UnionType
 
 from shared.errors import (
     AuthError,
@@ -18,6 +23,17 @@ from shared.errors import (
 )
 
 _MAX_DETAIL = 300
+
+# (SDK exception type(s), the Conveyor error to raise instead, its HTTP status or None)
+ErrorRule = tuple[type[BaseException] | UnionType, type[ConveyorError], int | None]
+
+
+def first_rule(exc: BaseException, rules: Iterable[ErrorRule], message: str, service: str) -> ConveyorError | None:
+    """The error of the first rule ``exc`` is an instance of, with ``message``; None when no rule matches."""
+    for types, error, status in rules:
+        if isinstance(exc, types):
+            return error(message, service=service, status=status)
+    return None
 
 
 def _detail(exc: BaseException) -> str:

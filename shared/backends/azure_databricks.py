@@ -40,6 +40,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from shared.azure_errors import ErrorRule, first_rule
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.errors import (
     AuthError,
@@ -118,30 +119,21 @@ def map_databricks_error(exc: BaseException) -> ConveyorError:
         code = exc.error_code
         text = _first_line(str(exc)) or type(exc).__name__
         label = f"{code}: {text}" if code else text
-        if isinstance(exc, dbx.TooManyRequests):
-            return ThrottledError(label, service=SERVICE, status=429)
-        if isinstance(exc, dbx.TemporarilyUnavailable):
-            return TransientError(label, service=SERVICE, status=503)
-        if isinstance(exc, dbx.DeadlineExceeded):
-            return TransientError(label, service=SERVICE, status=504)
-        if isinstance(exc, dbx.InternalError):
-            return TransientError(label, service=SERVICE, status=500)
-        if isinstance(exc, dbx.Aborted | dbx.Cancelled):
-            return TransientError(label, service=SERVICE)
-        if isinstance(exc, dbx.Unauthenticated):
-            return AuthError(label, service=SERVICE, status=401)
-        if isinstance(exc, dbx.PermissionDenied):
-            return AuthError(label, service=SERVICE, status=403)
-        if isinstance(exc, dbx.NotFound):
-            return NotFoundError(label, service=SERVICE, status=404)
-        if isinstance(exc, dbx.ResourceConflict):
-            return ConflictError(label, service=SERVICE, status=409)
-        if isinstance(exc, dbx.BadRequest):
-            return BadRequestError(label, service=SERVICE, status=400)
-        if isinstance(exc, dbx.NotImplemented):
-            return BadRequestError(label, service=SERVICE, status=501)
+        rules: list[ErrorRule] = [
+            (dbx.TooManyRequests, ThrottledError, 429),
+            (dbx.TemporarilyUnavailable, TransientError, 503),
+            (dbx.DeadlineExceeded, TransientError, 504),
+            (dbx.InternalError, TransientError, 500),
+            (dbx.Aborted | dbx.Cancelled, TransientError, None),
+            (dbx.Unauthenticated, AuthError, 401),
+            (dbx.PermissionDenied, AuthError, 403),
+            (dbx.NotFound, NotFoundError, 404),
+            (dbx.ResourceConflict, ConflictError, 409),
+            (dbx.BadRequest, BadRequestError, 400),
+            (dbx.NotImplemented, BadRequestError, 501),
+        ]
         # An error the SDK could not classify (e.g. a 502 from a gateway): worth another try.
-        return TransientError(label, service=SERVICE)
+        return first_rule(exc, rules, label, SERVICE) or TransientError(label, service=SERVICE)
     if isinstance(exc, TimeoutError):
         # The SDK's retry loop gave up (``retry_timeout_seconds``); the cause is the last error.
         cause = exc.__cause__

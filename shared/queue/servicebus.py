@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from shared.azure_errors import map_azure_error
+from shared.azure_errors import ErrorRule, first_rule, map_azure_error
 from shared.engine.model import Message
 from shared.errors import (
     AuthError,
@@ -94,29 +94,27 @@ def map_servicebus_error(exc: BaseException) -> ConveyorError:
     from azure.servicebus import exceptions as sb
 
     detail = f"{type(exc).__name__}: {_detail(exc)}"
-    if isinstance(exc, sb.ServiceBusServerBusyError | sb.ServiceBusQuotaExceededError):
-        return ThrottledError(detail, service=SERVICE)
-    if isinstance(
-        exc,
-        sb.OperationTimeoutError
-        | sb.ServiceBusConnectionError
-        | sb.ServiceBusCommunicationError
-        | sb.MessageLockLostError
-        | sb.SessionLockLostError,
-    ):
-        return TransientError(detail, service=SERVICE)
-    if isinstance(exc, sb.MessageSizeExceededError):
-        return BadRequestError(detail, service=SERVICE, status=413)
-    if isinstance(exc, sb.ServiceBusAuthenticationError):
-        return AuthError(detail, service=SERVICE, status=401)
-    if isinstance(exc, sb.ServiceBusAuthorizationError):
-        return AuthError(detail, service=SERVICE, status=403)
-    if isinstance(exc, sb.MessagingEntityNotFoundError | sb.MessageNotFoundError):
-        return NotFoundError(detail, service=SERVICE, status=404)
-    if isinstance(exc, sb.MessageAlreadySettled | sb.MessagingEntityAlreadyExistsError):
-        return ConflictError(detail, service=SERVICE, status=409)
-    if isinstance(exc, sb.MessagingEntityDisabledError):
-        return PermanentError(detail, service=SERVICE)
+    rules: list[ErrorRule] = [
+        (sb.ServiceBusServerBusyError | sb.ServiceBusQuotaExceededError, ThrottledError, None),
+        (
+            sb.OperationTimeoutError
+            | sb.ServiceBusConnectionError
+            | sb.ServiceBusCommunicationError
+            | sb.MessageLockLostError
+            | sb.SessionLockLostError,
+            TransientError,
+            None,
+        ),
+        (sb.MessageSizeExceededError, BadRequestError, 413),
+        (sb.ServiceBusAuthenticationError, AuthError, 401),
+        (sb.ServiceBusAuthorizationError, AuthError, 403),
+        (sb.MessagingEntityNotFoundError | sb.MessageNotFoundError, NotFoundError, 404),
+        (sb.MessageAlreadySettled | sb.MessagingEntityAlreadyExistsError, ConflictError, 409),
+        (sb.MessagingEntityDisabledError, PermanentError, None),
+    ]
+    mapped = first_rule(exc, rules, detail, SERVICE)
+    if mapped is not None:
+        return mapped
     if isinstance(exc, sb.ServiceBusError):
         if getattr(exc, "_retryable", False):
             return TransientError(detail, service=SERVICE)
