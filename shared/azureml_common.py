@@ -2,7 +2,8 @@
 
 Small and stable on purpose: the v1 adapters import from here too.
 
-- ``ml_client_from_settings``: an ``azure.ai.ml.MLClient`` for the workspace the app settings name.
+- ``ml_client_from_settings``: an ``azure.ai.ml.MLClient`` for the workspace the app settings name
+  (``workspace_ids``: that workspace's subscription, resource group and name, for v1 too).
 - ``map_azureml_error`` / ``azureml_errors``: azure-ai-ml's own exceptions (``MlException`` and
   subclasses, which derive from azure-core's ``AzureError``) and azure-core HTTP errors into
   Conveyor's error tree, keeping the service's message.
@@ -103,6 +104,16 @@ def pipeline_params(request: LaunchRequest, root: Path) -> tuple[AzureMLParams, 
     return params, path
 
 
+def workspace_ids(settings: Settings) -> tuple[str, str, str]:
+    """(subscription id, resource group, workspace name) of the configured Azure ML workspace, each required."""
+    az = settings.azure
+    return (
+        az.require("azureml_subscription_id", "CONVEYOR_AZUREML_SUBSCRIPTION_ID"),
+        az.require("azureml_resource_group", "CONVEYOR_AZUREML_RESOURCE_GROUP"),
+        az.require("azureml_workspace", "CONVEYOR_AZUREML_WORKSPACE"),
+    )
+
+
 def ml_client_from_settings(settings: Settings, credential: Any | None = None, **kwargs: Any) -> Any:
     """An ``azure.ai.ml.MLClient`` for CONVEYOR_AZUREML_SUBSCRIPTION_ID / _RESOURCE_GROUP / _WORKSPACE.
 
@@ -110,10 +121,7 @@ def ml_client_from_settings(settings: Settings, credential: Any | None = None, *
     ``kwargs`` go to MLClient (azure-core pipeline options such as ``retry_total``). Building the
     client makes no request.
     """
-    az = settings.azure
-    subscription = az.require("azureml_subscription_id", "CONVEYOR_AZUREML_SUBSCRIPTION_ID")
-    resource_group = az.require("azureml_resource_group", "CONVEYOR_AZUREML_RESOURCE_GROUP")
-    workspace = az.require("azureml_workspace", "CONVEYOR_AZUREML_WORKSPACE")
+    subscription, resource_group, workspace = workspace_ids(settings)
     if credential is None:
         from shared.azure_identity import get_credential
 

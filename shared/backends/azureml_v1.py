@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from shared.azureml_common import workspace_ids
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.errors import (
     AuthError,
@@ -158,10 +159,7 @@ def workspace_from_settings(settings: Settings, credential: Any | None = None) -
     Uses ``TokenAuthentication`` fed by the azure-identity credential (managed identity in Azure),
     so no service principal secret or CLI login is needed.
     """
-    az = settings.azure
-    subscription = az.require("azureml_subscription_id", "CONVEYOR_AZUREML_SUBSCRIPTION_ID")
-    group = az.require("azureml_resource_group", "CONVEYOR_AZUREML_RESOURCE_GROUP")
-    name = az.require("azureml_workspace", "CONVEYOR_AZUREML_WORKSPACE")
+    subscription, group, name = workspace_ids(settings)
     if credential is None:
         from shared.azure_identity import get_credential
 
