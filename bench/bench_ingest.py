@@ -225,8 +225,15 @@ def main(
     runs_table = TableClient.from_connection_string(s.connection_string, table_name=s.runs_table)
     rows = sum(1 for _ in runs_table.list_entities(select=["RowKey"], results_per_page=1000))
     depth = real_queue.depth()
+    asked = started_run_ids(real_queue)
     dup_created = sum(1 for r in repeated if r.created)
-    no_dups = created == done and rows == done and depth == done and dup_created == 0 and len(repeated) == again
+    no_dups = (
+        created == done
+        and rows == done
+        and len(asked) == len(set(asked)) == done
+        and dup_created == 0
+        and len(repeated) == again
+    )
 
     rate = done / t_ingest
     per_event = t_ingest / done
@@ -241,7 +248,8 @@ def main(
         for line in dict.fromkeys(retried):
             print(f"    {line}")
     print(
-        f"  ingest: runs in table {rows}, start messages on queue {depth}, created {created}, "
+        f"  ingest: runs in table {rows}, start messages on queue {depth} asking to start {len(asked)} runs "
+        f"({len(set(asked))} distinct), created {created}, "
         f"re-created on redelivery {dup_created} -> {'no duplicates' if no_dups else 'DUPLICATES OR LOSSES'}"
     )
     print(
@@ -255,6 +263,21 @@ def main(
         ok,
     )
     return ok
+
+
+def started_run_ids(queue: WorkQueue) -> list[str]:
+    """Every run id the queue's messages ask to start: one per ``start``, each id of a
+    ``start_batch`` (which the executor fans out into one start per run). Receives them all
+    (they stay hidden for the visibility timeout: nothing consumes this queue)."""
+    ids: list[str] = []
+    while got := queue.receive(max_messages=32, visibility_timeout=600):
+        for r in got:
+            m = r.message
+            if m.kind == "start_batch":
+                ids.extend(m.run_ids or [])
+            elif m.kind == "start":
+                ids.append(m.run_id)
+    return ids
 
 
 class _NullStore(RunStore):
