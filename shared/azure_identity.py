@@ -7,6 +7,7 @@ user-assigned identity. No keys are required anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -76,3 +77,41 @@ def storage_target(settings: Settings, service: str, port: str) -> StorageTarget
             field="CONVEYOR_STORAGE__accountName",
         )
     return StorageTarget(connection_string=settings.connection_string)
+
+
+def storage_clients(
+    settings: Settings,
+    service: str,
+    port: str,
+    sdk_class: Any,
+    *,
+    credential: Any = None,
+    client_kwargs: Mapping[str, Any] | None = None,
+    endpoint_arg: str = "account_url",
+) -> Callable[..., Any]:
+    """A maker of Azure Storage SDK clients (``sdk_class``) for the ``port`` adapter's ``service``.
+
+    :func:`storage_target` decides once: the maker builds
+    ``sdk_class.from_connection_string(conn, **args)``, or
+    ``sdk_class(<endpoint_arg>=service URI, credential=the app's identity, **args)``; the
+    credential is resolved once for every client it makes. Transport options are read once
+    (:mod:`shared.transport`); ``client_kwargs`` (retries, TLS in tests) override them.
+    """
+    from shared.transport import transport_kwargs
+
+    target = storage_target(settings, service, port)
+    kwargs = {**transport_kwargs(), **(client_kwargs or {})}
+    if target.endpoint is None:
+        conn = target.connection_string or settings.connection_string
+
+        def from_connection_string(**args: Any) -> Any:
+            return sdk_class.from_connection_string(conn, **args, **kwargs)
+
+        return from_connection_string
+    endpoint = {endpoint_arg: target.endpoint}
+    cred = credential if credential is not None else get_credential(settings, target.client_id)
+
+    def with_identity(**args: Any) -> Any:
+        return sdk_class(**endpoint, credential=cred, **args, **kwargs)
+
+    return with_identity

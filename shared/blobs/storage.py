@@ -72,22 +72,14 @@ class AzureBlobStore(BlobStore):
         """Identity-based (``BlobServiceClient(account_url, credential)``) when the settings give a
         blob service URI / account name and no connection string; else the connection string
         (Azurite locally). ``client_kwargs`` go to the SDK client (retry, transport options)."""
-        from shared.azure_identity import get_credential, storage_target
-
-        target = storage_target(settings, "blob", "blobs")
-        kwargs = dict(client_kwargs or {})
-        if target.endpoint is None:
-            conn = target.connection_string or settings.connection_string
-            if not kwargs:
-                return cls(conn)
-            from azure.storage.blob import BlobServiceClient
-
-            return cls(conn, BlobServiceClient.from_connection_string(conn, **kwargs))
         from azure.storage.blob import BlobServiceClient
 
-        if credential is None:
-            credential = get_credential(settings, target.client_id)
-        return cls("", BlobServiceClient(account_url=target.endpoint, credential=credential, **kwargs))
+        from shared.azure_identity import storage_clients
+
+        make = storage_clients(
+            settings, "blob", "blobs", BlobServiceClient, credential=credential, client_kwargs=client_kwargs
+        )
+        return cls("", make())
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -84,35 +84,20 @@ class StorageQueueWorkQueue(WorkQueue):
         """Identity-based (``QueueClient(account_url, queue, credential)``) when the settings give a
         queue service URI / account name and no connection string; else the connection string
         (Azurite locally). ``client_kwargs`` go to the SDK clients (retry, transport options)."""
-        from shared.azure_identity import get_credential, storage_target
-
-        target = storage_target(settings, "queue", "queue")
-        kwargs = dict(client_kwargs or {})
-        name, count = settings.queue_name, settings.max_delivery_count
-        if target.endpoint is None:
-            conn = target.connection_string or settings.connection_string
-            if not kwargs:
-                return cls(conn, name, count)
-            from azure.storage.queue import QueueClient
-
-            return cls(
-                conn,
-                name,
-                count,
-                client=QueueClient.from_connection_string(conn, name, **kwargs),
-                poison_client=QueueClient.from_connection_string(conn, poison_name(name), **kwargs),
-            )
         from azure.storage.queue import QueueClient
 
-        if credential is None:
-            credential = get_credential(settings, target.client_id)
-        url = target.endpoint
+        from shared.azure_identity import storage_clients
+
+        make = storage_clients(
+            settings, "queue", "queue", QueueClient, credential=credential, client_kwargs=client_kwargs
+        )
+        name = settings.queue_name
         return cls(
             "",
             name,
-            count,
-            client=QueueClient(account_url=url, queue_name=name, credential=credential, **kwargs),
-            poison_client=QueueClient(account_url=url, queue_name=poison_name(name), credential=credential, **kwargs),
+            settings.max_delivery_count,
+            client=make(queue_name=name),
+            poison_client=make(queue_name=poison_name(name)),
         )
 
     # -- queues are created once, lazily ---------------------------------------------------

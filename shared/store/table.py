@@ -136,26 +136,21 @@ class TableRunStore(RunStore):
         """Identity-based (``TableClient(endpoint, table, credential)``) when the settings give a
         table service URI / account name and no connection string; else the connection string
         (Azurite locally). ``client_kwargs`` go to the SDK client (retry, transport options)."""
-        from shared.azure_identity import get_credential, storage_target
-
-        target = storage_target(settings, "table", "store")
-        kwargs = dict(client_kwargs or {})
-        if target.endpoint is None:
-            conn = target.connection_string or settings.connection_string
-            if not kwargs:
-                return cls(conn, settings.runs_table)
-            from azure.data.tables import TableClient
-
-            check_table_name(settings.runs_table)
-            client = TableClient.from_connection_string(conn, settings.runs_table, **kwargs)
-            return cls(conn, settings.runs_table, client)
         from azure.data.tables import TableClient
 
+        from shared.azure_identity import storage_clients
+
         check_table_name(settings.runs_table)
-        if credential is None:
-            credential = get_credential(settings, target.client_id)
-        client = TableClient(endpoint=target.endpoint, table_name=settings.runs_table, credential=credential, **kwargs)
-        return cls("", settings.runs_table, client=client)
+        make = storage_clients(
+            settings,
+            "table",
+            "store",
+            TableClient,
+            credential=credential,
+            client_kwargs=client_kwargs,
+            endpoint_arg="endpoint",
+        )
+        return cls("", settings.runs_table, make(table_name=settings.runs_table))
 
     # -- helpers -------------------------------------------------------------------------
 
