@@ -145,6 +145,13 @@ def _cron_dow(y: int, m: int, d: int) -> int:
     return (calendar.weekday(y, m, d) + 1) % 7
 
 
+_SECOND = timedelta(seconds=1)
+
+
+def _fields(t: datetime) -> tuple[int, int, int, int, int, int]:
+    return t.year, t.month, t.day, t.hour, t.minute, t.second
+
+
 @dataclass(frozen=True)
 class Cron:
     """A parsed NCRONTAB expression. Build with :meth:`Cron.parse`."""
@@ -268,56 +275,26 @@ class Cron:
                 continue
             if pd != d:
                 d, h, mi, s = pd, 23, 59, 59
+            # A field with no earlier match moves to the last second of the previous
+            # day / hour / minute; datetime arithmetic carries into the units above.
             if _cron_dow(y, mo, d) not in self.weekdays:
-                if d == 1:
-                    y, mo = prev_month(y, mo)
-                    d = end
-                else:
-                    d -= 1
-                h, mi, s = 23, 59, 59
+                y, mo, d, h, mi, s = _fields(datetime(y, mo, d) - _SECOND)
                 continue
             ph = _prev_in(self.hours, h)
             if ph is None:
-                if d == 1:
-                    y, mo = prev_month(y, mo)
-                    d = end
-                else:
-                    d -= 1
-                h, mi, s = 23, 59, 59
+                y, mo, d, h, mi, s = _fields(datetime(y, mo, d) - _SECOND)
                 continue
             if ph != h:
                 h, mi, s = ph, 59, 59
             pmi = _prev_in(self.minutes, mi)
             if pmi is None:
-                mi, s = 59, 59
-                if h == 0:
-                    h = 23
-                    if d == 1:
-                        y, mo = prev_month(y, mo)
-                        d = end
-                    else:
-                        d -= 1
-                else:
-                    h -= 1
+                y, mo, d, h, mi, s = _fields(datetime(y, mo, d, h) - _SECOND)
                 continue
             if pmi != mi:
                 mi, s = pmi, 59
             ps = _prev_in(self.seconds, s)
             if ps is None:
-                s = 59
-                if mi == 0:
-                    mi = 59
-                    if h == 0:
-                        h = 23
-                        if d == 1:
-                            y, mo = prev_month(y, mo)
-                            d = end
-                        else:
-                            d -= 1
-                    else:
-                        h -= 1
-                else:
-                    mi -= 1
+                y, mo, d, h, mi, s = _fields(datetime(y, mo, d, h, mi) - _SECOND)
                 continue
             return datetime(y, mo, d, h, mi, ps)
         return None
