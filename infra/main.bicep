@@ -14,7 +14,9 @@
 //      before Event Grid can validate an AzureFunction endpoint).
 //
 // Checked offline by `make infra-check` (checkov, bicep framework). Every suppression is
-// inline, next to the resource, with its reason.
+// inline, next to the resource, with its reason. API versions are GA, except
+// Microsoft.Insights/diagnosticSettings: its only GA version (2016-09-01) is the legacy
+// single 'service' setting without category groups; 2021-05-01-preview is the current one.
 
 targetScope = 'resourceGroup'
 
@@ -445,7 +447,7 @@ resource dataTableDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-
 // Service Bus: the work queue
 // ---------------------------------------------------------------------------------------
 
-resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: serviceBusName
   location: location
   tags: tags
@@ -463,7 +465,7 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   }
 }
 
-resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: serviceBus
   name: queueName
   properties: {

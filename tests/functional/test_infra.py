@@ -301,6 +301,21 @@ def test_role_assignments_use_builtin_ids_and_deterministic_names(text: str, res
     assert set(used) == expected and len(used) == len(expected)
 
 
+# ------------------------------------------------------------------ API versions
+
+# The one preview API kept: resource-scoped diagnostic settings have no GA version with
+# named settings and category groups (2016-09-01 is the legacy single 'service' setting).
+PREVIEW_ALLOWED = {"Microsoft.Insights/diagnosticSettings"}
+
+
+def test_api_versions_are_ga(text: str, res: dict[str, dict[str, str]]) -> None:
+    previews = {r["type"] for r in res.values() if "preview" in r["api"]}
+    assert previews <= PREVIEW_ALLOWED, previews
+    assert all(r["api"] == "2024-01-01" for r in res.values() if r["type"].startswith("Microsoft.ServiceBus/"))
+    # The exception is explained where the template says what it checks.
+    assert "Microsoft.Insights/diagnosticSettings: its only GA version (2016-09-01)" in text
+
+
 def test_parameters_file_only_sets_declared_parameters(text: str) -> None:
     declared = _params(text)
     given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
