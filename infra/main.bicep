@@ -679,8 +679,13 @@ var baseAppSettings = {
 // Secrets as Key Vault references (the versionless secretUri: a new version is picked up
 // within a day, at once on restart). Only a secret that was given gets a setting: an
 // unresolvable reference would reach the app as its literal text.
-var devopsSecretSettings = hasDevopsSecret ? { CONVEYOR_DEVOPS_SECRET: '@Microsoft.KeyVault(SecretUri=${devopsSecretValue.properties.secretUri})' } : {}
-var databricksTokenSettings = hasDatabricksToken ? { CONVEYOR_DATABRICKS_TOKEN: '@Microsoft.KeyVault(SecretUri=${databricksTokenValue.properties.secretUri})', CONVEYOR_DATABRICKS_AUTH: 'pat' } : {}
+var devopsSecretSettings = hasDevopsSecret ? {
+  CONVEYOR_DEVOPS_SECRET: '@Microsoft.KeyVault(SecretUri=${devopsSecretValue.properties.secretUri})'
+} : {}
+var databricksTokenSettings = hasDatabricksToken ? {
+  CONVEYOR_DATABRICKS_TOKEN: '@Microsoft.KeyVault(SecretUri=${databricksTokenValue.properties.secretUri})'
+  CONVEYOR_DATABRICKS_AUTH: 'pat'
+} : {}
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: functionAppName

@@ -343,9 +343,13 @@ def _decorators(text: str, param: str) -> list[str]:
 
 
 def _var(code: str, name: str) -> str:
+    """The expression of `var <name> = ...`, continued over lines while braces are open."""
     m = re.search(rf"^var {name} = (.+)$", code, re.MULTILINE)
     assert m, f"var {name} not found"
-    return m.group(1)
+    end = m.end()
+    while code[m.start(1) : end].count("{") > code[m.start(1) : end].count("}"):
+        end = code.index("\n", end + 1) if "\n" in code[end + 1 :] else len(code)
+    return " ".join(line.strip() for line in code[m.start(1) : end].splitlines())
 
 
 def test_key_vault_is_rbac_with_purge_protection(res: dict[str, dict[str, str]]) -> None:
