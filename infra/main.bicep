@@ -6,6 +6,12 @@
 //   * Log Analytics + workspace-based Application Insights (Entra ID ingestion only),
 //   * an Event Grid system topic on the data account and, in phase 2, the BlobCreated
 //     subscription that pushes to the `blob_created` function,
+//   * an Event Grid custom topic (CloudEvents 1.0, Entra ID only) Conveyor publishes its
+//     lifecycle events to (run.started, run.failed, model.deployed, ...),
+//   * a Key Vault (Azure RBAC) holding the DevOps hook secret and the Databricks token,
+//     read by the app through Key Vault references,
+//   * an action group (e-mail) and alerts: dead-lettered work messages, failed runs,
+//     failed function invocations; diagnostic settings of every resource to Log Analytics,
 //   * the role assignments that let the identities do exactly that, with no keys anywhere.
 //
 // Deploy in two phases (infra/README.md has the commands):
@@ -14,7 +20,9 @@
 //      before Event Grid can validate an AzureFunction endpoint).
 //
 // Checked offline by `make infra-check` (checkov, bicep framework). Every suppression is
-// inline, next to the resource, with its reason.
+// inline, next to the resource, with its reason. API versions are GA, except
+// Microsoft.Insights/diagnosticSettings: its only GA version (2016-09-01) is the legacy
+// single 'service' setting without category groups; 2021-05-01-preview is the current one.
 
 targetScope = 'resourceGroup'
 
@@ -120,6 +128,24 @@ param storageSku string = 'Standard_GRS'
 @maxValue(730)
 param logRetentionInDays int = 30
 
+@description('E-mail address the action group notifies for every Conveyor alert (dead letters, failed runs, function failures).')
+@minLength(3)
+param alertEmail string
+
+// Secrets (Key Vault)
+@secure()
+@description('Shared secret Azure DevOps service hooks send in the CONVEYOR_DEVOPS_SECRET_HEADER header. Stored in Key Vault; the app reads it through a Key Vault reference. Empty = no secret, no CONVEYOR_DEVOPS_SECRET setting. Pass it on every deployment.')
+param devopsSecret string = ''
+
+@secure()
+@description('Databricks personal access token. Stored in Key Vault; the app reads it through a Key Vault reference and CONVEYOR_DATABRICKS_AUTH becomes pat. Empty = managed identity (azure-msi). Pass it on every deployment.')
+param databricksToken string = ''
+
+@description('Days a deleted Key Vault and its secrets stay recoverable; purge protection forbids purging them sooner.')
+@minValue(7)
+@maxValue(90)
+param keyVaultSoftDeleteRetentionDays int = 90
+
 // Event Grid subscription
 @description('BlobCreated subject filter prefix: /blobServices/default/containers/<container>/blobs/<prefix>.')
 param subjectBeginsWith string = '/blobServices/default/containers/landing/blobs/'
@@ -160,8 +186,17 @@ var serviceBusName = 'sb-${baseName}-${suffix}'
 var logAnalyticsName = 'log-${baseName}-${suffix}'
 var appInsightsName = 'appi-${baseName}-${suffix}'
 var systemTopicName = 'evgt-${baseName}-${suffix}'
+var eventsTopicName = 'evgt-${baseName}-events-${suffix}'
+var keyVaultName = take('kv-${baseName}-${suffix}', 24)
+var actionGroupName = 'ag-${baseName}-${suffix}'
 var deploymentContainerName = 'app-package-${take(suffix, 8)}'
 var blobCreatedFunctionName = 'blob_created'
+
+// Key Vault secret names and whether each secret was given.
+var devopsSecretName = 'conveyor-devops-secret'
+var databricksTokenName = 'conveyor-databricks-token'
+var hasDevopsSecret = !empty(devopsSecret)
+var hasDatabricksToken = !empty(databricksToken)
 
 // Built-in role definition ids (Azure RBAC built-in roles).
 var roleIds = {
@@ -172,6 +207,8 @@ var roleIds = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
 }
 
 // ---------------------------------------------------------------------------------------
@@ -445,7 +482,7 @@ resource dataTableDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-
 // Service Bus: the work queue
 // ---------------------------------------------------------------------------------------
 
-resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: serviceBusName
   location: location
   tags: tags
@@ -463,7 +500,7 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   }
 }
 
-resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: serviceBus
   name: queueName
   properties: {
@@ -484,6 +521,88 @@ resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' =
 resource serviceBusDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'to-log-analytics'
   scope: serviceBus
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Key Vault (Azure RBAC): the DevOps hook secret and the Databricks token
+// ---------------------------------------------------------------------------------------
+
+// Secret values come only from the @secure() parameters and never appear in an output or
+// an app setting: the app settings are Key Vault references the platform resolves with
+// the app's identity (Key Vault Secrets User on this vault).
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionDays
+    enablePurgeProtection: true
+    enabledForDeployment: false
+    enabledForDiskEncryption: false
+    enabledForTemplateDeployment: false
+    // checkov:skip=CKV_AZURE_189: No VNet in this deployment: the Flex Consumption app resolves its Key Vault references over the public endpoint; access is Entra ID + Azure RBAC only (no access policies), TLS only.
+    publicNetworkAccess: 'Enabled'
+    // checkov:skip=CKV_AZURE_109: Default action Allow for the same reason as CKV_AZURE_189; add VNet integration + a private endpoint to deny by default.
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+resource devopsSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (hasDevopsSecret) {
+  // checkov:skip=CKV_AZURE_41: No expiry date: an expired secret is refused to the Key Vault reference and App Service then hands the app the literal reference text; rotate by redeploying with a new value (or az keyvault secret set).
+  // checkov:skip=CKV_AZURE_114: contentType is set (text/plain, below); checkov's Bicep parser nests a conditional resource's body one level deeper and does not see it (tests/functional/test_infra.py asserts it).
+  parent: keyVault
+  name: devopsSecretName
+  properties: {
+    value: devopsSecret
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
+resource databricksTokenValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (hasDatabricksToken) {
+  // checkov:skip=CKV_AZURE_41: No expiry date: an expired secret is refused to the Key Vault reference and App Service then hands the app the literal reference text; rotate by redeploying with a new value (or az keyvault secret set).
+  // checkov:skip=CKV_AZURE_114: contentType is set (text/plain, below); checkov's Bicep parser nests a conditional resource's body one level deeper and does not see it (tests/functional/test_infra.py asserts it).
+  parent: keyVault
+  name: databricksTokenName
+  properties: {
+    value: databricksToken
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
+resource keyVaultDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: keyVault
   properties: {
     workspaceId: logAnalytics.id
     logs: [
@@ -553,7 +672,20 @@ var baseAppSettings = {
   CONVEYOR_STORAGE__tableServiceUri: dataStorage.properties.primaryEndpoints.table
   CONVEYOR_LANDING_CONTAINER: landingContainer.name
   CONVEYOR_DEADLETTER_CONTAINER: deadLetterContainer.name
+  // Lifecycle CloudEvents go to the custom topic with the app's identity (EventGrid Data Sender).
+  CONVEYOR_EVENTS_TOPIC_ENDPOINT: eventsTopic.properties.endpoint
 }
+
+// Secrets as Key Vault references (the versionless secretUri: a new version is picked up
+// within a day, at once on restart). Only a secret that was given gets a setting: an
+// unresolvable reference would reach the app as its literal text.
+var devopsSecretSettings = hasDevopsSecret ? {
+  CONVEYOR_DEVOPS_SECRET: '@Microsoft.KeyVault(SecretUri=${devopsSecretValue.properties.secretUri})'
+} : {}
+var databricksTokenSettings = hasDatabricksToken ? {
+  CONVEYOR_DATABRICKS_TOKEN: '@Microsoft.KeyVault(SecretUri=${databricksTokenValue.properties.secretUri})'
+  CONVEYOR_DATABRICKS_AUTH: 'pat'
+} : {}
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: functionAppName
@@ -579,7 +711,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       ftpsState: 'Disabled'
       http20Enabled: true
       // Inline (not a sites/config resource) so the host starts with its settings at once.
-      appSettings: [for setting in items(union(baseAppSettings, extraAppSettings)): {
+      appSettings: [for setting in items(union(baseAppSettings, devopsSecretSettings, databricksTokenSettings, extraAppSettings)): {
         name: setting.key
         value: string(setting.value)
       }]
@@ -623,6 +755,27 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
   name: 'scm'
   properties: {
     allow: false
+  }
+}
+
+// FunctionAppLogs (host and worker log lines) and the app's metrics to Log Analytics.
+resource functionAppDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: functionApp
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
   }
 }
 
@@ -727,6 +880,29 @@ resource appInsightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
+// Key Vault references are resolved with the app's identity: read secret values, on this
+// vault only (no key, certificate or management rights).
+resource keyVaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, functionApp.id, roleIds.keyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.keyVaultSecretsUser)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Lifecycle events: publish to the custom topic (its local auth is off), nothing else.
+resource eventsTopicSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(eventsTopic.id, functionApp.id, roleIds.eventGridDataSender)
+  scope: eventsTopic
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.eventGridDataSender)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Event Grid: system topic on the data account, BlobCreated -> blob_created function
 // ---------------------------------------------------------------------------------------
@@ -801,6 +977,252 @@ resource blobCreatedSubscription 'Microsoft.EventGrid/systemTopics/eventSubscrip
   ]
 }
 
+// Delivery and publish failures of the system topic (BlobCreated) to Log Analytics.
+resource systemTopicDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: systemTopic
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Event Grid: custom topic for Conveyor's lifecycle events (CloudEvents 1.0)
+// ---------------------------------------------------------------------------------------
+
+// Conveyor publishes run.started, run.succeeded, run.failed, step.failed, model.registered,
+// gate.decided and model.deployed here with azure-eventgrid's EventGridPublisherClient
+// and the app's identity; subscribers (Logic Apps, Teams, functions) attach their own
+// event subscriptions. Access keys and SAS tokens are refused (disableLocalAuth).
+resource eventsTopic 'Microsoft.EventGrid/topics@2025-02-15' = {
+  name: eventsTopicName
+  location: location
+  tags: tags
+  // Lets subscribers deliver and dead-letter with the topic's identity instead of keys.
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    inputSchema: 'CloudEventSchemaV1_0'
+    disableLocalAuth: true
+    minimumTlsVersionAllowed: '1.2'
+    // checkov:skip=CKV_AZURE_193: Public network access is required: the Flex Consumption app has no VNet here and publishes over the public endpoint with Entra ID tokens only (local auth disabled), TLS 1.2 minimum.
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource eventsTopicDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: eventsTopic
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Alerts: one action group (e-mail), three rules
+// ---------------------------------------------------------------------------------------
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: actionGroupName
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: take(baseName, 12)
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'operator'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+// A message the broker dead-lettered (MaxDeliveryCount reached, or TTL expired) is work
+// that will not run until someone replays it (`conveyor dlq list` / `dlq replay`). Stateful:
+// fires once while the dead-letter queue is non-empty, resolves when it is empty again.
+resource deadLetterAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: 'alert-${baseName}-dead-lettered-${suffix}'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'The Conveyor work queue holds dead-lettered messages: list them with conveyor dlq list, replay with conveyor dlq replay.'
+    severity: 2
+    enabled: true
+    scopes: [
+      serviceBus.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    autoMitigate: true
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'dead-lettered-messages'
+          metricNamespace: 'Microsoft.ServiceBus/namespaces'
+          metricName: 'DeadletteredMessages'
+          dimensions: [
+            {
+              name: 'EntityName'
+              operator: 'Include'
+              values: [
+                workQueue.name
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Maximum'
+        }
+      ]
+    }
+    actions: [
+      {
+        actionGroupId: actionGroup.id
+      }
+    ]
+  }
+}
+
+// Failed runs, from the telemetry Conveyor itself sends: decide() emits `run.finished` with
+// attribute status (succeeded | failed | cancelled); both exporters send events as App
+// Insights custom events, attributes as string custom dimensions (shared/telemetry).
+var failedRunsQuery = '''
+customEvents
+| where name == "run.finished"
+| extend status = tostring(customDimensions.status), flow = tostring(customDimensions.flow)
+| where status == "failed"
+'''
+
+resource failedRunsAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'alert-${baseName}-failed-runs-${suffix}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Conveyor: failed runs'
+    description: 'A Conveyor run ended with status failed (run.finished custom event); one alert per flow. conveyor show RUN tells which step and why.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    autoMitigate: false
+    criteria: {
+      allOf: [
+        {
+          query: failedRunsQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          dimensions: [
+            {
+              name: 'flow'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// Function failures: every invocation the Functions host records as a failed request
+// (an exception escaped the function), per function name.
+var functionFailuresQuery = '''
+requests
+| where success == false
+'''
+
+resource functionFailuresAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: 'alert-${baseName}-function-failures-${suffix}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Conveyor: function failures'
+    description: 'A Conveyor function invocation failed (Application Insights request with success false); one alert per function.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT5M'
+    autoMitigate: false
+    criteria: {
+      allOf: [
+        {
+          query: functionFailuresQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          dimensions: [
+            {
+              name: 'operation_Name'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Outputs
 // ---------------------------------------------------------------------------------------
@@ -821,3 +1243,7 @@ output appInsightsName string = appInsights.name
 output appInsightsConnectionStringSetting string = 'APPLICATIONINSIGHTS_CONNECTION_STRING'
 output eventGridSystemTopicName string = systemTopic.name
 output eventSubscriptionDeployed bool = deployEventSubscription
+output eventsTopicName string = eventsTopic.name
+output eventsTopicEndpoint string = eventsTopic.properties.endpoint
+output keyVaultName string = keyVault.name
+output actionGroupName string = actionGroup.name

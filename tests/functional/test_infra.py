@@ -14,11 +14,23 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shared.backends.base import StepStatus
+from shared.engine.model import RunStatus
 from shared.settings import Settings
+from tests.fakes import ScriptedBackend
+from tests.functional.azure.telemetry.test_appinsights_exporters import (
+    FakeIngestion,
+    build_opencensus,
+    build_otel,
+    ingestion,  # noqa: F401 - fixture: the fake ingestion endpoint the exporters' own tests use
+)
+from tests.unit.engine.support import Harness, make_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -296,9 +308,273 @@ def test_role_assignments_use_builtin_ids_and_deterministic_names(text: str, res
         ("functionApp", "serviceBusDataSender", "workQueue"),
         ("functionApp", "serviceBusDataReceiver", "workQueue"),
         ("functionApp", "monitoringMetricsPublisher", "appInsights"),
+        ("functionApp", "keyVaultSecretsUser", "keyVault"),
+        ("functionApp", "eventGridDataSender", "eventsTopic"),
         ("systemTopic", "storageBlobDataContributor", "deadLetterContainer"),
     }
     assert set(used) == expected and len(used) == len(expected)
+
+
+# ------------------------------------------------------------------ API versions, Key Vault
+
+# The one preview API kept: resource-scoped diagnostic settings have no GA version with
+# named settings and category groups (2016-09-01 is the legacy single 'service' setting).
+PREVIEW_ALLOWED = {"Microsoft.Insights/diagnosticSettings"}
+
+
+def test_api_versions_are_ga(text: str, res: dict[str, dict[str, str]]) -> None:
+    previews = {r["type"] for r in res.values() if "preview" in r["api"]}
+    assert previews <= PREVIEW_ALLOWED, previews
+    assert all(r["api"] == "2024-01-01" for r in res.values() if r["type"].startswith("Microsoft.ServiceBus/"))
+    # The exception is explained where the template says what it checks.
+    assert "Microsoft.Insights/diagnosticSettings: its only GA version (2016-09-01)" in text
+
+
+def _decorators(text: str, param: str) -> list[str]:
+    """The @decorator lines directly above `param <name>`."""
+    lines = text.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if re.match(rf"^param {param}\b", line)]
+    found = []
+    for line in reversed(lines[:index]):
+        if not line.startswith("@"):
+            break
+        found.append(line)
+    return found
+
+
+def _var(code: str, name: str) -> str:
+    """The expression of `var <name> = ...`, continued over lines while braces are open."""
+    m = re.search(rf"^var {name} = (.+)$", code, re.MULTILINE)
+    assert m, f"var {name} not found"
+    end = m.end()
+    while code[m.start(1) : end].count("{") > code[m.start(1) : end].count("}"):
+        end = code.index("\n", end + 1) if "\n" in code[end + 1 :] else len(code)
+    return " ".join(line.strip() for line in code[m.start(1) : end].splitlines())
+
+
+def test_key_vault_is_rbac_with_purge_protection(res: dict[str, dict[str, str]]) -> None:
+    (vault,) = _of_type(res, "Microsoft.KeyVault/vaults").values()
+    body = vault["body"]
+    for prop, value in [
+        ("enableRbacAuthorization", "true"),
+        ("enableSoftDelete", "true"),
+        ("enablePurgeProtection", "true"),
+        ("softDeleteRetentionInDays", "keyVaultSoftDeleteRetentionDays"),
+        ("enabledForTemplateDeployment", "false"),
+        # Public network as the storage accounts have it (no VNet in this deployment).
+        ("publicNetworkAccess", "'Enabled'"),
+        ("defaultAction", "'Allow'"),
+    ]:
+        assert _has(body, prop, value), f"key vault: {prop} should be {value}"
+    assert "accessPolicies" not in body, "RBAC mode: no access policies"
+    accounts = _of_type(res, "Microsoft.Storage/storageAccounts").values()
+    assert all(_has(acct["body"], "publicNetworkAccess", "'Enabled'") for acct in accounts)
+
+
+def test_secrets_come_from_secure_parameters_and_reach_the_app_as_key_vault_references(
+    text: str, res: dict[str, dict[str, str]], app_settings: dict[str, str]
+) -> None:
+    code = _strip_comments(text)
+    secrets = _of_type(res, "Microsoft.KeyVault/vaults/secrets")
+    # settings var -> (app setting, secure parameter, secret resource, what the app reads from it)
+    cases: dict[str, tuple[str, str, str, Callable[[Settings], str | None]]] = {
+        "devopsSecretSettings": (
+            "CONVEYOR_DEVOPS_SECRET",
+            "devopsSecret",
+            "devopsSecretValue",
+            lambda s: s.devops_secret,
+        ),
+        "databricksTokenSettings": (
+            "CONVEYOR_DATABRICKS_TOKEN",
+            "databricksToken",
+            "databricksTokenValue",
+            lambda s: s.azure.databricks_token,
+        ),
+    }
+    assert set(secrets) == {case[2] for case in cases.values()}
+    for var, (setting, param, resource, read) in cases.items():
+        assert "@secure()" in _decorators(text, param), f"{param} must be @secure()"
+        assert _params(text)[param] == "''", f"{param}: optional, no default value"
+        secret = secrets[resource]["body"]
+        assert _has(secret, "parent", "keyVault")
+        assert _has(secret, "value", param)
+        assert _has(secret, "contentType", "'text/plain'")
+        # Created only when given, and the setting exists exactly then: an unresolved
+        # reference would reach the app as the literal '@Microsoft.KeyVault(...)' text.
+        flag = secrets[resource]["condition"]
+        assert _var(code, flag) == f"!empty({param})"
+        value = _var(code, var)
+        assert value.startswith(f"{flag} ? {{") and value.endswith("} : {}"), value
+        assert f"{setting}: '@Microsoft.KeyVault(SecretUri=${{{resource}.properties.secretUri}})'" in value
+        # The setting's name is the one the app reads.
+        assert read(Settings.from_env({setting: "from-key-vault"})) == "from-key-vault"
+        # The value goes to the vault and nowhere else: no setting, var or output holds it.
+        uses = [line.strip() for line in code.splitlines() if re.search(rf"\b{param}\b", line)]
+        assert uses == [f"param {param} string = ''", f"var {flag} = !empty({param})", f"value: {param}"], uses
+        assert not re.search(rf"^output .*\b({param}|{resource})\b", code, re.MULTILINE)
+    # A token means personal-access-token auth for the Databricks adapter.
+    assert "CONVEYOR_DATABRICKS_AUTH: 'pat'" in _var(code, "databricksTokenSettings")
+    assert Settings.from_env({"CONVEYOR_DATABRICKS_AUTH": "pat"}).azure.databricks_auth == "pat"
+    # Both maps are merged into the app settings (extraAppSettings last, so it still wins).
+    assert "items(union(baseAppSettings, devopsSecretSettings, databricksTokenSettings, extraAppSettings))" in code
+    assert not {"CONVEYOR_DEVOPS_SECRET", "CONVEYOR_DATABRICKS_TOKEN"} & app_settings.keys()
+
+
+# ------------------------------------------------------------------ lifecycle events topic
+
+EVENTS_SETTING = "CONVEYOR_EVENTS_TOPIC_ENDPOINT"
+
+
+def test_events_topic_takes_cloud_events_from_identities_only(
+    res: dict[str, dict[str, str]], app_settings: dict[str, str]
+) -> None:
+    topics = _of_type(res, "Microsoft.EventGrid/topics")
+    assert set(topics) == {"eventsTopic"}
+    body = topics["eventsTopic"]["body"]
+    assert _has(body, "inputSchema", "'CloudEventSchemaV1_0'")
+    assert _has(body, "disableLocalAuth", "true"), "identity-based publishing only"
+    assert _has(body, "minimumTlsVersionAllowed", "'1.2'")
+    assert _has(body, "publicNetworkAccess", "'Enabled'")
+    assert app_settings[EVENTS_SETTING] == "eventsTopic.properties.endpoint"
+    # The app's EventGrid Data Sender role on it is in the role-assignment test's expected set.
+
+
+def test_events_topic_setting_is_the_one_the_publisher_reads() -> None:
+    sources = "\n".join(p.read_text() for p in (ROOT / "shared").rglob("*.py"))
+    if EVENTS_SETTING not in sources:
+        pytest.skip(f"no publisher in shared/ reads {EVENTS_SETTING} on this branch yet")
+    assert EVENTS_SETTING in (ROOT / "local.settings.sample.json").read_text()
+
+
+# ------------------------------------------------------------------ diagnostics and alerts
+
+
+def test_every_resource_with_logs_sends_them_to_log_analytics(res: dict[str, dict[str, str]]) -> None:
+    settings = _of_type(res, "Microsoft.Insights/diagnosticSettings")
+    scopes = [re.search(r"^\s*scope: (\w+)$", d["body"], re.MULTILINE) for d in settings.values()]
+    assert all(scopes)
+    assert sorted(m.group(1) for m in scopes if m) == sorted(
+        [
+            "appBlobService",
+            "dataBlobService",
+            "dataTableService",
+            "serviceBus",
+            "keyVault",
+            "functionApp",
+            "systemTopic",
+            "eventsTopic",
+        ]
+    )
+    for name, d in settings.items():
+        assert _has(d["body"], "workspaceId", "logAnalytics.id"), name
+        assert _has(d["body"], "categoryGroup", "'allLogs'"), name
+
+
+def _kql(text: str, var: str) -> list[str]:
+    """The stages of a KQL query held in a multi-line string var."""
+    m = re.search(rf"^var {var} = '''\n(.*?)'''$", text, re.MULTILINE | re.DOTALL)
+    assert m, f"var {var} is not a multi-line string"
+    return [stage.strip() for stage in m.group(1).split("|") if stage.strip()]
+
+
+def _run_kql(stages: list[str], tables: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Evaluate the small KQL subset the alert queries use; any other stage is an error.
+
+    Supported: a table name, ``where COL == "text"|true|false`` and
+    ``extend NAME = tostring(customDimensions.KEY), ...``.
+    """
+    rows = [dict(r) for r in tables[stages[0]]]
+    for stage in stages[1:]:
+        if m := re.fullmatch(r'where (\w+) == (?:"([^"]*)"|(true|false))', stage):
+            col, text_value, bool_value = m.groups()
+            want: Any = text_value if bool_value is None else bool_value == "true"
+            rows = [r for r in rows if r.get(col) == want]
+        elif m := re.fullmatch(r"extend (.+)", stage):
+            for assignment in m.group(1).split(","):
+                am = re.fullmatch(r"\s*(\w+) = tostring\(customDimensions\.(\w+)\)\s*", assignment)
+                assert am, f"unsupported extend: {assignment!r}"
+                for r in rows:
+                    value = r["customDimensions"].get(am.group(2))
+                    r[am.group(1)] = "" if value is None else str(value)
+        else:
+            raise AssertionError(f"unsupported KQL stage: {stage!r}")
+    return rows
+
+
+def test_alerts_notify_the_action_group_e_mail(text: str, res: dict[str, dict[str, str]]) -> None:
+    (group,) = _of_type(res, "Microsoft.Insights/actionGroups").values()
+    assert _params(text)["alertEmail"] is None, "alertEmail is required: alerts must reach someone"
+    assert _has(group["body"], "emailAddress", "alertEmail")
+    assert _has(group["body"], "enabled", "true")
+    metric_alerts = _of_type(res, "Microsoft.Insights/metricAlerts")
+    log_alerts = _of_type(res, "Microsoft.Insights/scheduledQueryRules")
+    assert set(metric_alerts) == {"deadLetterAlert"}
+    assert set(log_alerts) == {"failedRunsAlert", "functionFailuresAlert"}
+    for name, alert in {**metric_alerts, **log_alerts}.items():
+        assert "actionGroup.id" in alert["body"], f"{name} notifies nobody"
+        assert _has(alert["body"], "enabled", "true"), name
+        assert re.search(r"^\s*scopes: \[\s*\w+\.id\s*\]", alert["body"], re.MULTILINE), name
+
+    dead = metric_alerts["deadLetterAlert"]["body"]
+    assert re.search(r"scopes: \[\s*serviceBus\.id\s*\]", dead)
+    assert _has(dead, "metricNamespace", "'Microsoft.ServiceBus/namespaces'")
+    assert _has(dead, "metricName", "'DeadletteredMessages'")
+    assert _has(dead, "name", "'EntityName'") and re.search(r"values: \[\s*workQueue\.name\s*\]", dead)
+    assert _has(dead, "operator", "'GreaterThan'") and _has(dead, "threshold", "0")
+
+    for name, query in (("failedRunsAlert", "failedRunsQuery"), ("functionFailuresAlert", "functionFailuresQuery")):
+        body = log_alerts[name]["body"]
+        assert re.search(r"scopes: \[\s*appInsights\.id\s*\]", body), f"{name} must query Application Insights"
+        assert _has(body, "query", query)
+        assert _has(body, "timeAggregation", "'Count'")
+        assert _has(body, "operator", "'GreaterThan'") and _has(body, "threshold", "0")
+    # One alert per flow / per function: the dimension is a column the query returns.
+    assert _has(log_alerts["failedRunsAlert"]["body"], "name", "'flow'")
+    assert "flow = tostring(customDimensions.flow)" in " ".join(_kql(text, "failedRunsQuery"))
+    assert _kql(text, "functionFailuresQuery") == ["requests", "where success == false"]
+    assert _has(log_alerts["functionFailuresAlert"]["body"], "name", "'operation_Name'")
+
+
+@pytest.mark.parametrize("exporter", ["opentelemetry", "opencensus"])
+def test_failed_runs_query_finds_exactly_the_failed_run_the_exporters_send(
+    text: str, request: pytest.FixtureRequest, exporter: str
+) -> None:
+    """The engine's own run.finished events, through the real exporter, as Application Insights stores them.
+
+    Application Insights keeps an EventData envelope as a ``customEvents`` row whose
+    ``name`` is baseData.name and ``customDimensions`` baseData.properties. One run fails,
+    one succeeds; the alert query must return exactly the failed one, with its flow.
+    """
+    fake: FakeIngestion = request.getfixturevalue("ingestion")
+    build = {"opentelemetry": build_otel, "opencensus": build_opencensus}[exporter]
+    tel = build(fake.connection_string)
+    failing = Harness(
+        make_flow(),
+        flow_name="nightly",
+        backend=ScriptedBackend(outcomes={("extract", 1): StepStatus("failed", error="boom", retryable=False)}),
+    )
+    passing = Harness(make_flow(), flow_name="retrain")
+    try:
+        for harness, run_id in ((failing, "run-failed"), (passing, "run-ok")):
+            harness.executor.telemetry = tel
+            harness.create(run_id)
+            harness.drain()
+        tel.flush()
+    finally:
+        tel.close()
+    assert [r.status for r in (failing.store.get("run-failed"), passing.store.get("run-ok")) if r] == [
+        RunStatus.FAILED,
+        RunStatus.SUCCEEDED,
+    ]
+    custom_events = [
+        {"name": e["data"]["baseData"]["name"], "customDimensions": e["data"]["baseData"].get("properties") or {}}
+        for e in fake.of("EventData")
+    ]
+    assert sum(e["name"] == "run.finished" for e in custom_events) == 2, custom_events
+    hits = _run_kql(_kql(text, "failedRunsQuery"), {"customEvents": custom_events})
+    assert [(h["customDimensions"].get("run_id"), h["flow"], h["status"]) for h in hits] == [
+        ("run-failed", "nightly", "failed")
+    ]
 
 
 def test_parameters_file_only_sets_declared_parameters(text: str) -> None:
