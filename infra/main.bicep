@@ -20,9 +20,9 @@
 //      before Event Grid can validate an AzureFunction endpoint).
 //
 // Checked offline by `make infra-check` (checkov, bicep framework). Every suppression is
-// inline, next to the resource, with its reason. API versions are GA, except
-// Microsoft.Insights/diagnosticSettings: its only GA version (2016-09-01) is the legacy
-// single 'service' setting without category groups; 2021-05-01-preview is the current one.
+// inline, next to the resource, with its reason. API versions are GA only: diagnostic
+// settings use 2016-09-01 (the GA version: one setting named 'service' per resource, log
+// categories listed by name instead of the preview-only 'allLogs' category group).
 
 targetScope = 'resourceGroup'
 
@@ -436,42 +436,66 @@ resource runsTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-
 }
 
 // Storage diagnostics to Log Analytics (read/write/delete logs of blob, queue and table).
-resource appBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource appBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: appBlobService
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'StorageRead'
+        enabled: true
+      }
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
         enabled: true
       }
     ]
   }
 }
 
-resource dataBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource dataBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: dataBlobService
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'StorageRead'
+        enabled: true
+      }
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
         enabled: true
       }
     ]
   }
 }
 
-resource dataTableDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource dataTableDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: dataTableService
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'StorageRead'
+        enabled: true
+      }
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
         enabled: true
       }
     ]
@@ -518,20 +542,24 @@ resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   }
 }
 
-resource serviceBusDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource serviceBusDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: serviceBus
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'OperationalLogs'
+        enabled: true
+      }
+      {
+        category: 'VNetAndIPFilteringLogs'
         enabled: true
       }
     ]
     metrics: [
       {
-        category: 'AllMetrics'
+        timeGrain: 'PT1M'
         enabled: true
       }
     ]
@@ -600,20 +628,24 @@ resource databricksTokenValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = i
   }
 }
 
-resource keyVaultDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource keyVaultDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: keyVault
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'AuditEvent'
+        enabled: true
+      }
+      {
+        category: 'AzurePolicyEvaluationDetails'
         enabled: true
       }
     ]
     metrics: [
       {
-        category: 'AllMetrics'
+        timeGrain: 'PT1M'
         enabled: true
       }
     ]
@@ -759,20 +791,20 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
 }
 
 // FunctionAppLogs (host and worker log lines) and the app's metrics to Log Analytics.
-resource functionAppDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource functionAppDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: functionApp
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'FunctionAppLogs'
         enabled: true
       }
     ]
     metrics: [
       {
-        category: 'AllMetrics'
+        timeGrain: 'PT1M'
         enabled: true
       }
     ]
@@ -978,20 +1010,20 @@ resource blobCreatedSubscription 'Microsoft.EventGrid/systemTopics/eventSubscrip
 }
 
 // Delivery and publish failures of the system topic (BlobCreated) to Log Analytics.
-resource systemTopicDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource systemTopicDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: systemTopic
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'DeliveryFailures'
         enabled: true
       }
     ]
     metrics: [
       {
-        category: 'AllMetrics'
+        timeGrain: 'PT1M'
         enabled: true
       }
     ]
@@ -1023,20 +1055,28 @@ resource eventsTopic 'Microsoft.EventGrid/topics@2025-02-15' = {
   }
 }
 
-resource eventsTopicDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
-  name: 'to-log-analytics'
+resource eventsTopicDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
+  name: 'service'
   scope: eventsTopic
   properties: {
     workspaceId: logAnalytics.id
     logs: [
       {
-        categoryGroup: 'allLogs'
+        category: 'DeliveryFailures'
+        enabled: true
+      }
+      {
+        category: 'PublishFailures'
+        enabled: true
+      }
+      {
+        category: 'DataPlaneRequests'
         enabled: true
       }
     ]
     metrics: [
       {
-        category: 'AllMetrics'
+        timeGrain: 'PT1M'
         enabled: true
       }
     ]

@@ -317,17 +317,13 @@ def test_role_assignments_use_builtin_ids_and_deterministic_names(text: str, res
 
 # ------------------------------------------------------------------ API versions, Key Vault
 
-# The one preview API kept: resource-scoped diagnostic settings have no GA version with
-# named settings and category groups (2016-09-01 is the legacy single 'service' setting).
-PREVIEW_ALLOWED = {"Microsoft.Insights/diagnosticSettings"}
 
-
-def test_api_versions_are_ga(text: str, res: dict[str, dict[str, str]]) -> None:
-    previews = {r["type"] for r in res.values() if "preview" in r["api"]}
-    assert previews <= PREVIEW_ALLOWED, previews
+def test_api_versions_are_ga(res: dict[str, dict[str, str]]) -> None:
+    previews = {f"{r['type']}@{r['api']}" for r in res.values() if "preview" in r["api"]}
+    assert not previews, previews
     assert all(r["api"] == "2024-01-01" for r in res.values() if r["type"].startswith("Microsoft.ServiceBus/"))
-    # The exception is explained where the template says what it checks.
-    assert "Microsoft.Insights/diagnosticSettings: its only GA version (2016-09-01)" in text
+    # GA diagnostic settings (2016-09-01): one setting named 'service' per resource.
+    assert {r["api"] for r in res.values() if r["type"] == "Microsoft.Insights/diagnosticSettings"} == {"2016-09-01"}
 
 
 def _decorators(text: str, param: str) -> list[str]:
@@ -467,7 +463,10 @@ def test_every_resource_with_logs_sends_them_to_log_analytics(res: dict[str, dic
     )
     for name, d in settings.items():
         assert _has(d["body"], "workspaceId", "logAnalytics.id"), name
-        assert _has(d["body"], "categoryGroup", "'allLogs'"), name
+        # 2016-09-01 has no category groups: every log category is named
+        assert "categoryGroup" not in d["body"], name
+        assert re.search(r"^\s*category: '\w+'$", d["body"], re.MULTILINE), name
+        assert _has(d["body"], "name", "'service'"), name
 
 
 def _kql(text: str, var: str) -> list[str]:
