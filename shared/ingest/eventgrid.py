@@ -70,7 +70,7 @@ _EXTENSION_RE = re.compile(r"^[a-z0-9]*[a-z][a-z0-9]*$")  # the SDK also wants a
 # Event Grid schema attributes (https://learn.microsoft.com/azure/event-grid/event-schema).
 _EG_REQUIRED = ("id", "eventType", "eventTime")
 _EG_OPTIONAL = ("topic", "dataVersion", "metadataVersion")
-_EG_KEYS = ("id", "topic", "subject", "data", "eventType", "eventTime", "metadataVersion", "dataVersion")
+_EG_KEYS = ("id", "topic", "subject", "eventType", "eventTime", "metadataVersion", "dataVersion")
 # CloudEvents 1.0 context attributes (the rest are extensions).
 _CE_REQUIRED = ("id", "source", "type")
 _CE_OPTIONAL = ("subject", "time", "datacontenttype", "dataschema")
@@ -241,6 +241,7 @@ def _eventgrid_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
     for key in _EG_OPTIONAL:
         _str(ev, key, where, required=False, empty_ok=True)
     # Only the schema's own keys: the SDK matches keys case-insensitively ("EVENTTYPE", "event_type").
+    # data stays ours: the SDK would copy it value by value and hand back the same JSON.
     try:
         model = EventGridEvent.from_dict({k: ev[k] for k in _EG_KEYS if k in ev})
     except DeserializationError:
@@ -252,7 +253,7 @@ def _eventgrid_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
         event_type=str(model.event_type),
         subject=model.subject,
         event_time=_utc(model.event_time),
-        data=model.data,
+        data=ev.get("data"),
     )
 
 
