@@ -180,7 +180,8 @@ class Api:
             return json_response(200, {"validationResponse": outcome.validation_code})
         runs = [_result_json(r) for r in outcome.results]
         created = sum(1 for r in outcome.results if r.created)
-        return json_response(202, {"runs": runs, "created": created, "ignored": outcome.ignored})
+        ignored = [i.as_json() for i in outcome.ignored]  # other event types, and refused events with the reason
+        return json_response(202, {"runs": runs, "created": created, "ignored": ignored})
 
     # ------------------------------------------------------------ runs
     @_guarded

@@ -3,7 +3,9 @@
 Blob names are data: URLs percent-encode them (spaces, unicode, ``;``, ``$``, ``()``…)
 and every name this adapter returns is decoded. ``parse_url`` accepts only URLs of this
 account, both Azure (``https://acct.blob.core.windows.net/c/n``) and Azurite path-style
-(``http://127.0.0.1:10000/devstoreaccount1/c/n``).
+(``http://127.0.0.1:10000/devstoreaccount1/c/n``) -- :class:`shared.blobs.account.BlobAccount`
+decides. Names Conveyor reads or writes must pass :func:`shared.blobs.account.name_problem`;
+``list_blobs`` lists every blob as it is (a listing refuses nothing: its reader decides).
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from __future__ import annotations
 import contextlib
 import mimetypes
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from shared.azure_errors import error_code, map_azure_error
+from shared.blobs.account import BlobAccount, NotThisAccount, is_container_name, name_problem
 from shared.blobs.base import BlobInfo, BlobStore
 from shared.errors import NotFoundError, ValidationError
 
@@ -29,22 +31,19 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 SERVICE = "blob"
-_CONTAINER_RE = re.compile(r"^(?:\$root|\$web|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def check_container(container: str, field: str = "container") -> None:
-    if not isinstance(container, str) or not _CONTAINER_RE.match(container):
+    if not is_container_name(container):
         raise ValidationError(
             f"container name {container!r} must be 3-63 lowercase letters, digits and single hyphens", field=field
         )
 
 
 def check_name(name: str, field: str = "name") -> None:
-    if not isinstance(name, str) or not name or len(name) > 1024:
-        raise ValidationError("blob name must be 1-1024 characters", field=field)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise ValidationError("blob name must not contain control characters", field=field)
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValidationError(f"blob name {problem}", field=field)
 
 
 def guess_content_type(name: str) -> str:
@@ -59,11 +58,7 @@ class AzureBlobStore(BlobStore):
             client = BlobServiceClient.from_connection_string(connection_string)
         self._client = client
         self.account_url = client.url.rstrip("/")
-        parts = urlsplit(self.account_url)
-        self._scheme = parts.scheme.lower()
-        self._host = (parts.hostname or "").lower()
-        self._port = parts.port
-        self._base_path = parts.path.rstrip("/")  # "/devstoreaccount1" on Azurite, "" on Azure
+        self.account = BlobAccount.parse(self.account_url)
 
     @classmethod
     def from_settings(
@@ -94,7 +89,7 @@ class AzureBlobStore(BlobStore):
         return BlobInfo(
             container=container,
             name=name,
-            url=self.url(container, name),
+            url=self._url(container, name),  # listed as it is, whatever the name
             etag=str(props.etag),
             size=int(props.size or 0),
             last_modified=modified,
@@ -198,35 +193,25 @@ class AzureBlobStore(BlobStore):
             raise map_azure_error(exc, SERVICE) from exc
         return [self._info(container, p.name, p) for p in items]
 
+    def _url(self, container: str, name: str) -> str:
+        return f"{self.account_url}/{container}/{quote(name, safe='/~')}"
+
     def url(self, container: str, name: str) -> str:
         check_container(container)
         check_name(name)
-        return f"{self.account_url}/{container}/{quote(name, safe='/~')}"
+        return self._url(container, name)
 
     def parse_url(self, url: str) -> tuple[str, str]:
         if not isinstance(url, str) or not url:
             raise ValidationError("must be a blob URL", field="url")
         try:
-            parts = urlsplit(url.strip())
-            port = parts.port
+            container, name = self.account.split(url)
+        except NotThisAccount as exc:
+            raise ValidationError(
+                f"not a blob URL of this storage account ({self.account_url}): {exc}", field="url"
+            ) from None
         except ValueError as exc:
-            raise ValidationError(f"malformed URL: {exc}", field="url") from exc
-        host = (parts.hostname or "").lower()
-        if parts.scheme.lower() not in ("http", "https") or not host:
-            raise ValidationError("must be an http(s) blob URL", field="url")
-        same_host = host == self._host or (host in _LOOPBACK and self._host in _LOOPBACK)
-        default_port = 443 if parts.scheme.lower() == "https" else 80
-        own_default = 443 if self._scheme == "https" else 80
-        if not same_host or (port or default_port) != (self._port or own_default):
-            raise ValidationError(f"not a blob URL of this storage account ({self.account_url})", field="url")
-        path = parts.path
-        if not path.startswith(self._base_path + "/"):
-            raise ValidationError(f"not a blob URL of this storage account ({self.account_url})", field="url")
-        container, sep, raw_name = path[len(self._base_path) + 1 :].partition("/")
-        container = unquote(container)
-        name = unquote(raw_name)
-        if not sep or not name:
-            raise ValidationError("URL names no blob (expected .../<container>/<blob name>)", field="url")
+            raise ValidationError(f"malformed blob URL: {exc}", field="url") from None
         check_container(container, field="url")
         check_name(name, field="url")
         return container, name

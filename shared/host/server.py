@@ -5,8 +5,9 @@ to ``Api.dispatch`` exactly as the HTTP blueprints hand them over. Event Grid de
 where the Functions host's Event Grid extension listens,
 ``POST /runtime/webhooks/EventGrid?functionName=<fn>``, and are answered the way it answers:
 ``aeg-event-type: SubscriptionValidation`` -> 200 ``{"validationResponse": code}``;
-``Notification`` -> each event goes to the ingest handler the ``blob_events`` blueprint calls,
-then 202; unknown function -> 404; malformed -> 400 with a JSON error body.
+``Notification`` -> the delivery goes to the same strict parser and ingest call as
+``POST /api/events/blob`` (refused events listed under ``ignored``), then 202; ``Unsubscribe``
+-> 202; unknown function -> 404; malformed -> 400 with a JSON error body.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from shared.api.http import HttpRequest, HttpResponse, error_response, json_response, map_error
-from shared.errors import ValidationError
 
 if TYPE_CHECKING:
     from shared.wiring import Services
@@ -34,8 +34,8 @@ MAX_BODY = 16 * 1024 * 1024
 
 # (status, body, headers) -- what every route returns to the request handler.
 Reply = tuple[int, bytes, dict[str, str]]
-# Called with the parsed events of one Notification delivery and the request headers.
-EventGridSink = Callable[[list[dict[str, Any]], Mapping[str, str]], Any]
+# Called with the body and headers of one delivery; returns its shared.ingest.service.EventGridOutcome.
+EventGridSink = Callable[[bytes, Mapping[str, str]], Any]
 
 
 def _reply(resp: HttpResponse) -> Reply:
@@ -136,79 +136,37 @@ class HostApp:
         event_type = (lower.get("aeg-event-type") or "").strip()
         if not event_type:
             return _error(400, "missing header aeg-event-type", "aeg-event-type")
-        events = _parse_events(body)
-        if event_type == "SubscriptionValidation":
-            data = events[0].get("data") if events else None
-            code = data.get("validationCode") if isinstance(data, dict) else None
-            if not code:
-                return _error(400, "subscription validation event without data.validationCode", "data.validationCode")
-            return _json_reply(200, {"validationResponse": code})
         if event_type == "Unsubscribe":
             return 202, b"", {}
-        if event_type != "Notification":
-            return _error(400, f"unknown aeg-event-type {event_type!r}", "aeg-event-type")
-        results = self.eventgrid(events, dict(headers))
-        runs = [_jsonable(r) for r in (results or [])]
-        created = sum(1 for r in runs if isinstance(r, dict) and r.get("created"))
-        return _json_reply(202, {"function": fn, "events": len(events), "runs": runs, "created": created})
+        if event_type not in ("SubscriptionValidation", "Notification"):
+            return _error(400, f"unknown aeg-event-type {event_type[:40]!r}", "aeg-event-type")
+        outcome = self.eventgrid(body, dict(headers))
+        if outcome.validation_code is not None:
+            return _json_reply(200, {"validationResponse": outcome.validation_code})
+        runs = [_jsonable(r) for r in outcome.results]
+        created = sum(1 for r in outcome.results if r.created)
+        ignored = [i.as_json() for i in outcome.ignored]
+        doc = {"function": fn, "events": outcome.events, "runs": runs, "created": created, "ignored": ignored}
+        return _json_reply(202, doc)
 
 
 def functions_blob_created(services: Services | None) -> EventGridSink:
-    """What the Functions host does with a Notification for ``blob_created``.
+    """What the Functions host does with a delivery for ``blob_created``: ``IngestService.ingest_eventgrid``.
 
-    Each event is bound the way ``func.EventGridEvent`` binds it (id, eventType, subject,
-    data, eventTime, topic; CloudEvents: id, type, subject, data, time, source) and converted by
-    ``blob_event_from_functions`` -- the blueprint's own call -- then all go to
-    ``IngestService.ingest_blob_events``. Unlike the blueprint, which logs and drops a
+    The same strict parser and the same refusals as ``POST /api/events/blob`` and the
+    blueprint (which gets the events one by one). Unlike the blueprint, which logs and drops a
     malformed event, the local host rejects the whole delivery with a 400 naming the field
-    *before* ingesting any of it, so a bad event is visible and nothing is enqueued.
+    *before* ingesting any of it, so a bad event is visible and nothing is enqueued; a refused
+    event (bad name, foreign URL) is listed under ``ignored`` while the others start.
     """
-    from shared.ingest.eventgrid import blob_event_from_functions
 
-    def sink(events: list[dict[str, Any]], headers: Mapping[str, str]) -> Any:
+    def sink(body: bytes, headers: Mapping[str, str]) -> Any:
         from shared.ingest.service import IngestService
         from shared.wiring import get_services
 
-        blob_events = []
-        for i, ev in enumerate(events):
-            cloud = "specversion" in ev
-            try:
-                be = blob_event_from_functions(
-                    str(ev.get("id") or ""),
-                    str(ev.get("type" if cloud else "eventType") or ""),
-                    str(ev.get("subject") or ""),
-                    ev.get("data"),
-                    ev.get("time" if cloud else "eventTime"),
-                    ev.get("source" if cloud else "topic"),
-                )
-            except ValidationError as exc:
-                where = f"[{i}].{exc.field}" if exc.field else f"[{i}]"
-                raise ValidationError(exc.message, field=where) from exc
-            if be is not None:
-                blob_events.append(be)
-        if not blob_events:
-            return []
-        return IngestService.from_services(services or get_services()).ingest_blob_events(blob_events)
+        return IngestService.from_services(services or get_services()).ingest_eventgrid(body, headers)
 
     return sink
-
-
-def _parse_events(body: bytes) -> list[dict[str, Any]]:
-    """The events of one delivery: a JSON array of objects (a single object is accepted too)."""
-    if len(body) > MAX_BODY:
-        raise ValidationError(f"delivery larger than {MAX_BODY} bytes", field="body")
-    try:
-        doc = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"body is not valid JSON: {exc}", field="body") from exc
-    if isinstance(doc, dict):
-        doc = [doc]
-    if not isinstance(doc, list) or not doc:
-        raise ValidationError("expected a non-empty JSON array of events", field="body")
-    for i, ev in enumerate(doc):
-        if not isinstance(ev, dict):
-            raise ValidationError("each event must be a JSON object", field=f"body[{i}]")
-    return doc
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,6 +8,12 @@ event in the Event Grid schema, POSTed to the host's
 Notification`` -- the same delivery Event Grid makes in Azure, retried with backoff on
 failure. What was delivered is remembered in ``<home>/watcher.json`` so a restart does not
 emit it again (and if it did, the run id -- flow, URL, eTag -- would dedupe).
+
+Listings are taken as they are: a blob whose name Conveyor refuses (a newline, ``..``...) is
+delivered like any other and refused by the one ingest parser (2xx, listed as ignored, a
+warning and a ``trigger.refused`` telemetry event), so it is skipped once per version and
+never stops the blobs after it. A container that cannot be listed is a warning (once per
+distinct error), not a silent debug line.
 """
 
 from __future__ import annotations
@@ -126,6 +132,7 @@ class BlobWatcher:
         self.account = account_name(settings)
         self.seen: dict[str, str] = self._load()
         self.emitted = 0
+        self._list_errors: dict[str, str] = {}  # container -> the listing error last warned about
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -169,8 +176,14 @@ class BlobWatcher:
             try:
                 listing = self.blobs.list_blobs(container)
             except ConveyorError as exc:
-                log.debug("watcher: cannot list %s: %s", container, exc)
+                if self._list_errors.get(container) != str(exc):
+                    log.warning(
+                        "watcher: cannot list container %s (no runs start from it meanwhile): %s", container, exc
+                    )
+                    self._list_errors[container] = str(exc)
                 continue
+            if self._list_errors.pop(container, None) is not None:
+                log.info("watcher: container %s lists again", container)
             for info in listing:
                 key = self._key(info)
                 if self.seen.get(key) == info.etag:

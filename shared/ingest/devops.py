@@ -22,11 +22,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import safejson
 from shared.errors import AuthError, ValidationError
 from shared.flows.model import EVENT_TYPES
 
@@ -261,16 +261,8 @@ _PARSERS = {GIT_PUSH: _git_push, BUILD_COMPLETE: _build_complete, RELEASE_DEPLOY
 
 def parse_devops(body: bytes | bytearray | str | Mapping[str, Any]) -> DevOpsEvent:
     """A service hook body -> :class:`DevOpsEvent`; ValidationError naming the field otherwise."""
-    if isinstance(body, Mapping):
-        doc: Any = body
-    else:
-        try:
-            text = bytes(body).decode("utf-8-sig") if isinstance(body, bytes | bytearray) else body
-            doc = json.loads(text)
-        except UnicodeDecodeError as exc:
-            raise ValidationError("body is not UTF-8", field="body") from exc
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"body is not valid JSON: {exc.msg}", field="body", line=exc.lineno) from exc
+    # the strict decoder: size, depth, number length, NaN and lone surrogates are 400s naming the problem
+    doc: Any = body if isinstance(body, Mapping) else safejson.loads(body, field="body")
     if not isinstance(doc, Mapping):
         raise ValidationError("expected a JSON object (an Azure DevOps service hook notification)", field="body")
     event_type = doc.get("eventType")

@@ -1,4 +1,8 @@
-"""Event Grid deliveries of ``Microsoft.Storage.BlobCreated``: parse, validate, handshake.
+"""Event Grid deliveries of ``Microsoft.Storage.BlobCreated``: the one strict parser, refusals, handshakes.
+
+Every way a blob event reaches Conveyor goes through this module: ``POST /api/events/blob``,
+the local host's ``/runtime/webhooks/EventGrid`` (both via :func:`parse_delivery`) and the
+Functions Event Grid trigger (:func:`envelope_of_binding` + :func:`parse_events`).
 
 Two wire formats reach an HTTP endpoint:
 
@@ -12,16 +16,31 @@ Two wire formats reach an HTTP endpoint:
   handshake: an ``OPTIONS`` request with ``WebHook-Request-Origin``, answered by
   :func:`webhook_validation_response`.
 
-Blob names are data: the container and name come from ``subject``
-(``/blobServices/default/containers/<c>/blobs/<name>``) and are cross-checked against the
-percent-decoded ``data.url``; spaces, unicode, ``;`` or ``$()`` in a name are kept verbatim.
-Events of other types are counted in ``Delivery.ignored``, not failed. Anything malformed
-raises :class:`shared.errors.ValidationError` naming the field, e.g. ``[0].data.url``.
+The body is decoded by :func:`shared.safejson.loads` (size, depth, number length, NaN, lone
+surrogates). Each envelope is checked strictly here -- required attributes present and
+strings, ``specversion`` exactly ``1.0``, CloudEvents extension names lower-case alphanumeric
+-- and then read by the SDK's own model, ``azure.eventgrid.EventGridEvent.from_dict`` or
+``azure.core.messaging.CloudEvent.from_dict`` (which are lenient on their own: they coerce
+numbers to text and accept missing attributes, hence the checks first). A malformed envelope
+raises :class:`shared.errors.ValidationError` naming the field (``[0].eventType``): the HTTP
+routes answer 400 and nothing of the delivery is ingested.
+
+The BlobCreated data extractor is ours. Container and name come from ``subject``
+(``/blobServices/default/containers/<c>/blobs/<name>``); ``data.url`` must be a blob URL of
+the configured storage account (:class:`shared.blobs.account.BlobAccount`) addressing that
+container and name. The name is decoded once, here: the name recorded on the run is the one
+the URL addresses (a subject the producer percent-encoded too is accepted and decoded), so the
+steps act on exactly the recorded name. Names are data -- spaces, unicode, ``;``, ``$()`` are
+kept verbatim -- but a name :func:`shared.blobs.account.name_problem` refuses (traversal,
+backslash, leading ``/``, control characters, lone surrogates) or a URL of another scheme,
+host, port or account makes the event *refused*: it is listed in ``Delivery.ignored`` with
+its reason (``refused=True``) and starts nothing, while the other events of the delivery go
+on. Events of other types are listed there too (``refused=False``).
 """
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +48,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from shared import safejson
+from shared.blobs.account import BlobAccount, NotThisAccount, is_container_name, name_problem
 from shared.errors import ValidationError
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
@@ -39,13 +60,28 @@ CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 # Subscription id of the topic the local host's watcher puts on the events it emits.
 LOCAL_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 LOCAL_RESOURCE_GROUP = "conveyor-local"
+MAX_ID = 256  # event ids are GUID-like; they go into logs, telemetry and the run row
+MAX_ETAG = 256
+SHOWN = 300  # characters of a subject quoted back in a response, log line or telemetry event
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_EXTENSION_RE = re.compile(r"^[a-z0-9]*[a-z][a-z0-9]*$")  # the SDK also wants a letter in it
+# Event Grid schema attributes (https://learn.microsoft.com/azure/event-grid/event-schema).
+_EG_REQUIRED = ("id", "eventType", "eventTime")
+_EG_OPTIONAL = ("topic", "dataVersion", "metadataVersion")
+_EG_KEYS = ("id", "topic", "subject", "eventType", "eventTime", "metadataVersion", "dataVersion")
+# CloudEvents 1.0 context attributes (the rest are extensions).
+_CE_REQUIRED = ("id", "source", "type")
+_CE_OPTIONAL = ("subject", "time", "datacontenttype", "dataschema")
+_CE_RESERVED = frozenset(("specversion", "data", "data_base64", *_CE_REQUIRED, *_CE_OPTIONAL))
 
 Schema = Literal["eventgrid", "cloudevents"]
 
 
 @dataclass(frozen=True)
 class BlobEvent:
-    """One ``BlobCreated`` event, validated. ``etag`` is as delivered (quotes included)."""
+    """One ``BlobCreated`` event, validated. ``name`` is decoded; ``etag`` is as delivered (quotes included)."""
 
     url: str
     container: str
@@ -72,15 +108,36 @@ class BlobEvent:
         }
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """An event of a delivery that starts nothing: another event type, or a refused BlobCreated."""
+
+    event_id: str
+    event_type: str
+    subject: str  # at most SHOWN characters, lone surrogates escaped: safe to log, store and answer
+    reason: str
+    refused: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """How a route lists it under ``ignored``."""
+        return {
+            "id": self.event_id,
+            "type": self.event_type,
+            "subject": self.subject,
+            "reason": self.reason,
+            "refused": self.refused,
+        }
+
+
 @dataclass
 class Delivery:
-    """What one POST carried: a validation handshake, or events (BlobCreated kept, others counted)."""
+    """What one POST carried: a validation handshake, or events (BlobCreated kept, the rest ignored)."""
 
     kind: Literal["validation", "events"]
     validation_code: str | None = None
     validation_url: str | None = None
     events: list[BlobEvent] = field(default_factory=list)
-    ignored: int = 0
+    ignored: list[Ignored] = field(default_factory=list)
     schema: Schema = "eventgrid"
 
     def validation_response(self) -> dict[str, str]:
@@ -89,119 +146,229 @@ class Delivery:
             raise ValueError("not a validation delivery")
         return {"validationResponse": self.validation_code}
 
+    @property
+    def count(self) -> int:
+        """Events in the delivery (started or not); 1 for a validation handshake."""
+        return 1 if self.kind == "validation" else len(self.events) + len(self.ignored)
 
-# ---------------------------------------------------------------- helpers
+
+class _Refused(Exception):
+    """A BlobCreated event Conveyor will not act on; the message is the reason."""
+
+
+# ---------------------------------------------------------------- attribute checks
 
 
 def _lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in (headers or {}).items()}
 
 
-def _decode_json(body: bytes | bytearray | str) -> Any:
-    if isinstance(body, bytes | bytearray):
-        try:
-            text = bytes(body).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise ValidationError(f"body is not UTF-8: {exc.reason} at byte {exc.start}", field="body") from exc
-    else:
-        text = body
-    if not text.strip():
-        raise ValidationError("body is empty; expected JSON events", field="body")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"body is not valid JSON: {exc.msg}", field="body", line=exc.lineno) from exc
+def _str(
+    obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, empty_ok: bool = False, name: bool = False
+) -> str | None:
+    """``obj[key]`` as a string: present (when required), a JSON string, non-empty unless ``empty_ok``.
 
-
-def _str(obj: Mapping[str, Any], key: str, where: str, *, required: bool = True, empty_ok: bool = False) -> str | None:
+    Lone surrogates cannot be stored or encoded: refused here, except in a string that carries a
+    blob name (``name``), which the name rule refuses as an event instead.
+    """
     value = obj.get(key)
     if value is None:
         if required:
             raise ValidationError("is required", field=f"{where}{key}")
         return None
     if not isinstance(value, str):
-        raise ValidationError(f"must be a string, got {type(value).__name__}", field=f"{where}{key}")
-    if not value and not empty_ok and required:
+        raise ValidationError(f"must be a string, got {_json_type(value)}", field=f"{where}{key}")
+    if not value and not empty_ok:
         raise ValidationError("must not be empty", field=f"{where}{key}")
+    if not name and _SURROGATE.search(value):
+        raise ValidationError("contains a lone UTF-16 surrogate (\\ud800-\\udfff)", field=f"{where}{key}")
     return value
 
 
-def parse_time(value: str, field_name: str) -> datetime:
-    """ISO-8601 with up to 7 fractional digits (Event Grid's format) -> aware UTC."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    # Event Grid sends 100 ns precision (7 digits); datetime keeps microseconds.
-    if "." in text:
-        head, _, rest = text.partition(".")
-        digits = ""
-        while rest and rest[0].isdigit():
-            digits, rest = digits + rest[0], rest[1:]
-        text = f"{head}.{(digits + '000000')[:6]}{rest}" if digits else f"{head}{rest}"
+def _shown(text: str) -> str:
+    """At most ``SHOWN`` characters of an outside string, encodable anywhere (lone surrogates escaped)."""
+    return text[:SHOWN].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _event_id(obj: Mapping[str, Any], where: str) -> str:
+    event_id = _str(obj, "id", where)
+    assert event_id is not None
+    if len(event_id) > MAX_ID:
+        raise ValidationError(f"longer than {MAX_ID} characters", field=f"{where}id")
+    return event_id
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+# ---------------------------------------------------------------- envelopes (SDK models on top of our checks)
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """The attributes of either schema that Conveyor reads."""
+
+    event_id: str
+    event_type: str
+    subject: str | None
+    event_time: datetime | None
+    data: Any
+
+
+def _eventgrid_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
+    from azure.core.exceptions import DeserializationError
+    from azure.eventgrid import EventGridEvent
+
+    _event_id(ev, where)
+    for key in _EG_REQUIRED[1:]:
+        _str(ev, key, where)
+    _str(ev, "subject", where, empty_ok=True, name=True)  # required; "" for a validation event
+    for key in _EG_OPTIONAL:
+        _str(ev, key, where, required=False, empty_ok=True)
+    # Only the schema's own keys: the SDK matches keys case-insensitively ("EVENTTYPE", "event_type").
+    # data stays ours: the SDK would copy it value by value and hand back the same JSON.
     try:
-        dt = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValidationError(f"not an ISO-8601 time: {value!r}", field=field_name) from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+        model = EventGridEvent.from_dict({k: ev[k] for k in _EG_KEYS if k in ev})
+    except DeserializationError:
+        raise ValidationError(
+            f"not an ISO-8601 time: {str(ev['eventTime'])[:60]!r}", field=f"{where}eventTime"
+        ) from None
+    return _Envelope(
+        event_id=str(model.id),
+        event_type=str(model.event_type),
+        subject=model.subject,
+        event_time=_utc(model.event_time),
+        data=ev.get("data"),
+    )
+
+
+def _cloud_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
+    from azure.core.messaging import CloudEvent
+
+    spec = ev.get("specversion")
+    if spec != "1.0":
+        got = repr(spec)[:20] if isinstance(spec, str) else _json_type(spec)
+        raise ValidationError(f"unsupported CloudEvents version {got}; expected '1.0'", field=f"{where}specversion")
+    _event_id(ev, where)
+    for key in _CE_REQUIRED[1:]:
+        _str(ev, key, where)
+    for key in _CE_OPTIONAL:
+        _str(ev, key, where, required=False, empty_ok=True, name=key == "subject")
+    for key in ev:
+        if key not in _CE_RESERVED and not _EXTENSION_RE.match(key):
+            raise ValidationError(
+                f"extension attribute name {key[:40]!r} must be lower-case ASCII letters and digits",
+                field=where.rstrip(".") or "body",
+            )
+    if "data" in ev and "data_base64" in ev:
+        raise ValidationError("only one of data and data_base64 may be present", field=f"{where}data_base64")
+    when = _rfc3339(ev["time"], f"{where}time") if ev.get("time") else None
+    # data_base64 stays ours (its content is never read), and so does the time: azure-core's
+    # CloudEvent parser reads one digit of an offset's hours ("+02:00" is taken as UTC).
+    try:
+        model: CloudEvent[Any] = CloudEvent.from_dict({k: v for k, v in ev.items() if k not in ("data_base64", "time")})
+    except (ValueError, TypeError) as exc:  # not expected after the checks above
+        raise ValidationError(f"not a CloudEvent: {str(exc)[:200]}", field=where.rstrip(".") or "body") from None
+    return _Envelope(
+        event_id=model.id,
+        event_type=model.type,
+        subject=ev.get("subject"),  # checked above; the SDK turns a JSON null into its NULL sentinel
+        event_time=when,
+        data=_BINARY if "data_base64" in ev else ev.get("data"),
+    )
+
+
+def _rfc3339(value: str, field_name: str) -> datetime:
+    """An RFC 3339 timestamp (any number of fraction digits; Event Grid sends 7) -> aware UTC."""
+    if not _RFC3339.match(value):
+        raise ValidationError(f"not an RFC 3339 time: {value[:60]!r}", field=field_name)
+    try:
+        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+    except ValueError:
+        raise ValidationError(f"not an RFC 3339 time: {value[:60]!r}", field=field_name) from None
+
+
+_BINARY = object()  # a CloudEvent carrying data_base64
+
+
+def _is_cloudevent(ev: Any) -> bool:
+    return isinstance(ev, Mapping) and "specversion" in ev
+
+
+# ---------------------------------------------------------------- the BlobCreated data extractor
 
 
 def split_subject(subject: str, field_name: str = "subject") -> tuple[str, str]:
-    """``/blobServices/default/containers/<c>/blobs/<name>`` -> (container, name)."""
-    if not subject.startswith(SUBJECT_PREFIX):
-        raise ValidationError(
-            f"expected '{SUBJECT_PREFIX}<container>/blobs/<name>', got {subject[:200]!r}", field=field_name
-        )
-    rest = subject[len(SUBJECT_PREFIX) :]
+    """``/blobServices/default/containers/<c>/blobs/<name>`` -> (container, name as written)."""
+    rest = subject[len(SUBJECT_PREFIX) :] if subject.startswith(SUBJECT_PREFIX) else ""
     container, sep, name = rest.partition("/blobs/")
     if not sep or not container or "/" in container or not name:
         raise ValidationError(
-            f"expected '{SUBJECT_PREFIX}<container>/blobs/<name>', got {subject[:200]!r}", field=field_name
+            f"expected '{SUBJECT_PREFIX}<container>/blobs/<name>', got {subject[:SHOWN]!r}", field=field_name
         )
     return container, name
 
 
-def _check_url(url: str, container: str, name: str, field_name: str) -> None:
-    """``data.url`` must be http(s) and end with ``/<container>/<name>`` once percent-decoded.
+def _blob_url(url: str, account: BlobAccount, container: str, name: str, field_name: str) -> str:
+    """The decoded blob name ``data.url`` addresses in ``account``; it must be the subject's blob.
 
-    Works for both the Azure host style (``https://acct.blob.core.windows.net/c/n``) and
-    Azurite's path style (``http://127.0.0.1:10000/devstoreaccount1/c/n``).
+    Not an http(s) URL, or one addressing another blob than the subject: ValidationError.
+    Another scheme, host, port or account, user info, a query or a fragment: refused.
     """
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
     except ValueError as exc:
-        raise ValidationError(f"not a URL: {exc}", field=field_name) from exc
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValidationError(f"must be an http(s) blob URL, got {url[:200]!r}", field=field_name)
-    path = unquote(parts.path)
-    want = f"/{container}/{name}"
-    if path.endswith(want):
-        return
-    # Some producers put a percent-encoded name in the subject too.
-    if path.endswith(f"/{container}/{unquote(name)}"):
-        return
-    raise ValidationError(
-        f"blob URL {url[:200]!r} does not match the subject's container {container!r} and name {name[:200]!r}",
-        field=field_name,
-    )
+        raise ValidationError(f"not a URL: {exc}", field=field_name) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValidationError(f"must be an http(s) blob URL, got {url[:SHOWN]!r}", field=field_name)
+    if parts.username is not None or parts.password is not None:
+        raise _Refused("data.url carries user info; it is not a blob URL of the configured storage account")
+    if parts.query or parts.fragment:
+        raise _Refused("data.url has a query or fragment; it is not a blob URL of the configured storage account")
+    try:
+        url_container, url_name = account.split(url)
+    except NotThisAccount as exc:
+        raise _Refused(f"data.url is not a blob URL of the configured storage account ({exc})") from None
+    except ValueError:
+        url_container, url_name = "", ""
+    if url_container != container or url_name not in (name, unquote(name)):
+        raise ValidationError(
+            f"blob URL {url[:SHOWN]!r} does not address the subject's container {container!r} "
+            f"and name {name[:SHOWN]!r}",
+            field=field_name,
+        )
+    return url_name
 
 
-def _blob_from(
-    *,
-    event_id: str,
-    subject: str | None,
-    data: Any,
-    event_time: datetime | None,
-    where: str,
-    subject_field: str,
-) -> BlobEvent:
+def _blob_from(envelope: _Envelope, where: str, account: BlobAccount) -> BlobEvent:
+    """Our BlobCreated reading of an envelope: ValidationError (malformed) or _Refused."""
+    data = envelope.data
+    if data is _BINARY:
+        raise ValidationError("binary data is not supported for BlobCreated; expected JSON data", field=f"{where}data")
     if not isinstance(data, Mapping):
         raise ValidationError("must be a JSON object with the blob's url, eTag and contentLength", field=f"{where}data")
     dw = f"{where}data."
     url = _str(data, "url", dw)
     etag = _str(data, "eTag", dw)
     assert url is not None and etag is not None
+    if len(etag) > MAX_ETAG:
+        raise ValidationError(f"longer than {MAX_ETAG} characters", field=f"{dw}eTag")
     size = data.get("contentLength")
     if isinstance(size, bool) or not isinstance(size, int):
         raise ValidationError(
@@ -210,32 +377,28 @@ def _blob_from(
         )
     if size < 0:
         raise ValidationError("must not be negative", field=f"{dw}contentLength")
-    content_type = _str(data, "contentType", dw, required=False)
-    api = _str(data, "api", dw, required=False)
-    if subject is None or subject == "":
-        raise ValidationError("is required for a BlobCreated event", field=subject_field)
-    container, name = split_subject(subject, subject_field)
-    _check_url(url, container, name, f"{dw}url")
+    content_type = _str(data, "contentType", dw, required=False, empty_ok=True)
+    api = _str(data, "api", dw, required=False, empty_ok=True)
+    if not envelope.subject:
+        raise ValidationError("is required for a BlobCreated event", field=f"{where}subject")
+    container, subject_name = split_subject(envelope.subject, f"{where}subject")
+    if not is_container_name(container):
+        raise _Refused("the subject's container is not a storage container name")
+    problem = name_problem(subject_name)
+    if problem is not None:
+        raise _Refused(f"blob name {problem}")
+    name = _blob_url(url, account, container, subject_name, f"{dw}url")
     return BlobEvent(
         url=url,
         container=container,
         name=name,
         etag=etag,
         size=size,
-        content_type=content_type,
-        event_id=event_id,
-        event_time=event_time,
-        api=api,
+        content_type=content_type or None,
+        event_id=envelope.event_id,
+        event_time=envelope.event_time,
+        api=api or None,
     )
-
-
-def _opt_time(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:
-    raw = obj.get(key)
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise ValidationError("must be an ISO-8601 string", field=f"{where}{key}")
-    return parse_time(raw, f"{where}{key}")
 
 
 # ---------------------------------------------------------------- one event, either schema
@@ -243,50 +406,19 @@ def _opt_time(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:
 
 @dataclass
 class _Parsed:
-    kind: Literal["blob", "validation", "other"]
+    kind: Literal["blob", "validation", "ignored"]
     blob: BlobEvent | None = None
+    ignored: Ignored | None = None
     code: str | None = None
     url: str | None = None
 
 
-def _parse_eventgrid_event(ev: Any, where: str) -> _Parsed:
+def _parse_event(ev: Any, where: str, account: BlobAccount, *, cloud: bool) -> _Parsed:
     if not isinstance(ev, Mapping):
         raise ValidationError("each event must be a JSON object", field=where.rstrip(".") or "body")
-    event_type = _str(ev, "eventType", where)
-    if event_type == SUBSCRIPTION_VALIDATION:
-        data = ev.get("data")
-        if not isinstance(data, Mapping):
-            raise ValidationError("must be a JSON object with validationCode", field=f"{where}data")
-        code = _str(data, "validationCode", f"{where}data.")
-        vurl = _str(data, "validationUrl", f"{where}data.", required=False)
-        return _Parsed("validation", code=code, url=vurl)
-    if event_type != BLOB_CREATED:
-        return _Parsed("other")
-    event_id = _str(ev, "id", where)
-    assert event_id is not None
-    blob = _blob_from(
-        event_id=event_id,
-        subject=_str(ev, "subject", where),
-        data=ev.get("data"),
-        event_time=_opt_time(ev, "eventTime", where),
-        where=where,
-        subject_field=f"{where}subject",
-    )
-    return _Parsed("blob", blob=blob)
-
-
-def _parse_cloudevent(ev: Any, where: str) -> _Parsed:
-    if not isinstance(ev, Mapping):
-        raise ValidationError("each event must be a JSON object", field=where.rstrip(".") or "body")
-    spec = _str(ev, "specversion", where)
-    if spec != "1.0":
-        raise ValidationError(f"unsupported CloudEvents version {spec!r}; expected '1.0'", field=f"{where}specversion")
-    event_type = _str(ev, "type", where)
-    event_id = _str(ev, "id", where)
-    _str(ev, "source", where)
-    assert event_id is not None
-    if event_type == SUBSCRIPTION_VALIDATION:  # not used by CloudEvents delivery, tolerated
-        data = ev.get("data")
+    envelope = _cloud_envelope(ev, where) if cloud else _eventgrid_envelope(ev, where)
+    if envelope.event_type == SUBSCRIPTION_VALIDATION:  # CloudEvents delivery never sends it; tolerated
+        data = envelope.data
         if not isinstance(data, Mapping):
             raise ValidationError("must be a JSON object with validationCode", field=f"{where}data")
         return _Parsed(
@@ -294,127 +426,128 @@ def _parse_cloudevent(ev: Any, where: str) -> _Parsed:
             code=_str(data, "validationCode", f"{where}data."),
             url=_str(data, "validationUrl", f"{where}data.", required=False),
         )
-    if event_type != BLOB_CREATED:
-        return _Parsed("other")
-    data = ev.get("data")
-    if data is None and "data_base64" in ev:
-        raise ValidationError("binary data is not supported for BlobCreated; expected JSON data", field=f"{where}data")
-    blob = _blob_from(
-        event_id=event_id,
-        subject=_str(ev, "subject", where),
-        data=data,
-        event_time=_opt_time(ev, "time", where),
-        where=where,
-        subject_field=f"{where}subject",
-    )
-    return _Parsed("blob", blob=blob)
+    subject = _shown(envelope.subject or "")
+    if envelope.event_type != BLOB_CREATED:
+        reason = f"event type {envelope.event_type[:100]!r} starts nothing"
+        return _Parsed("ignored", ignored=Ignored(envelope.event_id, envelope.event_type, subject, reason))
+    try:
+        return _Parsed("blob", blob=_blob_from(envelope, where, account))
+    except _Refused as refusal:
+        return _Parsed(
+            "ignored", ignored=Ignored(envelope.event_id, envelope.event_type, subject, str(refusal), refused=True)
+        )
 
 
-def _is_cloudevent(ev: Any) -> bool:
-    return isinstance(ev, Mapping) and "specversion" in ev
+def _collect(items: Iterable[Any], account: BlobAccount, *, cloud: bool | None, schema: Schema) -> Delivery:
+    """Parse every item (``cloud`` None: each by its own shape); a validation event wins."""
+    events: list[BlobEvent] = []
+    ignored: list[Ignored] = []
+    validation: _Parsed | None = None
+    count = 0
+    for i, ev in enumerate(items):
+        count += 1
+        parsed = _parse_event(ev, f"[{i}].", account, cloud=_is_cloudevent(ev) if cloud is None else cloud)
+        if parsed.kind == "validation":
+            validation = validation or parsed
+        elif parsed.blob is not None:
+            events.append(parsed.blob)
+        elif parsed.ignored is not None:
+            ignored.append(parsed.ignored)
+    if count == 0:
+        raise ValidationError("expected at least one event", field="body")
+    if validation is not None:
+        return Delivery(
+            kind="validation", validation_code=validation.code, validation_url=validation.url, schema=schema
+        )
+    return Delivery(kind="events", events=events, ignored=ignored, schema=schema)
 
 
 # ---------------------------------------------------------------- public API
 
 
-def parse_events(items: Iterable[Any]) -> tuple[list[BlobEvent], int]:
-    """Already-decoded event objects (either schema) -> (BlobCreated events, ignored count).
+def parse_events(items: Iterable[Any], *, account: BlobAccount) -> Delivery:
+    """Already-decoded event objects (either schema, each by its shape) -> a Delivery.
 
-    Validation events are not expected here (they are answered before) and count as ignored.
+    This is the Functions trigger's path (one event per invocation, see
+    :func:`envelope_of_binding`); a validation event, which the runtime answers itself,
+    makes a ``validation`` Delivery that starts nothing.
     """
-    events: list[BlobEvent] = []
-    ignored = 0
-    for i, ev in enumerate(items):
-        where = f"[{i}]."
-        parsed = _parse_cloudevent(ev, where) if _is_cloudevent(ev) else _parse_eventgrid_event(ev, where)
-        if parsed.kind == "blob" and parsed.blob is not None:
-            events.append(parsed.blob)
-        else:
-            ignored += 1
-    return events, ignored
+    items = list(items)
+    schema: Schema = "cloudevents" if items and all(_is_cloudevent(e) for e in items) else "eventgrid"
+    return _collect(items, account, cloud=None, schema=schema)
 
 
-def parse_delivery(body: bytes | bytearray | str, headers: Mapping[str, str] | None = None) -> Delivery:
+def parse_delivery(
+    body: bytes | bytearray | str, headers: Mapping[str, str] | None = None, *, account: BlobAccount
+) -> Delivery:
     """Parse one webhook POST from Event Grid (either schema). See the module docstring."""
     h = _lower_headers(headers)
     content_type = h.get("content-type", "").split(";")[0].strip().lower()
     aeg_type = h.get("aeg-event-type", "").strip()
-    doc = _decode_json(body)
+    doc = safejson.loads(body, field="body")
 
-    items: list[Any]
-    schema: Schema
+    cloud: bool | None = True  # None: each event by its own shape
     if content_type == CLOUDEVENTS_BATCH:
         if not isinstance(doc, list):
             raise ValidationError("a CloudEvents batch must be a JSON array", field="body")
-        items, schema = doc, "cloudevents"
+        items = doc
     elif content_type == CLOUDEVENTS_JSON:
         if not isinstance(doc, Mapping):
             raise ValidationError("a structured CloudEvent must be a JSON object", field="body")
-        items, schema = [doc], "cloudevents"
-    elif isinstance(doc, list):
-        items = doc
-        schema = "cloudevents" if doc and all(_is_cloudevent(e) for e in doc) else "eventgrid"
-    elif isinstance(doc, Mapping):
-        # One event not wrapped in an array: accepted for either schema.
         items = [doc]
-        schema = "cloudevents" if _is_cloudevent(doc) else "eventgrid"
+    elif isinstance(doc, list | Mapping):
+        # One event not wrapped in an array is accepted for either schema.
+        items = doc if isinstance(doc, list) else [doc]
+        if not (items and all(_is_cloudevent(e) for e in items)):
+            cloud = None
     else:
         raise ValidationError("expected a JSON array of events or a CloudEvent object", field="body")
-
-    parse_one = _parse_cloudevent if schema == "cloudevents" else None
-    events: list[BlobEvent] = []
-    ignored = 0
-    validation: _Parsed | None = None
-    for i, ev in enumerate(items):
-        where = f"[{i}]."
-        if parse_one is not None:
-            parsed = parse_one(ev, where)
-        else:
-            parsed = _parse_cloudevent(ev, where) if _is_cloudevent(ev) else _parse_eventgrid_event(ev, where)
-        if parsed.kind == "validation":
-            validation = validation or parsed
-        elif parsed.kind == "blob" and parsed.blob is not None:
-            events.append(parsed.blob)
-        else:
-            ignored += 1
-
-    if validation is not None:
-        return Delivery(
-            kind="validation", validation_code=validation.code, validation_url=validation.url, schema=schema
-        )
-    if aeg_type.lower() == "subscriptionvalidation":
+    delivery = _collect(items, account, cloud=cloud, schema="cloudevents" if cloud else "eventgrid")
+    if delivery.kind != "validation" and aeg_type.lower() == "subscriptionvalidation":
         raise ValidationError(
             f"header says SubscriptionValidation but no {SUBSCRIPTION_VALIDATION} event is in the body",
             field="[0].eventType",
         )
-    return Delivery(kind="events", events=events, ignored=ignored, schema=schema)
+    return delivery
 
 
-def blob_event_from_functions(
-    event_id: str,
-    event_type: str,
-    subject: str,
-    data: Any,
-    event_time: datetime | str | None,
-    topic: str | None = None,
-) -> BlobEvent | None:
-    """From the Functions Event Grid trigger's ``func.EventGridEvent`` fields.
+def envelope_of_binding(event: Any) -> dict[str, Any]:
+    """The JSON object a Functions Event Grid binding was decoded from, for :func:`parse_events`.
 
-    Returns None for event types other than BlobCreated (the caller counts them as ignored).
+    ``event`` is the ``func.EventGridEvent`` (Event Grid schema) or ``func.CloudEvent``
+    (CloudEvents 1.0) the runtime hands the trigger; attributes it lacks are left out, so the
+    parser names them as missing.
     """
-    if event_type != BLOB_CREATED:
-        return None
-    if not event_id:
-        raise ValidationError("is required", field="id")
-    when: datetime | None
-    if isinstance(event_time, str):
-        when = parse_time(event_time, "eventTime") if event_time else None
-    elif isinstance(event_time, datetime):
-        when = event_time if event_time.tzinfo else event_time.replace(tzinfo=UTC)
-        when = when.astimezone(UTC)
+
+    def when(value: Any) -> Any:
+        if not isinstance(value, datetime):
+            return value
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+    if hasattr(event, "specversion"):
+        raw: dict[str, Any] = dict(getattr(event, "extension_attrs", None) or {})
+        raw.update(
+            specversion=event.specversion,
+            id=event.id,
+            source=event.source,
+            type=event.type,
+            subject=event.subject,
+            time=when(event.time),
+            datacontenttype=event.datacontenttype,
+            dataschema=event.dataschema,
+            data=event.get_json(),
+        )
     else:
-        when = None
-    return _blob_from(event_id=event_id, subject=subject, data=data, event_time=when, where="", subject_field="subject")
+        raw = {
+            "id": event.id,
+            "topic": event.topic,
+            "subject": event.subject,
+            "eventType": event.event_type,
+            "eventTime": when(event.event_time),
+            "data": event.get_json(),
+            "dataVersion": event.data_version,
+        }
+    return {k: v for k, v in raw.items() if v is not None}
 
 
 def webhook_validation_response(

@@ -73,10 +73,11 @@ from shared.engine.model import (
 from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.flows.model import AzureDevOpsTrigger, BlobTrigger, Flow, FlowsFile, ManualTrigger, ScheduleTrigger
 from shared.ingest.devops import DevOpsEvent, authenticate, parse_devops
-from shared.ingest.eventgrid import BlobEvent, parse_delivery, parse_events
+from shared.ingest.eventgrid import BlobEvent, Delivery, Ignored, parse_delivery, parse_events
 from shared.telemetry.trace import new_traceparent, traceparent_for
 
 if TYPE_CHECKING:
+    from shared.blobs.account import BlobAccount
     from shared.blobs.base import BlobStore
     from shared.queue.base import WorkQueue
     from shared.settings import Settings
@@ -102,12 +103,17 @@ class IngestResult:
 
 @dataclass
 class EventGridOutcome:
-    """An Event Grid delivery's answer: the validation handshake, or the runs it started."""
+    """An Event Grid delivery's answer: the validation handshake, or the runs it started.
+
+    ``ignored`` lists the events that started nothing: other event types, and refused
+    BlobCreated events (``refused=True``, with the reason). ``events`` counts the delivery's events.
+    """
 
     validation_code: str | None = None
     validation_url: str | None = None
     results: list[IngestResult] = field(default_factory=list)
-    ignored: int = 0  # events of other types in the delivery
+    ignored: list[Ignored] = field(default_factory=list)
+    events: int = 0
 
     @property
     def validation(self) -> dict[str, str] | None:
@@ -174,6 +180,7 @@ class IngestService:
         self.blobs = blobs
         self.telemetry = telemetry
         self.clock = clock
+        self._blob_account: BlobAccount | None = None
 
     @classmethod
     def from_services(cls, services: Any) -> IngestService:
@@ -312,6 +319,16 @@ class IngestService:
 
     # ------------------------------------------------------------ blobs
 
+    @property
+    def blob_account(self) -> BlobAccount:
+        """The configured storage account: the only one whose blob URLs start runs."""
+        if self._blob_account is None:
+            from shared.blobs.account import BlobAccount
+            from shared.settings import get_settings
+
+            self._blob_account = BlobAccount.from_settings(self.settings or get_settings())
+        return self._blob_account
+
     def _blob_plans(self, ev: BlobEvent, now: datetime) -> list[_Plan]:
         plans: list[_Plan] = []
         for flow_name in sorted(self.flows.flows):
@@ -358,13 +375,15 @@ class IngestService:
         """Start every flow whose blob trigger matches each event. See the module docstring.
 
         ``events`` are :class:`BlobEvent` objects, or raw event objects of either Event Grid
-        schema (validated here first; other event types are skipped).
+        schema (validated here first by the one parser; other event types are skipped and
+        refused events reported, as :meth:`ingest_delivery` does).
         """
         raw = [e for e in events if not isinstance(e, BlobEvent)]
         parsed: list[BlobEvent] = [e for e in events if isinstance(e, BlobEvent)]
         if raw:
-            more, _ignored = parse_events(raw)
-            parsed.extend(more)
+            delivery = parse_events(raw, account=self.blob_account)
+            self._report_ignored(delivery.ignored)
+            parsed.extend(delivery.events)
         now = self.clock()
         plans: list[_Plan] = []
         for ev in parsed:
@@ -375,11 +394,40 @@ class IngestService:
         return self._submit(plans)
 
     def ingest_eventgrid(self, body: bytes | str, headers: Mapping[str, str]) -> EventGridOutcome:
-        delivery = parse_delivery(body, headers)
+        """One Event Grid webhook POST (both HTTP routes): the strict parser, then :meth:`ingest_delivery`."""
+        return self.ingest_delivery(parse_delivery(body, headers, account=self.blob_account))
+
+    def ingest_delivery(self, delivery: Delivery) -> EventGridOutcome:
+        """Report what the delivery's refused events were, then start the runs of its BlobCreated events."""
         if delivery.kind == "validation":
-            return EventGridOutcome(validation_code=delivery.validation_code, validation_url=delivery.validation_url)
+            return EventGridOutcome(
+                validation_code=delivery.validation_code, validation_url=delivery.validation_url, events=1
+            )
+        self._report_ignored(delivery.ignored)
         results = self.ingest_blob_events(delivery.events)
-        return EventGridOutcome(results=results, ignored=delivery.ignored)
+        return EventGridOutcome(results=results, ignored=delivery.ignored, events=delivery.count)
+
+    def _report_ignored(self, ignored: Sequence[Ignored]) -> None:
+        """A refused event: a warning and a ``trigger.refused`` telemetry event (no run, nothing sent)."""
+        for item in ignored:
+            if not item.refused:
+                log.debug("event %r (%r) starts nothing: %s", item.event_id, item.event_type[:100], item.reason)
+                continue
+            log.warning(
+                "refused blob event %r, nothing started: %s (subject %r)",
+                item.event_id,
+                item.reason,
+                item.subject,
+            )
+            self._emit(
+                "trigger.refused",
+                traceparent=new_traceparent(),
+                kind="blob",
+                event_id=item.event_id,
+                event_type=item.event_type,
+                subject=item.subject,
+                reason=item.reason,
+            )
 
     # ------------------------------------------------------------ schedules
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,13 +14,16 @@ from shared.api.http import HttpRequest, json_response
 from shared.blobs.base import BlobInfo, BlobStore
 from shared.engine.model import Message, Run, RunStatus, StepRun, TriggerContext
 from shared.errors import NotFoundError, TransientError, ValidationError
+from shared.flows.model import FlowsFile
 from shared.host.runtime import RunWaitTimeout, wait_for_run
 from shared.host.scheduler import Scheduler
-from shared.host.server import HostApp
+from shared.host.server import HostApp, functions_blob_created
 from shared.host.watcher import BlobWatcher, watched_containers
 from shared.host.worker import QueueWorkers
+from shared.ingest.service import EventGridOutcome, IngestResult
 from shared.settings import Settings
 from tests.fakes import MemoryQueue, MemoryRunStore
+from tests.unit.ingest.helpers import STEP
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -37,13 +41,48 @@ class FakeApi:
 
 
 def app_with(sink_calls: list[Any]) -> tuple[HostApp, FakeApi]:
+    """A HostApp whose Event Grid sink records (body, headers) and reports one created run."""
     api = FakeApi()
 
-    def sink(events: list[dict[str, Any]], headers: Any) -> list[dict[str, Any]]:
-        sink_calls.append(events)
-        return [{"run_id": "r1", "created": True}]
+    def sink(body: bytes, headers: Any) -> EventGridOutcome:
+        sink_calls.append(body)
+        return EventGridOutcome(results=[IngestResult("f", "r1", True, "created")], events=1)
 
     return HostApp(None, api=api, eventgrid=sink), api
+
+
+def ingest_services() -> SimpleNamespace:
+    """Just what IngestService.from_services reads, over the in-memory store and queue."""
+    flows = FlowsFile.model_validate(
+        {"flows": {"f": {"triggers": [{"kind": "blob", "container": "landing"}], "steps": [STEP]}}}
+    )
+    return SimpleNamespace(
+        store=MemoryRunStore(), queue=MemoryQueue(), flows=flows, settings=Settings(env={}), telemetry=None
+    )
+
+
+def ingest_app() -> tuple[HostApp, SimpleNamespace]:
+    """A HostApp whose sink is the real one (``functions_blob_created``) over in-memory services."""
+    services = ingest_services()
+    return HostApp(None, api=FakeApi(), eventgrid=functions_blob_created(services)), services  # type: ignore[arg-type]
+
+
+def blob_event(name: str = "a.csv", **over: Any) -> dict[str, Any]:
+    return {
+        "id": f"e-{name}",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": f"/blobServices/default/containers/landing/blobs/{name}",
+        "eventTime": "2024-05-01T12:00:00Z",
+        "topic": "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
+        "data": {
+            "url": f"http://127.0.0.1:10000/devstoreaccount1/landing/{name}",
+            "eTag": "0x1",
+            "contentLength": 3,
+            "api": "PutBlob",
+            "blobType": "BlockBlob",
+        },
+        **over,
+    }
 
 
 EG = "/runtime/webhooks/EventGrid?functionName=blob_created"
@@ -72,102 +111,83 @@ def test_unknown_path_is_404_json() -> None:
 
 
 def test_eventgrid_subscription_validation_handshake() -> None:
-    calls: list[Any] = []
-    app, _ = app_with(calls)
-    body = json.dumps(
-        [
-            {
-                "id": "1",
-                "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
-                "data": {"validationCode": "abc-123"},
-            }
-        ]
-    ).encode()
+    app, services = ingest_app()
+    body = (Path(__file__).parents[2] / "events/subscription_validation_eventgrid.json").read_bytes()
     status, out, _ = app.handle("POST", EG, {"aeg-event-type": "SubscriptionValidation"}, body)
-    assert status == 200 and json.loads(out) == {"validationResponse": "abc-123"}
-    assert calls == []
+    assert status == 200 and json.loads(out) == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
+    assert services.store.rows == {} and services.queue.sent == []
 
 
 def test_eventgrid_notification_goes_to_sink() -> None:
     calls: list[Any] = []
     app, _ = app_with(calls)
-    events = [{"id": "e1", "eventType": "Microsoft.Storage.BlobCreated"}]
-    status, out, _ = app.handle("POST", EG, {"Aeg-Event-Type": "Notification"}, json.dumps(events).encode())
+    body = json.dumps([blob_event()]).encode()
+    status, out, _ = app.handle("POST", EG, {"Aeg-Event-Type": "Notification"}, body)
     assert status == 202
-    assert calls == [events]
-    assert json.loads(out)["created"] == 1
+    assert calls == [body]
+    doc = json.loads(out)
+    assert doc["created"] == 1 and doc["events"] == 1 and doc["ignored"] == [] and doc["function"] == "blob_created"
 
 
 @pytest.mark.parametrize(
-    ("path", "headers", "body", "status"),
+    ("path", "headers", "status"),
     [
-        ("/runtime/webhooks/EventGrid?functionName=nope", {"aeg-event-type": "Notification"}, b"[{}]", 404),
-        ("/runtime/webhooks/EventGrid", {"aeg-event-type": "Notification"}, b"[{}]", 400),
-        (EG, {}, b"[{}]", 400),
-        (EG, {"aeg-event-type": "Notification"}, b"{not json", 400),
-        (EG, {"aeg-event-type": "Notification"}, b"[]", 400),
-        (EG, {"aeg-event-type": "Notification"}, b"[1, 2]", 400),
-        (EG, {"aeg-event-type": "Bogus"}, b"[{}]", 400),
-        (EG, {"aeg-event-type": "SubscriptionValidation"}, b'[{"data": {}}]', 400),
+        ("/runtime/webhooks/EventGrid?functionName=nope", {"aeg-event-type": "Notification"}, 404),
+        ("/runtime/webhooks/EventGrid", {"aeg-event-type": "Notification"}, 400),
+        (EG, {}, 400),
+        (EG, {"aeg-event-type": "Bogus"}, 400),
     ],
 )
-def test_eventgrid_rejections_never_reach_the_sink(
-    path: str, headers: dict[str, str], body: bytes, status: int
-) -> None:
+def test_eventgrid_host_rejections_never_reach_the_sink(path: str, headers: dict[str, str], status: int) -> None:
     calls: list[Any] = []
     app, _ = app_with(calls)
-    got, out, _hdrs = app.handle("POST", path, headers, body)
+    got, out, _hdrs = app.handle("POST", path, headers, json.dumps([blob_event()]).encode())
     assert got == status
     assert "error" in json.loads(out)
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    ("headers", "body", "field"),
+    [
+        ({"aeg-event-type": "Notification"}, b"{not json", "body"),
+        ({"aeg-event-type": "Notification"}, b"[]", "body"),
+        ({"aeg-event-type": "Notification"}, b"[1, 2]", "[0]"),
+        ({"aeg-event-type": "Notification"}, b"[{}]", "[0].id"),
+        ({"aeg-event-type": "SubscriptionValidation"}, b'[{"data": {}}]', "[0].id"),
+        ({"aeg-event-type": "Notification"}, json.dumps([blob_event(), blob_event(data={})]).encode(), "[1].data.url"),
+    ],
+)
+def test_eventgrid_malformed_deliveries_are_400_and_ingest_nothing(
+    headers: dict[str, str], body: bytes, field: str
+) -> None:
+    app, services = ingest_app()
+    got, out, _hdrs = app.handle("POST", EG, headers, body)
+    assert got == 400
+    assert json.loads(out)["error"]["field"] == field
+    assert services.store.rows == {} and services.queue.sent == []
+
+
 def test_sink_errors_map_like_the_api() -> None:
-    def sink(events: Any, headers: Any) -> Any:
+    def sink(body: Any, headers: Any) -> Any:
         raise ValidationError("bad url", field="[0].data.url")
 
     app = HostApp(None, api=FakeApi(), eventgrid=sink)
-    status, out, _ = app.handle("POST", EG, {"aeg-event-type": "Notification"}, b"[{}]")
+    status, out, _ = app.handle("POST", EG, {"aeg-event-type": "Notification"}, json.dumps([blob_event()]).encode())
     assert status == 400 and json.loads(out)["error"]["field"] == "[0].data.url"
 
 
-def test_functions_sink_rejects_a_malformed_event_before_ingesting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.host import server
-
-    ingested: list[Any] = []
-
-    class FakeIngest:
-        @classmethod
-        def from_services(cls, services: Any) -> FakeIngest:
-            return cls()
-
-        def ingest_blob_events(self, events: list[Any]) -> list[Any]:
-            ingested.append(events)
-            return []
-
-    monkeypatch.setattr("shared.ingest.service.IngestService", FakeIngest)
-    sink = server.functions_blob_created(object())  # type: ignore[arg-type]
-    good = {
-        "id": "e1",
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": "/blobServices/default/containers/landing/blobs/a.csv",
-        "eventTime": "2024-05-01T12:00:00Z",
-        "topic": "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
-        "data": {
-            "url": "http://127.0.0.1:10000/devstoreaccount1/landing/a.csv",
-            "eTag": "0x1",
-            "contentLength": 3,
-            "api": "PutBlob",
-            "blobType": "BlockBlob",
-        },
-    }
-    bad = {**good, "data": {"eTag": "0x1"}}
-    with pytest.raises(ValidationError) as err:
-        sink([good, bad], {})
-    assert (err.value.field or "").startswith("[1]")
-    assert ingested == []
-    sink([good, {**good, "eventType": "Microsoft.Storage.BlobDeleted"}], {})
-    assert len(ingested) == 1 and len(ingested[0]) == 1
+def test_functions_sink_ingests_valid_events_and_lists_the_rest() -> None:
+    app, services = ingest_app()
+    deleted = blob_event("b.csv", eventType="Microsoft.Storage.BlobDeleted")
+    refused = blob_event("../c.csv")
+    body = json.dumps([blob_event(), deleted, refused]).encode()
+    status, out, _ = app.handle("POST", EG, {"aeg-event-type": "Notification"}, body)
+    assert status == 202
+    doc = json.loads(out)
+    assert doc["events"] == 3 and doc["created"] == 1
+    assert [(i["id"], i["refused"]) for i in doc["ignored"]] == [("e-b.csv", False), ("e-../c.csv", True)]
+    assert len(services.store.rows) == 1 and len(services.queue.sent) == 1
 
 
 # ---------------------------------------------------------------- watcher

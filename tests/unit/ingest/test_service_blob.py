@@ -198,6 +198,6 @@ def test_send_failure_leaves_the_run_pending_for_the_sweeper() -> None:
 
 
 def test_delivery_parse_matches_service_input() -> None:
-    d = parse_delivery(event_bytes("blob_created_eventgrid.json"), NOTIFY)
     svc, _store, _queue, _ = service(flows(sales=[{"kind": "blob", "container": "landing"}]))
+    d = parse_delivery(event_bytes("blob_created_eventgrid.json"), NOTIFY, account=svc.blob_account)
     assert svc.ingest_blob_events(d.events)[0].created
