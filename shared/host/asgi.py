@@ -2,7 +2,7 @@
 
 ``host_app(app, host, port)`` is the ASGI app: ``/api/...``, ``/admin/...`` and ``/runtime/...``
 go to :meth:`shared.host.server.HostApp.handle` (the same routes and handlers the Functions
-app serves) through :func:`shared.web.asgi.bridge`; every request first passes the host's
+app serves) through :class:`shared.web.asgi.Bridge`; every request first passes the host's
 :class:`shared.api.guard.RequestPolicy` (Host = the bound address, same-origin only,
 ``application/json`` for state-changing requests). More routes -- a web console's pages and
 static files -- are added with ``extra_routes`` and get their own policy with
@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.api.guard import RequestPolicy
 from shared.host.server import HostApp
-from shared.web.asgi import ASGIApp, bridge, json_app
+from shared.web.asgi import ASGIApp, Bridge, json_app
 from shared.web.server import HttpLimits, ServerThread, bind
 
 HOST_PREFIXES = ("/api", "/admin", "/runtime")
@@ -37,7 +37,7 @@ def host_app(
     from starlette.routing import Mount
 
     limits = limits or HttpLimits()
-    handler = bridge(app.handle, limits)
+    handler = Bridge(app.handle, limits)
     routes = [Mount(prefix, app=handler) for prefix in HOST_PREFIXES]
     policy = RequestPolicy.for_address(
         host, port, max_headers=limits.max_headers, max_header_bytes=limits.max_header_bytes

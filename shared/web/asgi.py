@@ -5,7 +5,7 @@
 - :func:`read_body` reads a request body (``Content-Length`` or chunked, as the server decoded
   it) within ``HttpLimits``: over the size limit -> 413, not complete by the deadline -> 408.
   Hypercorn's ``read_timeout`` bounds each read; this bounds the whole body (a trickle).
-- :func:`bridge` turns a framework-neutral handler ``(method, raw_path, headers, body) ->
+- :class:`Bridge` turns a framework-neutral handler ``(method, raw_path, headers, body) ->
   (status, body, headers)`` into an ASGI app; it runs in a worker thread (handlers block on
   storage calls), and an exception it lets out becomes a bare JSON 500 (logged, never echoed).
 - :func:`json_app` is a Starlette app with these and JSON answers for every router error
@@ -101,16 +101,23 @@ async def read_body(scope: Scope, receive: Receive, limits: HttpLimits) -> bytes
         ) from None
 
 
-def bridge(handler: SyncHandler, limits: HttpLimits) -> ASGIApp:
-    """An ASGI app that reads the body and hands the request to a blocking ``handler``."""
+class Bridge:
+    """An ASGI app that reads the body and hands the request to a blocking ``handler``.
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    A class (not a closure) so that Starlette's ``Route`` takes it as an ASGI app.
+    """
+
+    def __init__(self, handler: SyncHandler, limits: HttpLimits) -> None:
+        self.handler = handler
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         method = str(scope["method"]).upper()
         head = method == "HEAD"
         try:
-            body = await read_body(scope, receive, limits)
+            body = await read_body(scope, receive, self.limits)
         except BodyRefused as refused:
             await send_response(send, refused.response, head=head)
             return
@@ -121,14 +128,12 @@ def bridge(handler: SyncHandler, limits: HttpLimits) -> ASGIApp:
         target = f"{raw_path}?{query}" if query else raw_path
         headers = request_headers(scope)
         try:
-            status, out, out_headers = await anyio.to_thread.run_sync(handler, method, target, headers, body)
+            status, out, out_headers = await anyio.to_thread.run_sync(self.handler, method, target, headers, body)
             resp = HttpResponse(status=status, body=out, headers=dict(out_headers))
         except Exception:
             log.exception("http: handler failed for %s %s", method, raw_path[:200])
             resp = internal_error()
         await send_response(send, resp, head=head)
-
-    return app
 
 
 class Guard:

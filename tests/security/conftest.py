@@ -90,3 +90,94 @@ def nothing_created(socket_host: SocketHost) -> Iterator[None]:
     before = socket_host.counts()
     yield
     assert socket_host.counts() == before, "a refused request created a run or enqueued a message"
+
+
+# ---------------------------------------------------------------- the local scoring endpoint
+
+SCORING_BODY_TIMEOUT = 1.5
+FEATURES = {"store": [1, 2, 3, 4, 5, 6], "promo": [0, 1, 0, 1, 0, 1], "price": [3.0, 2.5, 4.0, 3.5, 2.0, 5.0]}
+
+
+@dataclass
+class ScoringServer:
+    port: int
+    home: Path
+    model_dir: Path
+
+    @property
+    def score_path(self) -> str:
+        return "/endpoints/sales/score"
+
+
+def save_tiny_model(path: Path) -> Path:
+    """A linear model over (store: long, promo: long, price: double), saved as MLflow saves it (skops)."""
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LinearRegression
+
+    frame = pd.DataFrame(FEATURES)
+    target = frame["store"] * 2.0 + frame["promo"] * 10.0 - frame["price"]
+    model = LinearRegression().fit(frame, target)
+    mlflow.sklearn.save_model(
+        model, str(path), serialization_format="skops", signature=infer_signature(frame, model.predict(frame))
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def scoring_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringServer]:
+    """The scoring server process ``LocalScoringDeployer`` starts, serving ``tiny_model`` as ``sales``."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from shared.deploy.local_endpoint import stop_server
+    from shared.local.azurite import free_port
+    from tests.conftest import REPO_ROOT
+
+    home = tmp_path_factory.mktemp("scoring-home")
+    (home / "endpoints").mkdir()
+    entry = {"model_name": "tiny", "version": "1", "source_uri": str(tiny_model), "deployed_at": "2024-01-01"}
+    (home / "endpoints" / "sales.json").write_text(
+        json.dumps({"endpoint": "sales", "current": entry, "history": []}), encoding="utf-8"
+    )
+    port = free_port()
+    log = open(home / "scoring.log", "ab")  # noqa: SIM115 - closed below
+    child = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "shared.deploy.scoring_server", "--home", str(home), "--port", str(port)),
+            *("--body-timeout", str(SCORING_BODY_TIMEOUT)),
+        ],
+        cwd=str(REPO_ROOT),
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/endpoints/sales", timeout=5) as resp:
+                    if json.loads(resp.read()).get("loaded"):
+                        break
+            except OSError:
+                pass
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"scoring server did not start: {(home / 'scoring.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield ScoringServer(port, home, tiny_model)
+    finally:
+        stop_server(home)
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+        log.close()
