@@ -18,6 +18,7 @@ POST    /api/runs/{run_id}/cancel      cancel_run  202; 409 when already finishe
 POST    /api/runs/{run_id}/rerun       rerun       202 body {"from_step": "..."} (optional)
 POST    /api/events/blob               eventgrid   Event Grid webhook: 200 handshake or 202
 OPTIONS /api/events/blob               eventgrid   CloudEvents abuse-protection handshake
+GET     /api/openapi.json              openapi     200 the OpenAPI 3.1 document (shared.api.openapi)
 ======= ============================== =========== ==========================================
 """
 
@@ -77,6 +78,7 @@ ROUTES: list[Route] = [
     Route("POST", "/api/runs/{run_id}/rerun", "rerun"),
     Route("POST", "/api/events/blob", "eventgrid"),
     Route("OPTIONS", "/api/events/blob", "eventgrid"),
+    Route("GET", "/api/openapi.json", "openapi"),
 ]
 
 
@@ -202,6 +204,14 @@ class Api:
         runs = [_result_json(r) for r in outcome.results]
         created = sum(1 for r in outcome.results if r.created)
         return json_response(202, {"runs": runs, "created": created, "ignored": outcome.ignored})
+
+    # ------------------------------------------------------------ the document
+    @_guarded
+    def openapi(self, req: HttpRequest) -> HttpResponse:
+        """The OpenAPI document of every route (built from ROUTES; shared.api.openapi)."""
+        from shared.api.openapi import openapi_document
+
+        return json_response(200, openapi_document())
 
     # ------------------------------------------------------------ runs
     @_guarded

@@ -200,7 +200,9 @@ def parse_scoring_body(body: Any) -> Table:
     if not isinstance(body, dict):
         raise RequestError(400, f"must be a JSON object with one of {accepted}", field="body")
     for extra in sorted(set(body) - {*PROTOCOL_KEYS, "params"}):
-        raise RequestError(400, f"unknown field; expected one of {accepted} (and optionally params)", field=extra)
+        raise RequestError(
+            400, f"unknown field; expected one of {accepted} (and optionally params)", field=extra or '""'
+        )
     keys = [k for k in PROTOCOL_KEYS if k in body]
     if len(keys) != 1:
         raise RequestError(400, f"needs exactly one of {accepted}", field="body")

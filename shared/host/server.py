@@ -150,8 +150,8 @@ class HostApp:
             if not code:
                 return _error(400, "subscription validation event without data.validationCode", "data.validationCode")
             return _json_reply(200, {"validationResponse": code})
-        if event_type == "Unsubscribe":
-            return 202, b"", {}
+        if event_type == "Unsubscribe":  # answered in JSON like every other delivery (the OpenAPI document)
+            return _json_reply(202, {"function": fn, "events": 0, "runs": [], "created": 0})
         if event_type != "Notification":
             return _error(400, f"unknown aeg-event-type {event_type!r}", "aeg-event-type")
         results = self.eventgrid(events, dict(headers))
