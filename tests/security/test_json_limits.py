@@ -121,3 +121,14 @@ def test_devops_credentials_are_checked_before_the_body(socket_host: SocketHost,
         "POST", "/api/hooks/azure-devops", socket_host.port, body=body, headers={"Content-Type": "application/json"}
     )
     assert exchange(socket_host.port, raw).status == 401
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_queue_bodies_go_through_the_same_decoder(case: str) -> None:
+    from shared.engine.executor import parse_message
+    from shared.errors import ValidationError
+
+    body, expected = BAD_BODIES[case]
+    with pytest.raises(ValidationError, match=expected) as err:
+        parse_message(body if isinstance(body, bytes) else body.encode())
+    assert err.value.field == "body"
