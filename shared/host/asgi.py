@@ -49,12 +49,21 @@ class HostServer:
     """``HostApp`` on ``host:port`` (0: a free port), served from a daemon thread."""
 
     def __init__(
-        self, app: HostApp, *, host: str = "127.0.0.1", port: int = 7071, limits: HttpLimits | None = None
+        self,
+        app: HostApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 7071,
+        limits: HttpLimits | None = None,
+        extra_routes: Sequence[Any] = (),
+        extra_policies: Sequence[tuple[str, RequestPolicy]] = (),
     ) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.limits = limits or HttpLimits()
+        self.extra_routes = tuple(extra_routes)  # e.g. a console's pages (see host_app)
+        self.extra_policies = tuple(extra_policies)
         self._server: ServerThread | None = None
 
     @property
@@ -75,7 +84,14 @@ class HostServer:
                 service="host",
             ) from exc
         self.port = sock.getsockname()[1]
-        asgi = host_app(self.app, self.host, self.port, limits=self.limits)
+        asgi = host_app(
+            self.app,
+            self.host,
+            self.port,
+            limits=self.limits,
+            extra_routes=self.extra_routes,
+            extra_policies=self.extra_policies,
+        )
         self._server = ServerThread(asgi, sock, limits=self.limits, name="conveyor-http").start()
         return self
 

@@ -208,3 +208,52 @@ def test_host_other_than_the_bound_address_is_refused(
 def test_bound_address_is_accepted(socket_host: SocketHost, host_header: str) -> None:
     raw = request("GET", "/api/runs", socket_host.port, host_header=host_header.format(port=socket_host.port))
     assert exchange(socket_host.port, raw).status == 200
+
+
+# ---------------------------------------------------------------- room for a console on the same host
+
+
+def test_extra_routes_get_their_own_policy_and_the_api_keeps_its_own() -> None:
+    """What issue 8's console will do: pages at /console with form posts, CSP, same Host/Origin rules."""
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    from shared.api.guard import FORM_MEDIA_TYPES, RequestPolicy
+    from shared.api.http import json_response
+    from shared.host.asgi import HostServer
+    from shared.host.server import HostApp
+
+    class Api:
+        def dispatch(self, req):  # type: ignore[no-untyped-def]
+            return json_response(200, {"api": True})
+
+    async def page(request):  # type: ignore[no-untyped-def]
+        return HTMLResponse("<p>runs</p>")
+
+    probe = HostServer(HostApp(None, api=Api()), port=0).start()
+    port = probe.port
+    probe.stop()
+    policy = RequestPolicy.for_address("127.0.0.1", port).with_media_types(*FORM_MEDIA_TYPES)
+    policy = RequestPolicy(
+        policy.hosts,
+        policy.origins,
+        policy.media_types,
+        response_headers=(("Content-Security-Policy", "default-src 'self'"),),
+    )
+    server = HostServer(
+        HostApp(None, api=Api()),
+        port=port,
+        extra_routes=[Route("/console", page, methods=["GET", "POST"])],
+        extra_policies=[("/console", policy)],
+    ).start()
+    try:
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        got = exchange(port, request("GET", "/console", port))
+        assert got.status == 200 and got.headers["content-security-policy"] == "default-src 'self'"
+        assert exchange(port, request("POST", "/console", port, body=b"a=1", headers=form)).status == 200
+        foreign = exchange(port, request("POST", "/console", port, body=b"a=1", headers={**form, "Origin": "http://x"}))
+        assert foreign.status == 403
+        assert exchange(port, request("POST", "/api/runs", port, body=b"a=1", headers=form)).status == 415
+        assert exchange(port, request("GET", "/console", port, host_header="evil.example")).status == 400
+    finally:
+        server.stop()
