@@ -86,3 +86,9 @@ def rerun(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="events/blob", methods=["POST", "OPTIONS"], auth_level=func.AuthLevel.FUNCTION)
 def eventgrid_webhook(req: func.HttpRequest) -> func.HttpResponse:
     return _call("eventgrid", req)
+
+
+@bp.function_name("openapi")
+@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return _call("openapi", req)

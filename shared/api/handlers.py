@@ -18,6 +18,7 @@ POST    /api/runs/{run_id}/cancel      cancel_run  202; 409 when already finishe
 POST    /api/runs/{run_id}/rerun       rerun       202 body {"from_step": "..."} (optional)
 POST    /api/events/blob               eventgrid   Event Grid webhook: 200 handshake or 202
 OPTIONS /api/events/blob               eventgrid   CloudEvents abuse-protection handshake
+GET     /api/openapi.json              openapi     200 the OpenAPI 3.1 document (shared.api.openapi)
 ======= ============================== =========== ==========================================
 """
 
@@ -31,6 +32,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
+from shared.api.guard import STATE_CHANGING, media_type_refusal
 from shared.api.http import (
     HttpRequest,
     HttpResponse,
@@ -76,6 +78,7 @@ ROUTES: list[Route] = [
     Route("POST", "/api/runs/{run_id}/rerun", "rerun"),
     Route("POST", "/api/events/blob", "eventgrid"),
     Route("OPTIONS", "/api/events/blob", "eventgrid"),
+    Route("GET", "/api/openapi.json", "openapi"),
 ]
 
 
@@ -94,19 +97,35 @@ _COMPILED = [(route, _compile(route.pattern)) for route in ROUTES]
 Handler = Callable[["Api", HttpRequest], HttpResponse]
 
 
-def _guarded(fn: Handler) -> Handler:
-    """Every handler answers: Conveyor errors map to their status, anything else to a bare 500."""
+def _guarded(fn: Handler | None = None, *, parse_body: bool = True) -> Any:
+    """Every handler answers: Conveyor errors map to their status, anything else to a bare 500.
 
-    @functools.wraps(fn)
-    def wrapper(self: Api, req: HttpRequest) -> HttpResponse:
-        try:
-            return fn(self, req)
-        except Exception as exc:
-            resp = map_error(exc)
-            log.info("api: %s %s -> %s", req.method, req.path, resp.status)
-            return resp
+    Before the handler runs, a state-changing request must be JSON (415,
+    :func:`shared.api.guard.media_type_refusal`) and, with ``parse_body``, its body must pass
+    :func:`shared.safejson.loads` (400/413 naming the problem), so no handler -- nor the ingest
+    code behind it -- ever meets a body outside the JSON limits. A handler that must check
+    credentials before it reads the body (the DevOps hook) passes ``parse_body=False`` and
+    calls ``req.json()`` itself after authenticating.
+    """
 
-    return wrapper
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def wrapper(self: Api, req: HttpRequest) -> HttpResponse:
+            try:
+                refused = media_type_refusal(req.method, req.headers)
+                if refused is not None:
+                    return refused
+                if parse_body and req.method in STATE_CHANGING:
+                    req.json()
+                return handler(self, req)
+            except Exception as exc:
+                resp = map_error(exc)
+                log.info("api: %s %s -> %s", req.method, req.path, resp.status)
+                return resp
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def status_url(run_id: str) -> str:
@@ -151,12 +170,16 @@ class Api:
         return error_response(404, "not_found", f"no route for {path}")
 
     # ------------------------------------------------------------ webhooks
-    @_guarded
+    @_guarded(parse_body=False)
     def devops_hook(self, req: HttpRequest) -> HttpResponse:
-        """Azure DevOps service hook. The service checks credentials before reading the body."""
+        """Azure DevOps service hook: credentials first, then the body (JSON limits), then ingest."""
+        from shared.ingest.devops import authenticate
         from shared.ingest.service import IngestService
 
-        results = IngestService.from_services(self.services).ingest_devops(req.body, req.headers)
+        service = IngestService.from_services(self.services)
+        authenticate(req.headers, self.services.settings)
+        req.json(required=True)
+        results = service.ingest_devops(req.body, req.headers)
         runs = [_result_json(r) for r in results]
         created = sum(1 for r in results if r.created)
         return json_response(202 if created else 200, {"runs": runs, "created": created})
@@ -182,6 +205,14 @@ class Api:
         created = sum(1 for r in outcome.results if r.created)
         ignored = [i.as_json() for i in outcome.ignored]  # other event types, and refused events with the reason
         return json_response(202, {"runs": runs, "created": created, "ignored": ignored})
+
+    # ------------------------------------------------------------ the document
+    @_guarded
+    def openapi(self, req: HttpRequest) -> HttpResponse:
+        """The OpenAPI document of every route (built from ROUTES; shared.api.openapi)."""
+        from shared.api.openapi import openapi_document
+
+        return json_response(200, openapi_document())
 
     # ------------------------------------------------------------ runs
     @_guarded

@@ -26,13 +26,18 @@ from shared.errors import (
     ThrottledError,
     ValidationError,
 )
+from shared.safejson import BodyTooLargeError, JsonLimits
 
 log = logging.getLogger("conveyor.api")
 
 JSON_TYPE = "application/json; charset=utf-8"
 MAX_BODY_BYTES = 1024 * 1024  # Event Grid batches are ≤ 1 MB; nothing we accept is larger
+BODY_LIMITS = JsonLimits(max_bytes=MAX_BODY_BYTES)
 RETRY_AFTER_SECONDS = 5
 THROTTLED_RETRY_AFTER_SECONDS = 30
+
+
+_UNPARSED = object()
 
 
 class Headers(Mapping[str, str]):
@@ -68,6 +73,7 @@ class HttpRequest:
     query: dict[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=Headers)
     body: bytes = b""
+    _parsed: Any = field(default=_UNPARSED, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.method = self.method.upper()
@@ -81,20 +87,21 @@ class HttpRequest:
             self.body = self.body.encode("utf-8")
 
     def json(self, *, required: bool = False) -> Any:
-        """The body parsed as JSON; an empty body is ``None`` unless ``required``.
+        """The body parsed by :func:`shared.safejson.loads`; an empty body is ``None`` unless ``required``.
 
-        Raises ValidationError(field="body") when the body is not JSON.
+        Raises ValidationError(field="body") naming the problem (BodyTooLargeError: 413).
+        The result is kept, so a handler and a check before it parse the body once.
         """
-        if len(self.body) > MAX_BODY_BYTES:
-            raise ValidationError(f"body larger than {MAX_BODY_BYTES} bytes", field="body")
-        if not self.body.strip():
-            if required:
-                raise ValidationError("a JSON body is required", field="body")
-            return None
-        try:
-            return json.loads(self.body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ValidationError(f"body is not valid JSON: {_short(exc)}", field="body") from exc
+        if self._parsed is _UNPARSED:
+            from shared import safejson
+
+            if not self.body.strip():
+                self._parsed = None
+            else:
+                self._parsed = safejson.loads(self.body, field="body", limits=BODY_LIMITS)
+        if self._parsed is None and required:
+            raise ValidationError("a JSON body is required", field="body")
+        return self._parsed
 
 
 @dataclass
@@ -133,6 +140,8 @@ def error_response(
 
 def map_error(exc: BaseException) -> HttpResponse:
     """The HTTP answer for an exception raised while handling a request."""
+    if isinstance(exc, BodyTooLargeError):
+        return error_response(413, "too_large", exc.message, exc.field)
     if isinstance(exc, ValidationError):
         return error_response(400, "validation_error", exc.message, exc.field)
     if isinstance(exc, AuthError):
@@ -155,8 +164,3 @@ def map_error(exc: BaseException) -> HttpResponse:
         return error_response(500, "internal_error", "internal error")
     log.error("api: unexpected %s", type(exc).__name__, exc_info=exc)
     return error_response(500, "internal_error", "internal error")
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc)
-    return text if len(text) <= limit else text[:limit] + "…"

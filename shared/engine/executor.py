@@ -14,7 +14,6 @@ times, then ``ConcurrencyError``, which is retryable: the queue redelivers).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from shared import safejson
 from shared.backends.base import JobBackend, LaunchRequest
 from shared.clock import Clock, utcnow
 from shared.engine.commands import Cancel, Command, Emit, Launch, Poll, Send, StartQueued
@@ -57,15 +57,7 @@ QUEUED_SCAN_LIMIT = 1000
 
 def parse_message(body: str | bytes) -> Message:
     """A queue body as a Message; anything malformed raises ValidationError naming the field."""
-    if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValidationError("message body is not UTF-8", field="body") from exc
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"message body is not JSON: {exc.msg} at position {exc.pos}", field="body") from exc
+    data = safejson.loads(body, field="body")  # size, depth, numbers, NaN, surrogates: a ValidationError
     if not isinstance(data, dict):
         raise ValidationError("message body must be a JSON object", field="body")
     try:

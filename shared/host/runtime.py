@@ -21,8 +21,8 @@ from shared.errors import TransientError
 if TYPE_CHECKING:
     from shared.engine.model import Run
     from shared.flows.model import FlowsFile
+    from shared.host.asgi import HostServer
     from shared.host.scheduler import Scheduler
-    from shared.host.server import HostServer
     from shared.host.watcher import BlobWatcher
     from shared.host.worker import QueueWorkers
     from shared.local.azurite import Azurite
@@ -91,8 +91,9 @@ class LocalHost:
 
     def _start_parts(self) -> None:
         from shared import wiring
+        from shared.host.asgi import HostServer
         from shared.host.scheduler import Scheduler
-        from shared.host.server import HostApp, HostServer
+        from shared.host.server import HostApp
         from shared.host.watcher import BlobWatcher
         from shared.host.worker import QueueWorkers
 

@@ -1,4 +1,4 @@
-"""The local Functions host's HTTP front: the same routes, the same handlers.
+"""The local Functions host's routes: the same routes, the same handlers (no socket here).
 
 ``/api/...`` requests become framework-neutral ``shared.api.http.HttpRequest`` objects and go
 to ``Api.dispatch`` exactly as the HTTP blueprints hand them over. Event Grid deliveries arrive
@@ -7,7 +7,10 @@ where the Functions host's Event Grid extension listens,
 ``aeg-event-type: SubscriptionValidation`` -> 200 ``{"validationResponse": code}``;
 ``Notification`` -> the delivery goes to the same strict parser and ingest call as
 ``POST /api/events/blob`` (refused events listed under ``ignored``), then 202; ``Unsubscribe``
--> 202; unknown function -> 404; malformed -> 400 with a JSON error body.
+-> 202 (JSON); unknown function -> 404; malformed -> 400 with a JSON error body.
+
+The socket, the server and the checks made before a request gets here (Host, Origin,
+content type, body size and deadline) are in :mod:`shared.host.asgi`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -30,7 +32,6 @@ log = logging.getLogger("conveyor.host")
 # Event Grid-triggered functions (functions/blob_events.py) the local host serves.
 EVENTGRID_FUNCTIONS = ("blob_created",)
 EVENTGRID_PATH = "/runtime/webhooks/eventgrid"
-MAX_BODY = 16 * 1024 * 1024
 
 # (status, body, headers) -- what every route returns to the request handler.
 Reply = tuple[int, bytes, dict[str, str]]
@@ -49,6 +50,12 @@ def _json_reply(status: int, payload: Any, headers: Mapping[str, str] | None = N
 def _error(status: int, message: str, field: str | None = None) -> Reply:
     code = {400: "validation_error", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(status, "error")
     return _reply(error_response(status, code, message, field))
+
+
+def _not_allowed(method: str, path: str, allow: str) -> Reply:
+    return _reply(
+        error_response(405, "method_not_allowed", f"{method} not allowed on {path}", headers={"Allow": allow})
+    )
 
 
 class HostApp:
@@ -98,11 +105,11 @@ class HostApp:
         try:
             if low == "/admin/host/status":
                 if method not in ("GET", "HEAD"):
-                    return _error(405, f"{method} not allowed on {path}")
+                    return _not_allowed(method, path, "GET, HEAD")
                 return _json_reply(200, {"state": "Running"})
             if low == EVENTGRID_PATH:
                 if method != "POST":
-                    return _error(405, f"{method} not allowed on {path}")
+                    return _not_allowed(method, path, "POST")
                 return self._eventgrid_delivery(query, headers, body)
             if low == "/api" or low.startswith("/api/"):
                 return self._api_call(method, path, query, headers, body)
@@ -136,8 +143,8 @@ class HostApp:
         event_type = (lower.get("aeg-event-type") or "").strip()
         if not event_type:
             return _error(400, "missing header aeg-event-type", "aeg-event-type")
-        if event_type == "Unsubscribe":
-            return 202, b"", {}
+        if event_type == "Unsubscribe":  # answered in JSON like every other delivery (the OpenAPI document)
+            return _json_reply(202, {"function": fn, "events": 0, "runs": [], "created": 0, "ignored": []})
         if event_type not in ("SubscriptionValidation", "Notification"):
             return _error(400, f"unknown aeg-event-type {event_type[:40]!r}", "aeg-event-type")
         outcome = self.eventgrid(body, dict(headers))
@@ -185,83 +192,3 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _jsonable(dataclasses.asdict(value))
     return str(value)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            status, body, headers = _error(413, f"request body larger than {MAX_BODY} bytes")
-            self.close_connection = True
-        else:
-            raw = self.rfile.read(length) if length > 0 else b""
-            headers_in = {k: v for k, v in self.headers.items()}
-            status, body, headers = self.server.app.handle(self.command, self.path, headers_in, raw)
-        self.send_response(status)
-        for k, v in headers.items():
-            if k.lower() != "content-length":
-                self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD" and body:
-            self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s - %s", self.address_string(), format % args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], app: HostApp) -> None:
-        self.app = app
-        super().__init__(address, _Handler)
-
-
-class HostServer:
-    """A ThreadingHTTPServer on ``host:port`` serving ``HostApp`` from a daemon thread."""
-
-    def __init__(self, app: HostApp, *, host: str = "127.0.0.1", port: int = 7071) -> None:
-        self.app = app
-        self.host = host
-        self.port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> HostServer:
-        if self._server is not None:
-            return self
-        try:
-            self._server = _Server((self.host, self.port), self.app)
-        except OSError as exc:
-            from shared.errors import PermanentError
-
-            raise PermanentError(
-                f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
-                "is another `conveyor up` running? set CONVEYOR_HOST_PORT to use another port",
-                service="host",
-            ) from exc
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="conveyor-http", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None

@@ -20,7 +20,6 @@ notification id; retries of one notification carry the same id, so it keys the r
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ def authenticate(headers: Mapping[str, str] | None, settings: Any) -> str:
         if scheme.lower() == "basic" and token.strip():
             try:
                 decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text in the header
                 decoded = ""
             user, sep, pwd = decoded.partition(":")
             if sep:

@@ -66,7 +66,9 @@ def train_one(work: Path, noise: float, seed: int, monkeypatch: pytest.MonkeyPat
 
 def http(url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    req = urllib.request.Request(
+        url, data=data, method="POST" if data is not None else "GET", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -150,10 +152,10 @@ def test_register_gate_deploy_and_score(home: Path, tmp_path: Path, monkeypatch:
     # Errors name the field; unknown endpoints are 404.
     assert http(url, raw=b"{not json")[0] == 400
     status, body = http(url, {"rows": [{k: v for k, v in row.items() if k != "temperature"}]})
-    assert status == 400 and body["field"] == "rows[0].temperature"
+    assert status == 400 and body["error"]["field"] == "rows[0].temperature"
     status, body = http(url, {"rows": [{**row, "price": "cheap"}]})
-    assert status == 400 and body["field"] == "rows[0].price"
-    assert http(url, {"data": []})[1]["field"] == "rows"
+    assert status == 400 and body["error"]["field"] == "rows[0].price"
+    assert http(url, {"data": []})[1]["error"]["field"] == "data"  # not a key of the scoring protocol
     assert http(f"http://127.0.0.1:{port}/endpoints/nope/score", {"rows": [row]})[0] == 404
     described = http(f"http://127.0.0.1:{port}/endpoints/sales")[1]
     assert described["current"]["version"] == better["version"] and described["history"][0]["version"] == v1

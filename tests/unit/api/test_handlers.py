@@ -28,7 +28,9 @@ def call(
     api: Api, method: str, path: str, body: object = None, headers: dict[str, str] | None = None, **query: str
 ) -> HttpResponse:
     raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
-    return api.dispatch(HttpRequest(method, path, query=query, headers=headers or {}, body=raw))
+    # as every real caller does (Event Grid, DevOps, the CLI); test_non_json_post_is_415 drops it
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return api.dispatch(HttpRequest(method, path, query=query, headers=headers, body=raw))
 
 
 def error_field(resp: HttpResponse) -> str | None:

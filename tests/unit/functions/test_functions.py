@@ -48,8 +48,9 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def http(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None, **route: str) -> Any:
+    headers = {"Content-Type": "application/json", **(headers or {})}  # as every real caller sends
     return func.HttpRequest(
-        method, f"http://localhost:7071{path}", headers=headers or {}, params={}, route_params=route, body=body
+        method, f"http://localhost:7071{path}", headers=headers, params={}, route_params=route, body=body
     )
 
 
@@ -67,7 +68,7 @@ def test_app_indexes_every_function_with_its_trigger(indexed: dict[str, Any]) ->
         "schedule_tick": "timerTrigger",
         "orchestrator": "serviceBusTrigger",
         **{name: "httpTrigger" for name in ("devops_hook", "start_run", "list_runs", "get_run")},
-        **{name: "httpTrigger" for name in ("cancel_run", "rerun", "eventgrid_webhook")},
+        **{name: "httpTrigger" for name in ("cancel_run", "rerun", "eventgrid_webhook", "openapi")},
     }
 
 

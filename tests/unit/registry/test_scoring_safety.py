@@ -51,7 +51,7 @@ def test_score_validates_the_body_before_loading(tmp_path: Path) -> None:
     state = ScoringState(tmp_path)
     with pytest.raises(RequestError) as err:
         state.score("ep", {"data": []})
-    assert err.value.status == 400 and err.value.field == "rows"
+    assert err.value.status == 400 and err.value.field == "data"  # names the unknown key
     with pytest.raises(RequestError) as err:
         state.score("ep", [1, 2])
     assert err.value.field == "rows[0]"
