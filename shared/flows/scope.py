@@ -62,18 +62,21 @@ def reference_problems(steps: Sequence[Any], triggers: Sequence[Any]) -> list[st
     """
     from shared.flows.template import TemplateError, references_by_field
 
-    kinds = {t.get("kind") for t in triggers if isinstance(t, Mapping)}
+    kinds = {t["kind"] for t in triggers if isinstance(t, Mapping) and isinstance(t.get("kind"), str)}
     manifest = any(isinstance(t, Mapping) and t.get("kind") == "blob" and t.get("manifest") for t in triggers)
     step_kinds = {
-        s.get("name"): s.get("kind") for s in steps if isinstance(s, Mapping) and isinstance(s.get("name"), str)
+        s["name"]: s.get("kind") if isinstance(s.get("kind"), str) else None
+        for s in steps
+        if isinstance(s, Mapping) and isinstance(s.get("name"), str)
     }
     problems: list[str] = []
-    earlier: set[Any] = set()
+    earlier: set[str] = set()
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
             continue
         visible = {name: kind for name, kind in step_kinds.items() if name in earlier}
-        earlier.add(step.get("name"))
+        if isinstance(step.get("name"), str):
+            earlier.add(step["name"])
         by_field: dict[str, set[str]] = {}
         for key in ("params", "env"):
             value = step.get(key)
@@ -90,7 +93,7 @@ def reference_problems(steps: Sequence[Any], triggers: Sequence[Any]) -> list[st
     return problems
 
 
-def _check(parts: list[str], kinds: set[Any], manifest: bool, step_kinds: Mapping[Any, Any]) -> str | None:
+def _check(parts: list[str], kinds: set[str], manifest: bool, step_kinds: Mapping[str, str | None]) -> str | None:
     root = parts[0]
     if root == "trigger" and len(parts) > 1:
         return _trigger(parts, kinds, manifest)
@@ -98,8 +101,8 @@ def _check(parts: list[str], kinds: set[Any], manifest: bool, step_kinds: Mappin
         field = parts[2]
         if field not in STEP_FIELDS:
             return f"a step has no field {field!r} (known: {', '.join(STEP_FIELDS)})"
-        kind = step_kinds[parts[1]]
-        known = STEP_OUTPUTS.get(kind) if isinstance(kind, str) else None
+        kind = step_kinds[parts[1]] or ""
+        known = STEP_OUTPUTS.get(kind)
         if field == "outputs" and len(parts) > 3 and known and parts[3] not in known:
             article = "an" if kind[0] in "aeiou" else "a"
             return f"{article} {kind} step has no output {parts[3]!r} (its outputs: {', '.join(known)})"
@@ -111,9 +114,9 @@ def _check(parts: list[str], kinds: set[Any], manifest: bool, step_kinds: Mappin
     return None
 
 
-def _trigger(parts: list[str], kinds: set[Any], manifest: bool) -> str | None:
+def _trigger(parts: list[str], kinds: set[str], manifest: bool) -> str | None:
     field = parts[1]
-    have = ", ".join(sorted(str(k) for k in kinds)) or "none"
+    have = ", ".join(sorted(kinds)) or "none"
     if field == "params":
         if len(parts) > 2 and "manual" not in kinds:
             return f"only a manual trigger sets trigger.params, and this flow has none (its triggers: {have})"
