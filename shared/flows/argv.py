@@ -52,6 +52,7 @@ __all__ = [
     "render_argv",
     "render_env",
     "render_step_params",
+    "shell_word",
     "split_words",
 ]
 
@@ -430,6 +431,12 @@ def render_argv(
     (``{placeholder}``) in one pass: the argv to run. Callers with more roots (``${item}``)
     add them to ``scope``."""
     return parse_command(command, field=field, placeholders=placeholders).argv(scope, values)
+
+
+def shell_word(value: str) -> str:
+    """``value`` as exactly one word of a shell command line that a service builds by pasting it
+    in (Azure ML's ``${{inputs.x}}``): shlex-quoted, unchanged when it has nothing to quote."""
+    return shlex.quote(value)
 
 
 def command_line(argv: Sequence[str], setup: str = "") -> str:

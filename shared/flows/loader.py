@@ -44,6 +44,7 @@ __all__ = [
     "MAX_NODES",
     "FlowIssue",
     "FlowsFileError",
+    "ProjectFiles",
     "get_flow",
     "json_schema",
     "load_flows",
@@ -470,11 +471,51 @@ def _cross_step_issues(data: dict[str, Any], lines: dict[Loc, int]) -> list[Flow
     return issues
 
 
+@dataclass(frozen=True)
+class ProjectFiles:
+    """Check that the project files flows name exist: paths are relative to ``root``. A
+    Databricks ``python_file`` is a project file only with the local Databricks backend (in
+    azure mode it is a workspace path); an Azure ML ``pipeline`` always is (both backends read it)."""
+
+    root: Path
+    python_files: bool = True
+
+
+def _file_issues(data: dict[str, Any], lines: dict[Loc, int], project: ProjectFiles) -> list[FlowIssue]:
+    issues: list[FlowIssue] = []
+    flows = data.get("flows")
+    if not isinstance(flows, dict):
+        return issues
+    root = project.root.resolve()
+    named = (("databricks", "python_file"),) if project.python_files else ()
+    for flow_name, flow in flows.items():
+        steps = flow.get("steps") if isinstance(flow, dict) else None
+        for i, step in enumerate(steps if isinstance(steps, list) else []):
+            params = step.get("params") if isinstance(step, dict) else None
+            if not isinstance(params, dict):
+                continue
+            for kind, key in (*named, ("azureml", "pipeline")):
+                value = params.get(key)
+                if step.get("kind") != kind or not isinstance(value, str) or not value or "${" in value:
+                    continue
+                target = (root / value).resolve()
+                if not target.is_relative_to(root):
+                    message = f"{value!r} is outside the project root ({root})"
+                elif not target.is_file():
+                    message = f"no such file under the project root ({root}): {value!r}"
+                else:
+                    continue
+                loc: Loc = ("flows", str(flow_name), "steps", i, "params", key)
+                issues.append(FlowIssue(_format_path(loc), _line_for(loc, lines), message))
+    return issues
+
+
 # ---------------------------------------------------------------- public API
 
 
-def load_flows_text(text: str, filename: str = "flows.yaml") -> FlowsFile:
-    """Parse and validate flows.yaml text; :class:`FlowsFileError` lists every problem."""
+def load_flows_text(text: str, filename: str = "flows.yaml", *, project: ProjectFiles | None = None) -> FlowsFile:
+    """Parse and validate flows.yaml text; :class:`FlowsFileError` lists every problem. With
+    ``project``, the project files the flows name must exist too."""
     issues: list[FlowIssue] = []
     lines: dict[Loc, int] = {}
     try:
@@ -490,19 +531,21 @@ def load_flows_text(text: str, filename: str = "flows.yaml") -> FlowsFile:
         kind = type(data).__name__
         msg = f"expected a mapping with 'flows:' at the top, got a {kind}"
         raise FlowsFileError([FlowIssue("", line, msg)], filename)
+    if project is not None:
+        issues.extend(_file_issues(data, lines, project))
     try:
         flows = FlowsFile.model_validate(data)
     except PydanticValidationError as exc:
         issues.extend(_issues_from_pydantic(exc, data, lines))
         issues.extend(_cross_step_issues(data, lines))
         raise FlowsFileError(list(dict.fromkeys(issues)), filename) from None
-    if issues:  # duplicate keys: YAML would silently keep the last one
+    if issues:  # duplicate keys (YAML would silently keep the last one), missing project files
         raise FlowsFileError(issues, filename)
     return flows
 
 
-def load_flows(path: Path | str) -> FlowsFile:
-    """Read and validate a flows.yaml file."""
+def load_flows(path: Path | str, *, project: ProjectFiles | None = None) -> FlowsFile:
+    """Read and validate a flows.yaml file (and, with ``project``, the files it names)."""
     p = Path(path)
     filename = str(path)
     if not p.exists():
@@ -519,7 +562,7 @@ def load_flows(path: Path | str) -> FlowsFile:
         raise FlowsFileError([FlowIssue("", None, f"not UTF-8 text: {exc.reason}")], filename) from None
     except OSError as exc:
         raise FlowsFileError([FlowIssue("", None, f"cannot read the file: {exc.strerror or exc}")], filename) from None
-    return load_flows_text(text, filename)
+    return load_flows_text(text, filename, project=project)
 
 
 def get_flow(flows: FlowsFile, name: str) -> Flow:
