@@ -346,8 +346,9 @@ def _script_index(words: Sequence[Word]) -> int | None:
                 return None
     elif _PYTHON.match(prog):
         for j in range(k + 1, len(words)):
-            lit = _lit(words[j])
-            if lit == "-c":
+            word = words[j]
+            lit = word[0] if word and isinstance(word[0], str) else ""  # the literal text the word starts with
+            if lit == "-c" and len(word) == 1:
                 return j + 1 if j + 1 < len(words) else None
             if lit.startswith("-c"):
                 return j

@@ -22,7 +22,18 @@ __all__ = ["STEP_OUTPUTS", "TRIGGER_FIELDS", "reference_problems"]
 
 # trigger.<scope key>.<field>, per trigger kind
 TRIGGER_FIELDS: dict[str, tuple[str, ...]] = {
-    "blob": ("url", "container", "name", "etag", "size", "content_type", "event_id", "event_time", "api"),
+    "blob": (
+        "url",
+        "container",
+        "name",
+        "etag",
+        "size",
+        "content_type",
+        "event_id",
+        "event_time",
+        "api",
+        "settle_seconds",
+    ),
     "schedule": ("fire_time", "timezone", "cron", "caught_up"),
     "azure_devops": (
         "event_type",
