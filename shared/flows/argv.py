@@ -211,6 +211,16 @@ class _Parser:
         if message not in self.problems:
             self.problems.append(message)
 
+    def slot(self, inner: str, n: int) -> Slot | None:
+        """The slot written ``${inner}`` (``${{inner}}`` for Azure ML); None (a problem noted) if malformed."""
+        if self.syntax == "azureml":
+            return Slot("expr", inner.strip())
+        try:
+            return Slot("ref", normalize_reference(inner, "command"))
+        except TemplateError as exc:
+            self.problem(f"word {n}: {exc.message}")
+            return None
+
     def word(self, chars: Sequence[Char], n: int) -> Word:
         text = "".join(c for c, _ in chars)
         quoted = [q for _, q in chars]
@@ -226,42 +236,26 @@ class _Parser:
             flush()
             parts.append(slot)
 
+        opener, closer = ("${{", "}}") if self.syntax == "azureml" else ("${", "}")
         i, size = 0, len(text)
         while i < size:
             if self.syntax == "conveyor" and text.startswith("$${", i):
                 buf.append("${")
                 i += 3
                 continue
-            if self.syntax == "azureml" and text.startswith("${{", i):
-                end = text.find("}}", i + 3)
+            if text.startswith(opener, i):
+                end = text.find(closer, i + len(opener))
                 if end < 0:
-                    self.problem(f"word {n}: '${{{{' needs a closing '}}}}'")
+                    hint = " (write '$${' for a literal '${')" if self.syntax == "conveyor" else ""
+                    self.problem(f"word {n}: {opener!r} needs a closing {closer!r}{hint}")
                     buf.append(text[i:])
                     break
-                expr = text[i + 3 : end].strip()
-                if any(quoted[i : end + 2]):
-                    self.problem(_quoted_message(Slot("expr", expr), chars))
-                else:
-                    add(Slot("expr", expr))
-                i = end + 2
-                continue
-            if self.syntax == "conveyor" and text.startswith("${", i):
-                end = text.find("}", i + 2)
-                if end < 0:
-                    self.problem(f"word {n}: '${{' needs a closing '}}' (write '$${{' for a literal '${{')")
-                    buf.append(text[i:])
-                    break
-                try:
-                    ref = normalize_reference(text[i + 2 : end], "command")
-                except TemplateError as exc:
-                    self.problem(f"word {n}: {exc.message}")
-                    ref = None
-                if ref is not None:
-                    if any(quoted[i : end + 1]):
-                        self.problem(_quoted_message(Slot("ref", ref), chars))
-                    else:
-                        add(Slot("ref", ref))
-                i = end + 1
+                slot = self.slot(text[i + len(opener) : end], n)
+                if slot is not None and any(quoted[i : end + len(closer)]):
+                    self.problem(_quoted_message(slot, chars))
+                elif slot is not None:
+                    add(slot)
+                i = end + len(closer)
                 continue
             m = _PLACEHOLDER.match(text, i) if self.placeholders is not None else None
             if m is not None:
