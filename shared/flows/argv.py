@@ -99,9 +99,6 @@ class ArgvTemplate:
     words: tuple[Word, ...]
     field: str = "params.command"
 
-    def slots(self, kind: SlotKind | None = None) -> list[Slot]:
-        return [p for w in self.words for p in w if isinstance(p, Slot) and (kind is None or p.kind == kind)]
-
     def render(self, resolve: Callable[[Slot], str]) -> list[str]:
         """The argv: every slot replaced by ``resolve(slot)``, in one pass, never re-scanned."""
         argv: list[str] = []
@@ -354,8 +351,8 @@ def _script_index(words: Sequence[Word]) -> int | None:
 def _parse(
     command: Any, *, syntax: Syntax, placeholders: Collection[str] | None
 ) -> tuple[ArgvTemplate | None, list[str]]:
+    raw: list[list[Char]]
     if isinstance(command, str):
-        raw: list[list[Char]] | None
         p = _Parser(syntax, placeholders, shell_words=True)
         if "\x00" in command:
             return None, [f"contains a NUL byte (at character {command.index(chr(0)) + 1})"]
