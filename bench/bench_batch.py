@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,8 @@ from shared.backends.base import LaunchRequest
 from shared.blobs.base import BlobInfo, BlobStore
 from shared.errors import ValidationError
 
-COMMAND = "echo {task_index} > {output_dir}/o.txt"
+# argv (tasks run without a shell); the redirect needs one, so both sides run the same sh -c
+COMMAND = ["sh", "-c", 'echo "$1" > "$2/o.txt"', "sh", "{task_index}", "{output_dir}"]
 GOAL = 1.15
 SCHEME = "dirblob://"
 
@@ -107,7 +107,7 @@ class DirBlobStore(BlobStore):
 
 
 def _bare_task(args: tuple[str, str, str, int, str]) -> int:
-    """One task, done the plain way: the same directories, copies and /bin/sh -c command."""
+    """One task, done the plain way: the same directories, copies and sh -c command."""
     blob_root, work, input_name, index, out_prefix = args
     task_id = f"task-{index:05d}"
     tdir = os.path.join(work, task_id)
@@ -116,9 +116,9 @@ def _bare_task(args: tuple[str, str, str, int, str]) -> int:
     os.makedirs(out)
     input_path = os.path.join(wd, input_name)
     shutil.copyfile(os.path.join(blob_root, "inputs", input_name), input_path)
-    command = COMMAND.format(task_index=shlex.quote(str(index)), output_dir=shlex.quote(out))
+    argv = [w.format(task_index=index, output_dir=out) for w in COMMAND]
     with open(os.path.join(tdir, "stdout.txt"), "wb") as so, open(os.path.join(tdir, "stderr.txt"), "wb") as se:
-        code = subprocess.run(["/bin/sh", "-c", command], cwd=wd, stdout=so, stderr=se, check=False).returncode
+        code = subprocess.run(argv, cwd=wd, stdout=so, stderr=se, check=False).returncode
     if code == 0:
         for entry in os.scandir(out):
             target = os.path.join(blob_root, "outputs", out_prefix, task_id, entry.name)

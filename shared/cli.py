@@ -495,11 +495,13 @@ def validate(
         None, "--file", "-f", help="flows file (default: CONVEYOR_FLOWS_FILE or ./flows.yaml)"
     ),
 ) -> None:
-    """Check flows.yaml; print every issue as FILE:LINE: path: message."""
-    from shared.flows.loader import load_flows
+    """Check flows.yaml (and the project files it names); print every issue as FILE:LINE: path: message."""
+    from shared.flows.loader import ProjectFiles, load_flows
 
-    path = file or load_settings().flows_file
-    flows = load_flows(path)
+    settings = load_settings()
+    path = file or settings.flows_file
+    project = ProjectFiles(settings.root, python_files=settings.adapter("databricks") == "local")
+    flows = load_flows(path, project=project)
     n = len(flows.flows)
     console.print(f"{Path(path).name} is valid: {n} flow{'s' if n != 1 else ''}", highlight=False)
 

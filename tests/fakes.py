@@ -129,7 +129,7 @@ class ScriptedBackend(JobBackend):
     """Runs nothing: each launched job finishes after ``polls`` polls with a scripted outcome.
 
     ``outcomes`` maps (step, attempt) to a StepStatus; default is success with
-    ``{"value": f"{step}-{attempt}"}`` as outputs. Counts launches per key.
+    ``{"result": f"{step}-{attempt}"}`` (a databricks step's output) as outputs. Counts launches per key.
     """
 
     kind: str = "scripted"
@@ -147,7 +147,7 @@ class ScriptedBackend(JobBackend):
             return LaunchResult(remote_id=request.key, reattached=True)
         outcome = self.outcomes.get(
             (request.step, request.attempt),
-            StepStatus("succeeded", outputs={"value": f"{request.step}-{request.attempt}"}),
+            StepStatus("succeeded", outputs={"result": f"{request.step}-{request.attempt}"}),
         )
         self.jobs[request.key] = FakeJob(request.key, request, self.polls, outcome)
         self.launches.append(request.key)

@@ -6,8 +6,8 @@ and scores its own model. Writes ``<output-dir>/score.json``:
 
     python score_file.py --input sales.csv --output-dir out/
 
-``--input`` may be a local path or a blob URL (read with azure-storage-blob, using the account
-key from CONVEYOR_STORAGE_CONNECTION when set, else the URL as is, e.g. with a SAS).
+``--input`` may be a local path or a blob URL (read with azure-storage-blob, with the SAS in
+CONVEYOR_TASK_STORAGE_SAS when set, else the URL as is, e.g. carrying its own SAS).
 The file is self-contained: Batch fetches it alone as a resource file.
 """
 
@@ -23,19 +23,11 @@ FEATURES = ["store", "day", "temperature", "promo", "price"]
 TARGET = "sales"
 
 
-def _conn_parts(conn: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in conn.split(";") if "=" in part)
-
-
 def read_bytes(source: str) -> bytes:
     if source.startswith(("http://", "https://")):
         from azure.storage.blob import BlobClient
 
-        conn = os.environ.get("CONVEYOR_STORAGE_CONNECTION", "")
-        parts = _conn_parts(conn)
-        credential = None
-        if parts.get("AccountName") and parts.get("AccountKey"):
-            credential = {"account_name": parts["AccountName"], "account_key": parts["AccountKey"]}
+        credential = os.environ.get("CONVEYOR_TASK_STORAGE_SAS") or None
         return BlobClient.from_blob_url(source, credential=credential).download_blob().readall()
     return Path(source).read_bytes()
 

@@ -8,7 +8,8 @@ gold    one row per store and day with the model's features
 
 Tables are Delta tables written with the ``deltalake`` package (no Spark needed), so the same
 file runs as a Databricks job and locally. Blob URLs are read with azure-storage-blob using
-the account key in CONVEYOR_STORAGE_CONNECTION when set. The job ends with
+the read SAS in CONVEYOR_TASK_STORAGE_SAS when set (what a local run gets; a Databricks
+cluster reads through its own identity). The job ends with
 ``dbutils.notebook.exit(json)`` (``{"bronze", "silver", "gold", "rows"}``); where there is no
 ``dbutils`` (plain python) the JSON is printed instead.
 """
@@ -28,18 +29,11 @@ FEATURES = ["store", "day", "day_of_week", "temperature", "promo", "price"]
 TARGET = "sales"
 
 
-def _conn_parts(conn: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in conn.split(";") if "=" in part)
-
-
 def read_bytes(source: str) -> bytes:
     if source.startswith(("http://", "https://")):
         from azure.storage.blob import BlobClient
 
-        parts = _conn_parts(os.environ.get("CONVEYOR_STORAGE_CONNECTION", ""))
-        credential = None
-        if parts.get("AccountName") and parts.get("AccountKey"):
-            credential = {"account_name": parts["AccountName"], "account_key": parts["AccountKey"]}
+        credential = os.environ.get("CONVEYOR_TASK_STORAGE_SAS") or None
         return BlobClient.from_blob_url(source, credential=credential).download_blob().readall()
     return Path(source).read_bytes()
 

@@ -19,15 +19,16 @@ Launch protocol (idempotent on ``request.key``, which is the Batch job id):
 A second launch of the same key gets 409 ``JobExists``; it reattaches, and only repeats steps
 3-4 when the job is still active in ``noaction`` mode (the first launch died half-way).
 
-Blob names are data: every templated value is shell-quoted by ``render_task_command``, the
-whole command is one quoted ``/bin/sh -c`` argument, and local file names go through
-``local_file_name`` (no ``..``, no absolute paths).
+Blob names are data: the command is an argv template (shared.flows.argv) filled per task
+with the run's ``${...}`` scope and the task's ``{placeholders}`` in one pass, and the task's
+command line is built from those words by ``command_line`` (each word quoted as exactly one
+argument of ``exec "$@"``); local file names go through ``local_file_name`` (no ``..``, no
+absolute paths). The step's ``env:`` becomes the job's environment settings.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,12 +36,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
-from shared.backends.commandline import (
-    TASK_PLACEHOLDERS,
-    local_file_name,
-    render_task_command,
-    validation_error,
-)
+from shared.backends.commandline import local_file_name, validation_error
 from shared.errors import (
     AuthError,
     BadRequestError,
@@ -55,6 +51,7 @@ if TYPE_CHECKING:
     from azure.batch import BatchClient
 
     from shared.blobs.base import BlobStore
+    from shared.flows.argv import ArgvTemplate
     from shared.settings import Settings
 
 SERVICE = "batch"
@@ -267,13 +264,15 @@ class AzureBatchBackend(JobBackend):
             params = BatchParams.model_validate(request.params)
         except Exception as exc:
             raise validation_error(exc) from exc
-        render_task_command(params.command, dict.fromkeys(TASK_PLACEHOLDERS, "x"))  # unknown {x} → field error
+        from shared.flows.argv import parse_command
+
+        command = parse_command(params.command)  # unknown {x}, quoted slots... → field error
         pool = params.pool or self.pool_id
         if not pool:
             raise ValidationError("no Batch pool: set params.pool or CONVEYOR_BATCH_POOL_ID", field="params.pool")
         resources = self._resources(params.resource_files)
         inputs = self._expand_inputs(params.inputs)
-        tasks = self._tasks(request, params, inputs, resources)
+        tasks = self._tasks(request, params, command, inputs, resources)
 
         metadata = [
             models.BatchMetadataItem(name="run_id", value=request.run_id),
@@ -282,7 +281,7 @@ class AzureBatchBackend(JobBackend):
             models.BatchMetadataItem(name="output_container", value=params.output_container),
             models.BatchMetadataItem(name=_META_TASKS, value=str(len(tasks))),
         ]
-        env = []
+        env = [models.EnvironmentSetting(name=k, value=v) for k, v in request.env.items()]
         if request.traceparent:  # one trace from the trigger to the tasks (env) and the job (metadata)
             metadata.insert(0, models.BatchMetadataItem(name="traceparent", value=request.traceparent))
             env.append(models.EnvironmentSetting(name="TRACEPARENT", value=request.traceparent))
@@ -363,9 +362,16 @@ class AzureBatchBackend(JobBackend):
         return found
 
     def _tasks(
-        self, request: LaunchRequest, params: Any, inputs: list[_Input], resources: list[tuple[str, str]]
+        self,
+        request: LaunchRequest,
+        params: Any,
+        command: ArgvTemplate,
+        inputs: list[_Input],
+        resources: list[tuple[str, str]],
     ) -> list[Any]:
         from azure.batch import models
+
+        from shared.flows.argv import command_line
 
         identity = self._identity()
         out_url = self.container_url(params.output_container)
@@ -376,7 +382,7 @@ class AzureBatchBackend(JobBackend):
             else None,
         )
         width = max(5, len(str(len(inputs) - 1)))
-        prelude = f'mkdir -p {OUTPUT_DIR}; export CONVEYOR_OUTPUT_DIR="$AZ_BATCH_TASK_WORKING_DIR/{OUTPUT_DIR}"; '
+        setup = f'mkdir -p {OUTPUT_DIR}; export CONVEYOR_TASK_OUTPUT_DIR="$AZ_BATCH_TASK_WORKING_DIR/{OUTPUT_DIR}"; '
         tasks = []
         for index, item in enumerate(inputs):
             task_id = f"task-{index:0{width}d}"
@@ -389,7 +395,7 @@ class AzureBatchBackend(JobBackend):
                 "task_index": str(index),
                 "task_id": task_id,
             }
-            rendered = render_task_command(params.command, values)
+            argv = command.argv(request.scope, values)
             files = [
                 models.ResourceFile(http_url=url, file_path=local, identity_reference=identity)
                 for url, local in resources
@@ -411,7 +417,7 @@ class AzureBatchBackend(JobBackend):
             tasks.append(
                 models.BatchTaskCreateOptions(
                     id=task_id,
-                    command_line="/bin/sh -c " + shlex.quote(prelude + rendered),
+                    command_line=command_line(argv, setup),
                     resource_files=files,
                     output_files=[output],
                     constraints=constraints,

@@ -318,6 +318,13 @@ class DatabricksJobsBackend(JobBackend):
                 f"got {len(key)}",
                 field="key",
             )
+        cluster = params.cluster or {}
+        if request.env and (params.job_id is not None or not cluster or set(cluster) == {"existing_cluster_id"}):
+            raise ValidationError(
+                "a Databricks step's env: is set as spark_env_vars of a one-time run's new cluster (params.cluster); "
+                "an existing job, an existing cluster or serverless compute keeps its own environment",
+                field="env",
+            )
         try:
             if params.job_id is not None:
                 waiter = self.client.jobs.run_now(
@@ -349,7 +356,7 @@ class DatabricksJobsBackend(JobBackend):
             task.existing_cluster_id = str(cluster["existing_cluster_id"])
         elif cluster:
             spec = ClusterSpec.from_dict(cluster)
-            env_vars = dict(spec.spark_env_vars or {})
+            env_vars = {**request.env, **(spec.spark_env_vars or {})}  # the step's env:, then the cluster spec's
             if request.traceparent:
                 env_vars.setdefault("TRACEPARENT", request.traceparent)
             env_vars.setdefault("CONVEYOR_RUN_ID", request.run_id)

@@ -445,6 +445,11 @@ class AzureMLv1Backend(AzureMLv1Workspace, JobBackend):
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
         params = self._params(request)
+        if request.env:
+            raise ValidationError(
+                "a published pipeline's environment is fixed when it is published: env: cannot be set per run",
+                field="env",
+            )
         existing = self.find_run(params.experiment, request.key)
         if existing is not None:
             return LaunchResult(remote_id=str(existing.id), url=self._portal_url(existing), reattached=True)

@@ -55,6 +55,7 @@ from shared.errors import (
     ValidationError,
     classify_http_status,
 )
+from shared.flows.argv import shell_word
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -182,7 +183,9 @@ class AzureMLv2Backend(JobBackend):
                 raise ValidationError(f"the pipeline has no input {iname!r} (known: {known})", field=fld)
             itype = _declared_type(declared[iname])
             if itype in _LITERAL_TYPES:
-                job.inputs[iname] = value
+                # Azure ML substitutes a literal into ${{inputs.x}} of a command it runs in a shell:
+                # quoted, the value is exactly one word there (a plain value is left as it is).
+                job.inputs[iname] = shell_word(value)
             elif is_data_url(value):
                 if itype not in _DATA_TYPES:
                     itype = "uri_folder" if value.endswith("/") else "uri_file"
@@ -194,7 +197,10 @@ class AzureMLv2Backend(JobBackend):
                     field=fld,
                 )
             else:
-                job.inputs[iname] = value
+                job.inputs[iname] = shell_word(value)
+        for node in dict(job.jobs or {}).values():  # the step's env:, under what the YAML sets per job
+            if request.env and hasattr(node, "environment_variables"):
+                node.environment_variables = {**request.env, **dict(node.environment_variables or {})}
         compute = params.compute or self.compute
         if compute:
             job.settings.default_compute = compute

@@ -27,6 +27,10 @@ class LaunchRequest:
     trigger: dict[str, Any] = field(default_factory=dict)  # template scope of the trigger (lineage)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier steps: {name: {outputs, remote_id}}
     model: dict[str, Any] | None = None  # the flow's ModelSpec as a dict (register/deploy)
+    # The run's template scope, for params a backend renders itself (a batch command's ${...},
+    # filled in one pass with its {placeholders}: shared.flows.argv).
+    scope: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the step's env:, rendered (shared.flows.argv.render_env)
 
 
 @dataclass(frozen=True)

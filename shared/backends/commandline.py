@@ -1,12 +1,12 @@
-"""Turning data into safe local paths and shell command lines, and running them.
+"""Turning data into safe local paths, and running the local backends' processes.
 
-Blob names, webhook fields and params are data, never code. This module is the one place
-where they meet the file system and the shell:
+Blob names, webhook fields and params are data, never code. This module is where they meet
+the file system and processes:
 
 - ``safe_relpath`` / ``safe_join`` turn a name into a path that stays inside a directory
   (no ``..``, no absolute paths, no backslash or NUL tricks);
-- ``render_task_command`` fills ``{placeholder}`` slots of a command template with
-  ``shlex.quote``d values, so the shell sees each value as exactly one word;
+- commands are argv lists (shared.flows.argv renders them: a value fills one word, no shell)
+  and run with the allow-listed environment of shared.backends.task_env (``child_env``);
 - the process helpers start commands in their own process group (so a kill reaches every
   child), mark them with an environment variable (so a restarted host can find and kill the
   orphans of a dead one), and keep small JSON state files atomically.
@@ -22,7 +22,6 @@ import logging
 import os
 import queue
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -33,19 +32,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, RemoteState, StepStatus
+from shared.backends.task_env import base_env
 from shared.errors import NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
-# Placeholders a batch command template may use (LocalBatchBackend fills all of them).
-TASK_PLACEHOLDERS = ("input", "input_name", "input_blob", "input_url", "output_dir", "task_index", "task_id")
-
 # Environment variable carrying "<backend>/<key>/<part>" on every child we start.
-MARKER_ENV = "CONVEYOR_LOCAL_JOB"
+MARKER_ENV = "CONVEYOR_TASK_JOB"
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
-# {name} where name is an identifier; ``${NAME}`` (shell parameter expansion) is left alone.
-_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 # ---------------------------------------------------------------- names -> paths
@@ -110,34 +105,9 @@ def validation_error(exc: Exception, prefix: str = "params") -> ValidationError:
     if callable(errors):
         first = errors()[0] if errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()))
-        msg = str(first.get("msg", exc))
+        msg = str(first.get("msg", exc)).removeprefix("Value error, ")
         return ValidationError(msg, field=f"{prefix}.{loc}" if loc else prefix)
     return ValidationError(str(exc), field=prefix)
-
-
-# ---------------------------------------------------------------- templates
-
-
-def placeholders(template: str) -> list[str]:
-    """The ``{name}`` placeholders a command template uses, in order of appearance."""
-    return _PLACEHOLDER.findall(template)
-
-
-def render_task_command(template: str, values: Mapping[str, str], *, field: str = "params.command") -> str:
-    """Replace each ``{name}`` in ``template`` with ``shlex.quote(values[name])``.
-
-    Only identifier placeholders are touched: ``{a,b}``, ``awk '{print $1}'`` and ``${HOME}``
-    stay as written. A placeholder with no value raises ValidationError naming it.
-    """
-
-    def sub(m: re.Match[str]) -> str:
-        key = m.group(1)
-        if key not in values:
-            known = ", ".join("{" + k + "}" for k in sorted(values))
-            raise ValidationError(f"unknown placeholder {{{key}}} (known: {known})", field=field)
-        return shlex.quote(str(values[key]))
-
-    return _PLACEHOLDER.sub(sub, template)
 
 
 # ---------------------------------------------------------------- small state files
@@ -229,13 +199,10 @@ class JobLock:
 
 
 def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for a child: ``base`` (default os.environ), this interpreter's bin dir
-    first on PATH (so ``python`` is the project's interpreter), plus ``extra``."""
-    env = dict(os.environ if base is None else base)
-    bindir = os.path.dirname(sys.executable)
-    path = env.get("PATH", "")
-    if bindir and bindir not in path.split(os.pathsep):
-        env["PATH"] = bindir + (os.pathsep + path if path else "")
+    """Environment for a child: the allow-listed part of ``base`` (default os.environ: PATH with
+    this interpreter's bin dir first, HOME, TMPDIR, TZ, locale; see shared.backends.task_env),
+    plus ``extra``. Never the host's settings or secrets."""
+    env = base_env(base)
     if extra:
         env.update(extra)
     return env
@@ -342,7 +309,7 @@ class Spawner:
 
     ``run`` blocks (without holding the GIL) until the command exits and returns its exit
     code (negative: killed by that signal). ``env`` is added to the helper's environment
-    (``base_env``, default os.environ, with this interpreter's bin dir on PATH). ``mkdir``
+    (the allow-listed part of ``base_env``, default os.environ: see ``child_env``). ``mkdir``
     is a directory the helper creates first. ``on_start(pid)`` is called as soon as the
     command runs, so callers can kill its process group.
     """

@@ -28,9 +28,13 @@ The subset of the real ``type: pipeline`` schema that is honoured::
           model: {type: uri_folder}
 
 ``environment``, ``compute``, ``resources``, ``display_name`` and the like are accepted and
-ignored. Every substituted value is shlex-quoted; the command runs via ``/bin/sh -c`` with
-cwd = the job's code directory. Jobs append metrics as JSON lines ``{"name", "value"}`` to
-``$CONVEYOR_METRICS_FILE`` (no MLflow needed; the last value of a name wins).
+ignored. A command runs by the one rule of shared.flows.argv: it is split into words like a
+shell does, each ``${{...}}`` fills one word (or part of one), and the words run as argv
+without a shell, cwd = the job's code directory (``$[[...]]`` blocks are kept or dropped in
+the template first). The environment is the allow-list of shared.backends.task_env: the
+step's ``env:``, the job's ``environment_variables``, then the task's own values. Jobs append
+metrics as JSON lines ``{"name", "value"}`` to ``$CONVEYOR_TASK_METRICS_FILE`` (no MLflow
+needed; the last value of a name wins).
 
 ``params.inputs`` override pipeline inputs: a blob URL (downloaded into
 ``<run dir>/inputs/<name>/``; a URL ending in ``/`` is a folder prefix), a local path
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,17 +58,18 @@ from shared.backends.base import LaunchRequest
 from shared.backends.commandline import (
     LocalRun,
     LocalRunBackend,
-    child_env,
     is_within,
     local_file_name,
     safe_join,
     safe_relpath,
     tail_text,
 )
+from shared.backends.task_env import task_env
 from shared.errors import PermanentError, ValidationError
 
 if TYPE_CHECKING:
     from shared.blobs.base import BlobStore
+    from shared.flows.argv import Slot
     from shared.settings import Settings
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
@@ -136,6 +140,7 @@ class LocalAzureMLBackend(LocalRunBackend):
             "pipeline": str(yaml_path),
             "inputs": inputs,
             "jobs": _ordered(jobs),
+            "env": dict(request.env),
         }
 
     def _parse_jobs(self, raw: Any, base: Path) -> list[dict[str, Any]]:
@@ -279,7 +284,7 @@ class LocalAzureMLBackend(LocalRunBackend):
                         f"job {ref['job']!r} has no output {ref['output']!r}", field=f"{fld}.inputs.{iname}"
                     )
             present[iname] = "x"
-        render_aml_command(job["command"], present, dict.fromkeys(job["outputs"], "x"), field=f"{fld}.command")
+        aml_argv(job["command"], present, dict.fromkeys(job["outputs"], "x"), field=f"{fld}.command")
 
     # ------------------------------------------------------------ run
 
@@ -313,21 +318,19 @@ class LocalAzureMLBackend(LocalRunBackend):
                         values[iname] = pipeline_inputs[ref["input"]]
                 else:
                     values[iname] = outputs[f"{ref['job']}.{ref['output']}"]
-            command = render_aml_command(job["command"], values, out_paths, field=f"pipeline.jobs.{job['name']}")
-            env = child_env(
-                {
-                    **job["env"],
-                    "CONVEYOR_METRICS_FILE": str(jdir / "metrics.jsonl"),
-                    "AZUREML_RUN_ID": f"{run.key}_{job['name']}",
-                    "AZUREML_ROOT_RUN_ID": run.key,
-                    "AZUREML_EXPERIMENT_NAME": str(spec.get("experiment") or ""),
-                    "TRACEPARENT": spec.get("traceparent") or "",
-                    "PYTHONUNBUFFERED": "1",
-                }
-            )
+            argv = aml_argv(job["command"], values, out_paths, field=f"pipeline.jobs.{job['name']}")
+            own = {
+                "CONVEYOR_TASK_METRICS_FILE": str(jdir / "metrics.jsonl"),
+                "AZUREML_RUN_ID": f"{run.key}_{job['name']}",
+                "AZUREML_ROOT_RUN_ID": run.key,
+                "AZUREML_EXPERIMENT_NAME": str(spec.get("experiment") or ""),
+                "TRACEPARENT": spec.get("traceparent") or "",
+                "PYTHONUNBUFFERED": "1",
+            }
+            env = task_env(own, {**(spec.get("env") or {}), **job["env"]})
             code, why = self.run_process(
                 run,
-                ["/bin/sh", "-c", command],
+                argv,
                 cwd=Path(job["cwd"]),
                 env=env,
                 stdout=jdir / "stdout.txt",
@@ -394,12 +397,15 @@ class LocalAzureMLBackend(LocalRunBackend):
         return str(folder) if src.get("type") in _FOLDER_TYPES else str(target)
 
 
-def render_aml_command(command: str, inputs: dict[str, str], outputs: dict[str, str], *, field: str = "command") -> str:
-    """Substitute ``${{inputs.x}}`` / ``${{outputs.y}}`` with shell-quoted values.
+def aml_argv(command: str, inputs: dict[str, str], outputs: dict[str, str], *, field: str = "command") -> list[str]:
+    """The argv of a command job: ``${{inputs.x}}`` / ``${{outputs.y}}`` each fill one word (or
+    part of one) by the rule of shared.flows.argv, values never split or parsed.
 
     ``$[[ ... ]]`` blocks are kept (without the brackets) when every input they name has a
-    value and dropped otherwise, as Azure ML does for optional inputs.
+    value and dropped otherwise, as Azure ML does for optional inputs; this edits the
+    template, before it is split, and never looks at a value.
     """
+    from shared.flows.argv import parse_command
 
     def lookup(expr: str) -> str | None:
         kind, _, name = expr.partition(".")
@@ -417,13 +423,14 @@ def render_aml_command(command: str, inputs: dict[str, str], outputs: dict[str, 
             return block
         return ""
 
-    def sub(m: re.Match[str]) -> str:
-        value = lookup(m.group(1))
+    def resolve(slot: Slot) -> str:
+        value = lookup(slot.name)
         if value is None:
-            raise ValidationError(f"${{{{{m.group(1)}}}}} has no value (bind it or wrap it in $[[...]])", field=field)
-        return shlex.quote(value)
+            raise ValidationError(f"${{{{{slot.name}}}}} has no value (bind it or wrap it in $[[...]])", field=field)
+        return value
 
-    return _EXPR.sub(sub, _OPTIONAL.sub(optional, command))
+    template = parse_command(_OPTIONAL.sub(optional, command), field=field, syntax="azureml", placeholders=None)
+    return template.render(resolve)
 
 
 def _mapping(value: Any, fld: str) -> dict[str, Any]:

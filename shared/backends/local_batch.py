@@ -1,4 +1,10 @@
-"""Local Azure Batch: one task per input, the same command lines, a bounded process pool.
+"""Local Azure Batch: one task per input, the same commands, a bounded process pool.
+
+A task runs its command as an argv list, without a shell: at launch the command template
+(shared.flows.argv) is filled once per task with the run's ``${...}`` scope and the task's
+``{placeholders}``, in one pass, and the argv is kept in job.json. Its environment is the
+allow-list of shared.backends.task_env: the step's ``env:`` and the task's own values
+(``AZ_BATCH_*`` as Batch sets them, ``CONVEYOR_TASK_OUTPUT_DIR``), never the host's.
 
 Layout of a job (``<home>/batch/<key>/``)::
 
@@ -28,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.backends.commandline import (
     MARKER_ENV,
-    TASK_PLACEHOLDERS,
     JobLock,
     Spawner,
     Watchdog,
@@ -40,7 +45,6 @@ from shared.backends.commandline import (
     kill_marked,
     local_file_name,
     read_json,
-    render_task_command,
     tail_text,
     validation_error,
 )
@@ -63,6 +67,7 @@ class _Task:
     blob: str
     url: str
     local: str
+    argv: list[str] | None  # None: a job launched before commands were argv lists
 
 
 @dataclass
@@ -144,11 +149,13 @@ class LocalBatchBackend(JobBackend):
         if (jdir / "job.json").exists():
             self._ensure_running(request.key, takeover=self.resume)
             return LaunchResult(remote_id=request.key, url=jdir.as_uri(), reattached=True)
+        from shared.flows.argv import parse_command
+
         try:
             params = BatchParams.model_validate(request.params)
         except Exception as exc:
             raise validation_error(exc) from exc
-        self._check_template(params.command)
+        command = parse_command(params.command)
         resources = []
         for i, ref in enumerate(params.resource_files):
             fld = f"params.resource_files[{i}]"
@@ -160,6 +167,8 @@ class LocalBatchBackend(JobBackend):
                     raise ValidationError(f"not a blob URL nor container/name: {ref!r}", field=fld)
             resources.append([container, name, local_file_name(name, field=fld)])
         tasks, error = self._expand_inputs(params.inputs)
+        for index, task in enumerate(tasks):  # [task_id, container, blob, url, local] + its argv
+            task.append(command.argv(request.scope, _task_values(jdir, index, task)))
         spec = {
             "key": request.key,
             "run_id": request.run_id,
@@ -168,6 +177,7 @@ class LocalBatchBackend(JobBackend):
             "attempt": request.attempt,
             "traceparent": request.traceparent,
             "command": params.command,
+            "env": dict(request.env),
             "output_container": params.output_container,
             "max_task_retries": params.max_task_retries,
             "max_wall_clock_seconds": params.max_wall_clock_seconds,
@@ -180,10 +190,6 @@ class LocalBatchBackend(JobBackend):
         created = create_json_once(jdir / "job.json", spec)
         self._ensure_running(request.key, takeover=created or self.resume)
         return LaunchResult(remote_id=request.key, url=jdir.as_uri(), reattached=not created)
-
-    @staticmethod
-    def _check_template(command: str) -> None:
-        render_task_command(command, dict.fromkeys(TASK_PLACEHOLDERS, "x"))
 
     def _expand_inputs(self, inputs: str | list[str]) -> tuple[list[list[Any]], str | None]:
         """[[task_id, container, blob, url, local name]] for the inputs, or an error."""
@@ -229,7 +235,10 @@ class LocalBatchBackend(JobBackend):
             if (jdir / "status.json").exists():  # finished between our checks
                 lock.release()
                 return None
-            tasks = [_Task(t[0], i, t[1], t[2], t[3], t[4]) for i, t in enumerate(spec["tasks"])]
+            tasks = [
+                _Task(t[0], i, t[1], t[2], t[3], t[4], argv=t[5] if len(t) > 5 else None)
+                for i, t in enumerate(spec["tasks"])
+            ]
             job = _Job(key=key, dir=jdir, spec=spec, tasks=tasks, lock=lock)
             self._jobs[key] = job
         kill_marked(f"batch/{key}/")  # leftovers of a host that died while running it
@@ -241,7 +250,7 @@ class LocalBatchBackend(JobBackend):
             return job
         (jdir / "tasks").mkdir(exist_ok=True)
         job.log_fd = os.open(jdir / "tasks.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        job.env = {"AZ_BATCH_JOB_ID": key, "TRACEPARENT": spec.get("traceparent") or ""}
+        job.env = {**(spec.get("env") or {}), "AZ_BATCH_JOB_ID": key, "TRACEPARENT": spec.get("traceparent") or ""}
         self._pool.submit_all(_bind(self._run_task, job, t) for t in todo)
         return job
 
@@ -290,22 +299,14 @@ class LocalBatchBackend(JobBackend):
         # and wd was created just now, so joining cannot leave wd.
         for container, name, local in spec["resources"]:
             self.blobs.download_to(container, name, Path(wd, local))
-        input_path = os.path.join(wd, task.local)
-        self.blobs.download_to(task.container, task.blob, Path(input_path))
-        values = {
-            "input": input_path,
-            "input_name": task.local,
-            "input_blob": task.blob,
-            "input_url": task.url,
-            "output_dir": out,
-            "task_index": str(task.index),
-            "task_id": task.id,
-        }
-        command = render_task_command(spec["command"], values)
+        if task.argv is None:
+            error = "launched by an older Conveyor (no argv): rerun the step"
+            return {"t": task.id, "s": "failed", "x": None, "a": 0, "e": error}
+        self.blobs.download_to(task.container, task.blob, Path(wd, task.local))
         env = dict(job.env)
         env["AZ_BATCH_TASK_ID"] = task.id
         env["AZ_BATCH_TASK_WORKING_DIR"] = wd
-        env["CONVEYOR_OUTPUT_DIR"] = out
+        env["CONVEYOR_TASK_OUTPUT_DIR"] = out
         env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
         stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
         wall = spec.get("max_wall_clock_seconds")
@@ -329,7 +330,7 @@ class LocalBatchBackend(JobBackend):
                     kill_group(pid)
 
             code = spawner.run(
-                ["/bin/sh", "-c", command],
+                task.argv,
                 cwd=wd,
                 env=env,
                 stdout=stdout,
@@ -451,6 +452,22 @@ class LocalBatchBackend(JobBackend):
         else:
             kill_marked(f"batch/{remote_id}/")
             self._ensure_running(remote_id, takeover=self.resume)  # finalises a job whose host is gone
+
+
+def _task_values(jdir: Path, index: int, task: list[Any]) -> dict[str, str]:
+    """The ``{placeholder}`` values of a task ``[task_id, container, blob, url, local]`` (paths
+    as ``_execute`` lays the task out: ``tasks/<task_id>/wd/``)."""
+    task_id, _container, blob, url, local = task[:5]
+    wd = os.path.join(jdir, "tasks", task_id, "wd")
+    return {
+        "input": os.path.join(wd, local),
+        "input_name": local,
+        "input_blob": blob,
+        "input_url": url,
+        "output_dir": os.path.join(wd, "output"),
+        "task_index": str(index),
+        "task_id": task_id,
+    }
 
 
 def _spec(jdir: Path, key: str) -> dict[str, Any]:

@@ -1,7 +1,11 @@
 """Local Databricks: run the job's Python entry as a subprocess of this host.
 
 ``params.python_file`` (relative to the project root, never outside it) runs as
-``sys.executable <file> <parameters...>`` with cwd = the project root. A ``dbutils`` builtin
+``sys.executable <file> <parameters...>`` with cwd = the project root: argv, no shell, each
+parameter exactly one argument. Its environment is the allow-list of shared.backends.task_env
+(the step's ``env:``, ``CONVEYOR_TASK_*``, ``DATABRICKS_RUN_ID``): to read blobs it gets
+``CONVEYOR_TASK_STORAGE_SAS``, a read/list SAS, as a cluster reads through its identity,
+never the host's connection string. A ``dbutils`` builtin
 (``shared/backends/dbutils_shim``) gives notebook-style code ``dbutils.notebook.exit`` and
 ``dbutils.widgets.get``; the exit value becomes the step's ``result`` output.
 
@@ -18,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import LaunchRequest
-from shared.backends.commandline import LocalRun, LocalRunBackend, child_env, safe_join, tail_text, validation_error
+from shared.backends.commandline import LocalRun, LocalRunBackend, safe_join, tail_text, validation_error
+from shared.backends.task_env import storage_sas, task_env
 from shared.errors import PermanentError, ValidationError
 
 if TYPE_CHECKING:
@@ -65,25 +70,24 @@ class LocalDatabricksBackend(LocalRunBackend):
             "traceparent": request.traceparent,
             "python_file": str(script),
             "parameters": [str(p) for p in params.parameters],
+            "env": dict(request.env),
         }
 
     def _execute(self, run: LocalRun) -> dict[str, Any]:
         spec = run.spec
         exit_file = run.dir / "exit_value.txt"
         exit_file.unlink(missing_ok=True)  # a re-run after a restart starts clean
-        pythonpath = [str(SHIM_DIR), str(self.root)]
-        if os.environ.get("PYTHONPATH"):
-            pythonpath.append(os.environ["PYTHONPATH"])
-        env = child_env(
-            {
-                "PYTHONPATH": os.pathsep.join(pythonpath),
-                "CONVEYOR_DBUTILS_EXIT_FILE": str(exit_file),
-                "CONVEYOR_STORAGE_CONNECTION": self.storage_connection,
-                "DATABRICKS_RUN_ID": run.key,
-                "TRACEPARENT": spec.get("traceparent") or "",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        own = {
+            "PYTHONPATH": os.pathsep.join([str(SHIM_DIR), str(self.root)]),
+            "CONVEYOR_TASK_DBUTILS_EXIT_FILE": str(exit_file),
+            "DATABRICKS_RUN_ID": run.key,
+            "TRACEPARENT": spec.get("traceparent") or "",
+            "PYTHONUNBUFFERED": "1",
+        }
+        sas = storage_sas(self.storage_connection) if self.storage_connection else None
+        if sas:
+            own["CONVEYOR_TASK_STORAGE_SAS"] = sas
+        env = task_env(own, spec.get("env"))
         self.set_progress(run, done=0, total=1)
         code, why = self.run_process(
             run,

@@ -243,14 +243,16 @@ class Executor:
         return None
 
     def _launch(self, run: Run, flow: Flow, cmd: Launch) -> Observation:
-        from shared.flows.template import render
+        from shared.flows.argv import render_env, render_step_params
 
         try:
             spec = flow.step(cmd.step)
         except KeyError:
             return LaunchFailed(cmd.step, cmd.attempt, f"step {cmd.step} is not in flow {run.flow}", False)
-        try:
-            params = render(spec.params.model_dump(mode="json"), template_scope(run, flow), field="params")
+        scope = template_scope(run, flow)
+        try:  # one rule for what reaches a process: shared.flows.argv
+            params = render_step_params(spec.kind, spec.params.model_dump(mode="json"), scope)
+            env = render_env(getattr(spec, "env", None), scope)
         except ConveyorError as exc:  # TemplateError is a ValidationError
             return LaunchFailed(cmd.step, cmd.attempt, str(exc), False)
         with self._span("step.launch", run, cmd.step, attempt=cmd.attempt, job=cmd.key, kind=spec.kind) as span:
@@ -266,6 +268,8 @@ class Executor:
                 trigger=run.trigger.template_scope(),
                 steps=earlier_steps(run),
                 model=flow.model.model_dump() if flow.model is not None else None,
+                scope=scope,
+                env=env,
             )
             try:
                 result = self.backend(spec.kind).launch(request)

@@ -114,9 +114,11 @@ class Poll(_Strict):
 
 
 class BatchParams(_Strict):
-    command: str = Field(
-        description="Task command line. {input} {input_name} {output_dir} {task_index} are replaced by "
-        "shell-quoted values; run through /bin/sh -c"
+    command: str | list[str] = Field(
+        description="The task's program and arguments, run without a shell: a list of words, or a string "
+        "split into words like a shell does (quotes group). {input} {input_name} {input_blob} {input_url} "
+        "{output_dir} {task_index} {task_id} and ${...} each fill one word (or part of one), never split "
+        "or parsed; do not quote them. For shell features run a shell: [sh, -c, 'cmd \"$1\"', sh, '{input}']"
     )
     inputs: str | list[str] = Field(
         description="One task per input: a blob URL, a list of them, or 'container/prefix' to list"
@@ -126,6 +128,16 @@ class BatchParams(_Strict):
     max_task_retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_wall_clock_seconds: Annotated[int, Field(gt=0)] | None = None
     pool: str | None = Field(default=None, description="Azure Batch pool id (azure mode)")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str | list[str]) -> str | list[str]:
+        from shared.flows.argv import command_problems
+
+        problems = command_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
 
 class DatabricksParams(_Strict):
@@ -179,17 +191,45 @@ class _StepBase(_Strict):
     poll: Poll = Field(default_factory=Poll)
 
 
-class BatchStep(_StepBase):
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+RESERVED_ENV_PREFIX = "CONVEYOR_"
+MAX_ENV_VARS = 100
+
+
+class _ProcessStep(_StepBase):
+    """A step whose work runs as processes: it may declare their environment."""
+
+    env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(
+        default_factory=dict,
+        description="Environment variables of the step's processes (values may use ${...}, each filling part "
+        "of the one value). Tasks never see the host's settings: only PATH, HOME, the locale, TZ, TMPDIR, "
+        "the task's own CONVEYOR_TASK_* values and these. Names starting with CONVEYOR_ are reserved.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_ENV_VARS:
+            raise ValueError(f"at most {MAX_ENV_VARS} variables")
+        for name, value in v.items():
+            if name.upper().startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(f"{name}: names starting with {RESERVED_ENV_PREFIX} are reserved for Conveyor")
+            if "\x00" in value:
+                raise ValueError(f"{name}: the value contains a NUL byte")
+        return v
+
+
+class BatchStep(_ProcessStep):
     kind: Literal["batch"]
     params: BatchParams
 
 
-class DatabricksStep(_StepBase):
+class DatabricksStep(_ProcessStep):
     kind: Literal["databricks"]
     params: DatabricksParams
 
 
-class AzureMLStep(_StepBase):
+class AzureMLStep(_ProcessStep):
     kind: Literal["azureml"]
     params: AzureMLParams
 
@@ -248,6 +288,8 @@ def step_problems(steps: Sequence[Any], *, has_model: bool) -> list[str]:
         base = f"steps[{i}].params"
         try:
             by_field = references_by_field(params, base) if isinstance(params, (Mapping, list)) else {}
+            env = step.get("env")
+            by_field.update(references_by_field(env, f"steps[{i}].env") if isinstance(env, Mapping) else {})
         except TemplateError as exc:
             problems.append(f"{exc.field}: {exc.message}")
             by_field = {}
@@ -282,8 +324,14 @@ class Flow(_Strict):
     @model_validator(mode="after")
     def _check_steps(self) -> Flow:
         # Every problem is reported, one per line (see step_problems).
-        raw = [{"name": s.name, "kind": s.kind, "params": s.params.model_dump(mode="json")} for s in self.steps]
+        from shared.flows.scope import reference_problems
+
+        raw = [
+            {"name": s.name, "kind": s.kind, "params": s.params.model_dump(mode="json"), "env": getattr(s, "env", {})}
+            for s in self.steps
+        ]
         problems = step_problems(raw, has_model=self.model is not None)
+        problems += reference_problems(raw, [t.model_dump(mode="json") for t in self.triggers])
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -26,7 +26,8 @@ def json_schema() -> dict[str, Any]:
         "description": (
             "Flows: triggers (blob, schedule, azure_devops, manual) start runs of ordered steps "
             "(batch, databricks, azureml, register, deploy). Step params may use ${trigger.*}, "
-            "${steps.<earlier step>.outputs.*}, ${run.*} and ${flow.*}."
+            "${steps.<earlier step>.outputs.*}, ${run.*} and ${flow.*}; commands run as argument lists "
+            "without a shell, each slot filling one argument; env: sets a step's process environment."
         ),
     }
     out.update({k: v for k, v in schema.items() if k not in ("title", "description")})

@@ -31,7 +31,18 @@ from typing import Any
 
 from shared.errors import ValidationError
 
-__all__ = ["SCOPE_ROOTS", "TemplateError", "references", "render", "render_string"]
+__all__ = [
+    "SCOPE_ROOTS",
+    "TemplateError",
+    "lookup",
+    "normalize_reference",
+    "references",
+    "references_by_field",
+    "render",
+    "render_string",
+    "render_text",
+    "to_text",
+]
 
 SCOPE_ROOTS = ("trigger", "steps", "run", "flow")
 
@@ -133,6 +144,28 @@ def render_string(text: str, scope: Mapping[str, Any], *, field: str = "params")
             out.append(_to_text(_lookup(scope, _normalize(m.group(1), field), field)))
     out.append(text[pos:])
     return "".join(out)
+
+
+def render_text(text: str, scope: Mapping[str, Any], *, field: str = "params") -> str:
+    """Render one string to text: like :func:`render_string`, but a lone reference is turned
+    into text too (``${trigger.params.n}`` with ``n = 5`` gives ``"5"``): for values that
+    become one argument or one environment value."""
+    return to_text(render_string(text, scope, field=field))
+
+
+def lookup(scope: Mapping[str, Any], path: str, field: str = "params") -> Any:
+    """The value at a normalised reference ``path`` (``a.b.0``); TemplateError naming ``field``."""
+    return _lookup(scope, path, field)
+
+
+def normalize_reference(path: str, field: str = "params") -> str:
+    """``a.b[0]`` -> ``a.b.0``; TemplateError for a malformed reference."""
+    return _normalize(path, field)
+
+
+def to_text(value: Any) -> str:
+    """A value as text the way references embedded in text render it (None -> "", JSON for containers)."""
+    return _to_text(value)
 
 
 def render(value: Any, scope: Mapping[str, Any], *, field: str = "params") -> Any:

@@ -77,10 +77,11 @@ class LocalHost:
     def start(self) -> LocalHost:
         if self._started:
             return self
-        from shared.flows.loader import load_flows
+        from shared.flows.loader import ProjectFiles, load_flows
 
         # 1. the file first: FlowsFileError (with path and line of every issue) stops everything
-        self.flows = load_flows(self.settings.flows_file)
+        s = self.settings
+        self.flows = load_flows(s.flows_file, project=ProjectFiles(s.root, s.adapter("databricks") == "local"))
         try:
             self._start_parts()
         except BaseException:

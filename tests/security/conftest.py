@@ -26,8 +26,19 @@ from shared.web.server import HttpLimits
 from shared.wiring import Services
 from tests.conftest import unique_suffix
 from tests.e2e.conftest import e2e_settings
+from tests.security.hostile_project import canaries, project, secure_host, security_settings
 
-__all__ = ["account_url", "e2e_settings", "idle_host", "nothing_created", "socket_host"]
+__all__ = [
+    "account_url",
+    "canaries",
+    "e2e_settings",
+    "idle_host",
+    "nothing_created",
+    "project",
+    "secure_host",
+    "security_settings",
+    "socket_host",
+]
 
 # Short enough that a request the server would hold forever is seen to end within seconds.
 TEST_LIMITS = HttpLimits(body_timeout=1.5, read_timeout=3.0, keep_alive_timeout=1.0)

@@ -2,7 +2,7 @@
 
     python evaluate.py --gold <delta table dir> --model <MLflow model dir> --report <output dir>
 
-Writes ``<report>/metrics.json``. Metrics go to $CONVEYOR_METRICS_FILE as JSON lines
+Writes ``<report>/metrics.json``. Metrics go to $CONVEYOR_TASK_METRICS_FILE as JSON lines
 ``{"name", "value"}`` when that is set (Conveyor's local Azure ML backend), else to the
 job's MLflow run with mlflow.log_metric (Azure ML).
 """
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    sink = os.environ.get("CONVEYOR_METRICS_FILE")
+    sink = os.environ.get("CONVEYOR_TASK_METRICS_FILE")
     if sink:
         with open(sink, "a", encoding="utf-8") as fh:
             for name, value in metrics.items():

@@ -5,12 +5,12 @@ start-up (``site`` imports ``sitecustomize``). Notebook-style code that uses the
 ``dbutils`` then works unchanged:
 
 - ``dbutils.notebook.exit(value)`` writes ``str(value)`` to the file named by
-  ``CONVEYOR_DBUTILS_EXIT_FILE`` and ends the script with exit code 0;
+  ``CONVEYOR_TASK_DBUTILS_EXIT_FILE`` and ends the script with exit code 0;
 - ``dbutils.widgets.get(name)`` returns the value after ``--name`` (or ``--name=value``) in
   ``sys.argv``, else a default set by ``dbutils.widgets.text(name, default)``; ValueError
   when neither exists.
 
-Nothing is installed unless ``CONVEYOR_DBUTILS_EXIT_FILE`` is set, and another
+Nothing is installed unless ``CONVEYOR_TASK_DBUTILS_EXIT_FILE`` is set, and another
 ``sitecustomize`` further down sys.path still runs.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 class _Notebook:
     def exit(self, value: Any) -> NoReturn:
-        path = os.environ.get("CONVEYOR_DBUTILS_EXIT_FILE")
+        path = os.environ.get("CONVEYOR_TASK_DBUTILS_EXIT_FILE")
         if path:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(str(value))
@@ -70,7 +70,7 @@ class DBUtils:
 
 
 def _install() -> None:
-    if not os.environ.get("CONVEYOR_DBUTILS_EXIT_FILE") or hasattr(builtins, "dbutils"):
+    if not os.environ.get("CONVEYOR_TASK_DBUTILS_EXIT_FILE") or hasattr(builtins, "dbutils"):
         return
     builtins.dbutils = DBUtils()  # type: ignore[attr-defined]
 
@@ -90,5 +90,5 @@ def _chain() -> None:
 
 
 _install()
-if os.environ.get("CONVEYOR_DBUTILS_EXIT_FILE"):
+if os.environ.get("CONVEYOR_TASK_DBUTILS_EXIT_FILE"):
     _chain()

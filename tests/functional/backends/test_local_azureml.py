@@ -51,7 +51,7 @@ a = p.parse_args()
 rows = open(a.data).read().splitlines()
 with open(os.path.join(a.model, "model.json"), "w") as f:
     json.dump({"rows": len(rows), "alpha": a.alpha}, f)
-with open(os.environ["CONVEYOR_METRICS_FILE"], "a") as m:
+with open(os.environ["CONVEYOR_TASK_METRICS_FILE"], "a") as m:
     m.write(json.dumps({"name": "rmse", "value": 9.0}) + "\\n")
     m.write(json.dumps({"name": "rows", "value": len(rows)}) + "\\n")
 """
@@ -66,7 +66,7 @@ if model["rows"] == 0:
     print("empty model", file=sys.stderr)
     sys.exit(5)
 open(os.path.join(a.report, "report.txt"), "w").write("ok")
-with open(os.environ["CONVEYOR_METRICS_FILE"], "a") as m:
+with open(os.environ["CONVEYOR_TASK_METRICS_FILE"], "a") as m:
     m.write(json.dumps({"name": "rmse", "value": 1.5}) + "\\n")
     m.write(json.dumps({"name": "r2", "value": 0.8}) + "\\n")
 """

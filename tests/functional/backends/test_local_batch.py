@@ -42,6 +42,12 @@ def container() -> str:
     return f"in{unique_suffix()}"
 
 
+def sh(script: str, *args: str) -> list[str]:
+    """A command that runs ``script`` in a shell, ``args`` (placeholders) as its $1, $2...: the
+    way to use shell features now that commands run without one."""
+    return ["sh", "-c", script, "sh", *args]
+
+
 def req(params: dict, key: str = "run1-score-1") -> LaunchRequest:
     return LaunchRequest(run_id="run1", flow="f", step="score", kind="batch", key=key, attempt=1, params=params)
 
@@ -52,7 +58,9 @@ def test_fan_out_with_resource_files_and_uploaded_outputs(
     app = blobs.upload("apps", f"{container}/app.sh", b'printf "%s:" "$(cat "$1")" > "$2/result.txt"\n')
     for i in range(3):
         blobs.upload(container, f"day/{i}.csv", f"rows-{i}".encode())
-    command = "sh app.sh {input} {output_dir} && mkdir {output_dir}/sub && echo $AZ_BATCH_TASK_ID > {output_dir}/sub/id"
+    command = sh(
+        'sh app.sh "$1" "$2" && mkdir "$2/sub" && echo "$AZ_BATCH_TASK_ID" > "$2/sub/id"', "{input}", "{output_dir}"
+    )
     params = {
         "command": command,
         "inputs": f"{container}/day/",
@@ -84,7 +92,9 @@ def test_malicious_blob_names_are_data(
 ) -> None:
     evil = "x; touch PWNED $(touch PWNED2) ..evil.csv"
     url = blobs.upload(container, f"drop/{evil}", b"evil").url
-    command = "cat {input} > {output_dir}/copy && printf %s {input_name} > {output_dir}/name && ls > {output_dir}/ls"
+    command = sh(
+        'cat "$1" > "$2/copy" && printf %s "$3" > "$2/name" && ls > "$2/ls"', "{input}", "{output_dir}", "{input_name}"
+    )
     params = {"command": command, "inputs": [url], "output_container": container}
     status = wait_done(backend, backend.launch(req(params)).remote_id)
     assert status.state == "succeeded", status.error
@@ -103,7 +113,10 @@ def test_traversal_in_blob_names_lands_inside_wd(tmp_path: Path) -> None:
     urls = [store.upload("in", "../../x", b"up").url, store.upload("in", "a/../../../etc/y.csv", b"y").url]
     be = LocalBatchBackend(store, tmp_path / "home", 1)
     try:
-        status = wait_done(be, be.launch(req({"command": "cat {input} > {output_dir}/c", "inputs": urls})).remote_id)
+        status = wait_done(
+            be,
+            be.launch(req({"command": sh('cat "$1" > "$2/c"', "{input}", "{output_dir}"), "inputs": urls})).remote_id,
+        )
         assert status.state == "succeeded", status.error
         tasks = tmp_path / "home" / "batch" / "run1-score-1" / "tasks"
         assert (tasks / "task-00000" / "wd" / "x").read_bytes() == b"up"
@@ -115,7 +128,7 @@ def test_traversal_in_blob_names_lands_inside_wd(tmp_path: Path) -> None:
 
 def test_task_retry_then_success(backend: LocalBatchBackend, blobs: AzureBlobStore, container: str) -> None:
     url = blobs.upload(container, "a.csv", b"a").url
-    flaky = "test -f seen || { touch seen; echo boom >&2; exit 3; }; echo ok > {output_dir}/ok"
+    flaky = sh('test -f seen || { touch seen; echo boom >&2; exit 3; }; echo ok > "$1/ok"', "{output_dir}")
     status = wait_done(
         backend,
         backend.launch(
@@ -139,7 +152,7 @@ def test_wall_clock_kills_the_task(backend: LocalBatchBackend, blobs: AzureBlobS
         backend.launch(
             req(
                 {
-                    "command": "sleep 30 & sleep 30; wait",
+                    "command": sh("sleep 30 & sleep 30; wait"),
                     "inputs": url,
                     "max_wall_clock_seconds": 1,
                     "max_task_retries": 2,
@@ -155,7 +168,7 @@ def test_wall_clock_kills_the_task(backend: LocalBatchBackend, blobs: AzureBlobS
 
 def test_idempotent_launch_and_empty_inputs(backend: LocalBatchBackend, blobs: AzureBlobStore, container: str) -> None:
     url = blobs.upload(container, "a.csv", b"a").url
-    params = {"command": "echo run >> ../../count; sleep 0.3", "inputs": url}
+    params = {"command": sh("echo run >> ../../count; sleep 0.3"), "inputs": url}
     first = backend.launch(req(params))
     second = backend.launch(req(params))
     third = LocalBatchBackend(blobs, backend.home, 1).launch(req(params))
@@ -184,7 +197,11 @@ def test_cancel_kills_running_tasks(backend: LocalBatchBackend, blobs: AzureBlob
 
 def test_job_survives_a_new_backend_instance(blobs: AzureBlobStore, container: str, tmp_path: Path) -> None:
     urls = [blobs.upload(container, f"{i}.csv", str(i).encode()).url for i in range(4)]
-    params = {"command": "sleep 0.5; cp {input} {output_dir}/", "inputs": urls, "output_container": container}
+    params = {
+        "command": sh('sleep 0.5; cp "$1" "$2/"', "{input}", "{output_dir}"),
+        "inputs": urls,
+        "output_container": container,
+    }
     first = LocalBatchBackend(blobs, tmp_path / "home", 2)
     first.launch(req(params))
     del first  # the object is gone mid-run; its threads finish what they hold
@@ -206,7 +223,8 @@ HOST = textwrap.dedent(
     be = LocalBatchBackend(blobs, Path(sys.argv[2]), 2)
     urls = sys.argv[4:]
     be.launch(LaunchRequest("run1", "f", "score", "batch", "run1-score-1", 1,
-              {"command": "sleep 1; cp {input} {output_dir}/", "inputs": urls, "output_container": sys.argv[3]}))
+              {"command": ["sh", "-c", 'sleep 1; cp "$1" "$2/"', "sh", "{input}", "{output_dir}"],
+               "inputs": urls, "output_container": sys.argv[3]}))
     print("launched", flush=True)
     time.sleep(60)
     """

@@ -39,7 +39,7 @@ def test_exit_value_becomes_the_result(root: Path, tmp_path: Path) -> None:
         rows = int(dbutils.widgets.get("rows"))
         print("working on", dbutils.widgets.get("input"))
         dbutils.notebook.exit(json.dumps({"gold": "lake/gold", "rows": rows, "run": os.environ["DATABRICKS_RUN_ID"],
-                                          "conn": os.environ["CONVEYOR_STORAGE_CONNECTION"]}))
+                                          "sas": os.environ["CONVEYOR_TASK_STORAGE_SAS"]}))
         print("not reached")
         """,
     )
@@ -49,10 +49,10 @@ def test_exit_value_becomes_the_result(root: Path, tmp_path: Path) -> None:
     assert be.launch(req({"python_file": path})).reattached
     status = wait_done(be, "run1-etl-1")
     assert status.state == "succeeded", status.error
-    assert status.outputs == {
-        "run_id": "run1-etl-1",
-        "result": {"gold": "lake/gold", "rows": 12, "run": "run1-etl-1", "conn": "UseDevelopmentStorage=true"},
-    }
+    sas = status.outputs["result"].pop("sas")
+    assert status.outputs == {"run_id": "run1-etl-1", "result": {"gold": "lake/gold", "rows": 12, "run": "run1-etl-1"}}
+    # the task reads blobs with a read/list SAS, never the host's connection string or key
+    assert "sig=" in sas and "sp=rl" in sas and "AccountKey" not in sas and "UseDevelopmentStorage" not in sas
     stdout = (tmp_path / "home" / "databricks" / "run1-etl-1" / "stdout.txt").read_text()
     assert "working on a b;$(x).csv" in stdout and "not reached" not in stdout
 

@@ -54,7 +54,7 @@ def train_one(work: Path, noise: float, seed: int, monkeypatch: pytest.MonkeyPat
     gold = result["gold"]
     run_script(SRC / "train.py", ["--gold", gold, "--model", str(work / "model"), "--trees", "30"], monkeypatch)
     metrics_file = work / "metrics.jsonl"
-    monkeypatch.setenv("CONVEYOR_METRICS_FILE", str(metrics_file))
+    monkeypatch.setenv("CONVEYOR_TASK_METRICS_FILE", str(metrics_file))
     run_script(
         SRC / "evaluate.py",
         ["--gold", gold, "--model", str(work / "model"), "--report", str(work / "report")],

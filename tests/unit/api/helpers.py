@@ -20,6 +20,7 @@ DEVOPS_USER = "hook-user"
 DEVOPS_PASSWORD = "hook-password-for-tests"
 
 STEP = {"name": "work", "kind": "batch", "params": {"command": "echo {input}", "inputs": "${trigger.blob.url}"}}
+NIGHTLY = {"command": "echo {input}", "inputs": "x/y"}  # a schedule has no trigger.blob
 FLOWS = {
     "flows": {
         "train": {
@@ -30,7 +31,7 @@ FLOWS = {
             ],
             "steps": [STEP, {"name": "score", "kind": "batch", "params": {"command": "true", "inputs": "x/y"}}],
         },
-        "nightly": {"triggers": [{"kind": "schedule", "cron": "0 0 2 * * *"}], "steps": [STEP]},
+        "nightly": {"triggers": [{"kind": "schedule", "cron": "0 0 2 * * *"}], "steps": [{**STEP, "params": NIGHTLY}]},
     }
 }
 

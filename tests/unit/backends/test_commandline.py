@@ -1,21 +1,18 @@
-"""Names become paths inside their directory; values become exactly one shell word."""
+"""Names become paths inside their directory; small state files; a task's environment.
+
+(How values become argv words is tests/unit/flows/test_argv.py.)"""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path, PurePosixPath
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from shared.backends.commandline import (
     create_json_once,
     job_dir,
     local_file_name,
-    placeholders,
     read_json,
-    render_task_command,
     safe_join,
     safe_relpath,
     tail_text,
@@ -96,53 +93,6 @@ def test_job_dir_refuses_keys_that_are_paths(tmp_path: Path) -> None:
         with pytest.raises(ValidationError) as err:
             job_dir(tmp_path, "batch", key)
         assert err.value.field == "key"
-
-
-# ---------------------------------------------------------------- render_task_command
-
-VALUES = {
-    "input": "/wd/a b.csv",
-    "input_name": "a b.csv",
-    "output_dir": "/wd/output",
-    "task_index": "3",
-    "task_id": "task-00003",
-}
-
-
-def test_render_quotes_each_value() -> None:
-    cmd = render_task_command("python s.py --input {input} --out {output_dir} --i {task_index}", VALUES)
-    assert shlex.split(cmd) == ["python", "s.py", "--input", "/wd/a b.csv", "--out", "/wd/output", "--i", "3"]
-
-
-def test_render_leaves_other_braces_alone() -> None:
-    template = "awk '{print $1}' {input} | echo ${HOME} {a,b} {} > {output_dir}/x"
-    cmd = render_task_command(template, VALUES)
-    assert cmd == "awk '{print $1}' '/wd/a b.csv' | echo ${HOME} {a,b} {} > /wd/output/x"
-    assert placeholders(template) == ["input", "output_dir"]
-
-
-def test_render_names_an_unknown_placeholder() -> None:
-    with pytest.raises(ValidationError) as err:
-        render_task_command("echo {inptu}", VALUES)
-    assert "{inptu}" in str(err.value)
-    assert err.value.field == "params.command"
-
-
-text_no_nul = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
-
-
-@given(value=text_no_nul, other=text_no_nul)
-def test_render_gives_the_shell_exactly_one_word_per_value(value: str, other: str) -> None:
-    cmd = render_task_command(
-        "run {input} --name {input_name} {task_id}", {"input": value, "input_name": other, "task_id": "t"}
-    )
-    assert shlex.split(cmd) == ["run", value, "--name", other, "t"]
-
-
-@given(name=st.sampled_from(["x; touch PWNED", "$(touch P)", "`id`", "a'b\"c", "*", "--help", "-rf /", "a\nb"]))
-def test_render_neutralises_shell_syntax(name: str) -> None:
-    cmd = render_task_command("cat {input}", {"input": name})
-    assert shlex.split(cmd) == ["cat", name]
 
 
 # ---------------------------------------------------------------- small state files

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from shared.backends.base import LaunchRequest
-from shared.backends.local_azureml import LocalAzureMLBackend, render_aml_command
+from shared.backends.local_azureml import LocalAzureMLBackend, aml_argv
 from shared.backends.local_batch import LocalBatchBackend
 from shared.backends.local_databricks import SHIM_DIR, LocalDatabricksBackend
 from shared.errors import PermanentError, ValidationError
@@ -79,19 +79,21 @@ def test_databricks_refuses_files_outside_the_root(tmp_path: Path, path: str) ->
 # ---------------------------------------------------------------- azureml
 
 
-def test_render_aml_command_quotes_and_drops_optional_blocks() -> None:
-    cmd = render_aml_command(
-        "python t.py --data ${{inputs.data}} $[[--alpha ${{inputs.alpha}}]] --model ${{outputs.model}}",
+def test_aml_argv_fills_one_word_per_value_and_drops_optional_blocks() -> None:
+    argv = aml_argv(
+        "python t.py --data ${{inputs.data}} $[[--alpha ${{inputs.alpha}}]] --model=${{outputs.model}}",
         {"data": "/x/a b;$(touch p).csv"},
         {"model": "/o/model"},
     )
-    import shlex
-
-    assert shlex.split(cmd) == ["python", "t.py", "--data", "/x/a b;$(touch p).csv", "--model", "/o/model"]
+    assert argv == ["python", "t.py", "--data", "/x/a b;$(touch p).csv", "--model=/o/model"]
     with pytest.raises(ValidationError, match="no value"):
-        render_aml_command("echo ${{inputs.missing}}", {}, {})
+        aml_argv("echo ${{inputs.missing}}", {}, {})
     with pytest.raises(ValidationError, match="unsupported"):
-        render_aml_command("echo ${{search_space.x}}", {}, {})
+        aml_argv("echo ${{search_space.x}}", {}, {})
+    with pytest.raises(ValidationError, match="inside quotes"):
+        aml_argv("echo '${{inputs.data}}'", {"data": "x"}, {})
+    with pytest.raises(ValidationError, match="shell syntax"):
+        aml_argv("echo ${{inputs.data}} > out.txt", {"data": "x"}, {})
 
 
 PIPELINE = """
@@ -195,7 +197,7 @@ def test_azureml_param_inputs_are_paths_or_literals(tmp_path: Path) -> None:
 
 
 def load_shim(monkeypatch: pytest.MonkeyPatch, exit_file: Path, argv: list[str]) -> ModuleType:
-    monkeypatch.setenv("CONVEYOR_DBUTILS_EXIT_FILE", str(exit_file))
+    monkeypatch.setenv("CONVEYOR_TASK_DBUTILS_EXIT_FILE", str(exit_file))
     monkeypatch.setattr(sys, "argv", ["job.py", *argv])
     monkeypatch.delattr(builtins, "dbutils", raising=False)
     spec = importlib.util.spec_from_file_location("conveyor_test_shim", SHIM_DIR / "sitecustomize.py")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from shared.cli import app, parse_params, safe_blob_name
@@ -56,6 +57,44 @@ def write(tmp_path: Path, text: str, name: str = "flows.yaml") -> Path:
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
     return p
+
+
+@pytest.fixture(autouse=True)
+def project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project root is the test's tmp dir, holding the script the flows above name."""
+    monkeypatch.setenv("CONVEYOR_ROOT", str(tmp_path))
+    monkeypatch.delenv("CONVEYOR_MODE", raising=False)
+    monkeypatch.delenv("CONVEYOR_ADAPTER_DATABRICKS", raising=False)
+    script = tmp_path / "samples" / "databricks_job" / "etl.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print('etl')\n")
+    return tmp_path
+
+
+def test_validate_reports_project_files_that_do_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = VALID.replace("samples/databricks_job/etl.py", "samples/databricks_job/missing.py", 1) + (
+        "  train:\n    triggers: [{kind: manual}]\n    steps:\n"
+        "      - {name: t, kind: azureml, params: {pipeline: pipelines/none.yml}}\n"
+        "      - {name: u, kind: databricks, params: {python_file: ../outside.py}}\n"
+    )
+    path = write(tmp_path, text)
+    result = runner.invoke(app, ["validate", "--file", str(path)])
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    root = tmp_path.resolve()
+    assert lines == [
+        f"{path}:10: flows.nightly.steps[0].params.python_file: no such file under the project root ({root}): "
+        "'samples/databricks_job/missing.py'",
+        f"{path}:22: flows.train.steps[0].params.pipeline: no such file under the project root ({root}): "
+        "'pipelines/none.yml'",
+        f"{path}:23: flows.train.steps[1].params.python_file: '../outside.py' is outside the project root ({root})",
+    ]
+    # in azure mode a Databricks python_file is a workspace path: only the pipeline YAML is a project file
+    monkeypatch.setenv("CONVEYOR_ADAPTER_DATABRICKS", "azure")
+    result = runner.invoke(app, ["validate", "--file", str(path)])
+    assert [ln.split(": ")[1] for ln in result.output.splitlines() if ln.strip()] == [
+        "flows.train.steps[0].params.pipeline"
+    ]
 
 
 def test_validate_valid_file_counts_flows(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ from tests.unit.engine.support import TRACEPARENT, Harness, make_flow, start
 
 TEMPLATED = {
     "extract": {"python_file": "jobs/extract.py", "parameters": ["--n=${trigger.params.n}"]},
-    "train": {"python_file": "jobs/train.py", "parameters": ["--in", "${steps.extract.outputs.value}"]},
-    "score": {"python_file": "jobs/score.py", "parameters": ["${steps.train.outputs.value}", "${run.id}"]},
+    "train": {"python_file": "jobs/train.py", "parameters": ["--in", "${steps.extract.outputs.result}"]},
+    "score": {"python_file": "jobs/score.py", "parameters": ["${steps.train.outputs.result}", "${run.id}"]},
 }
 
 
@@ -39,7 +39,7 @@ def test_three_step_flow_runs_to_success() -> None:
     run = h.store.get("run1")
     assert run.status is RunStatus.SUCCEEDED
     assert [s.state for s in run.steps] == [StepState.SUCCEEDED] * 3
-    assert [s.outputs for s in run.steps] == [{"value": "extract-1"}, {"value": "train-1"}, {"value": "score-1"}]
+    assert [s.outputs for s in run.steps] == [{"result": "extract-1"}, {"result": "train-1"}, {"result": "score-1"}]
     assert h.backend.launches == [idempotency_key("run1", n, 1) for n in ("extract", "train", "score")]
     # params were rendered from the trigger and earlier outputs; lineage rides on the request
     reqs = [h.backend.jobs[k].request for k in h.backend.launches]
@@ -47,8 +47,8 @@ def test_three_step_flow_runs_to_success() -> None:
     assert reqs[1].params["parameters"] == ["--in", "extract-1"]
     assert reqs[2].params["parameters"] == ["train-1", "run1"]
     assert reqs[2].steps == {
-        "extract": {"outputs": {"value": "extract-1"}, "remote_id": reqs[0].key, "state": "succeeded"},
-        "train": {"outputs": {"value": "train-1"}, "remote_id": reqs[1].key, "state": "succeeded"},
+        "extract": {"outputs": {"result": "extract-1"}, "remote_id": reqs[0].key, "state": "succeeded"},
+        "train": {"outputs": {"result": "train-1"}, "remote_id": reqs[1].key, "state": "succeeded"},
     }
     assert reqs[0].trigger["params"] == {"n": 3}
     assert reqs[0].kind == "databricks" and reqs[0].attempt == 1 and reqs[0].flow == "demo"
@@ -117,7 +117,7 @@ def test_failed_job_is_retried_with_a_new_key() -> None:
     run = h.store.get("run1")
     assert run.status is RunStatus.SUCCEEDED
     assert h.backend.launches == [idempotency_key("run1", "a", 1), idempotency_key("run1", "a", 2), "run1-b-1"]
-    assert (run.steps[0].outputs, run.steps[0].attempt) == ({"value": "a-2"}, 2)
+    assert (run.steps[0].outputs, run.steps[0].attempt) == ({"result": "a-2"}, 2)
     retry_ticks = [d for m, d in h.queue.sent if m.kind == "tick" and m.step == "a" and m.attempt == 1 and d == 30]
     assert retry_ticks == [30]
 

@@ -166,7 +166,7 @@ def test_chaos_never_double_launches_or_skips_and_finishes(
         if name in fail_first:
             expected.append(idempotency_key("run1", name, 2))
     assert h.backend.launches == expected  # one job per (step, attempt), in step order
-    assert [s.outputs for s in run.steps] == [{"value": f"{n}-{2 if n in fail_first else 1}"} for n in STEPS]
+    assert [s.outputs for s in run.steps] == [{"result": f"{n}-{2 if n in fail_first else 1}"} for n in STEPS]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -65,13 +65,13 @@ EXAMPLE = textwrap.dedent(
               pipeline: samples/azureml/train.yaml
               experiment: sales
               inputs:
-                features: ${steps.features.outputs.table_uri}
+                features: ${steps.features.outputs.result.table_uri}
             poll: {initial_seconds: 5, max_seconds: 120}
           - name: register
             kind: register
             params:
               model_uri: ${steps.train.outputs.model_uri}
-              metrics: {r2: "${steps.train.outputs.r2}"}
+              metrics: {r2: "${steps.train.outputs.metrics.r2}"}
               tags: {source_etag: "${trigger.blob.etag}", run: "${run.id}"}
           - name: deploy
             kind: deploy

@@ -15,7 +15,7 @@ from tests.fakes import MemoryQueue, MemoryRunStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
-STEP = {"name": "work", "kind": "batch", "params": {"command": "echo {input}", "inputs": "${trigger.blob.url}"}}
+STEP = {"name": "work", "kind": "batch", "params": {"command": "echo {input}", "inputs": "${trigger.source}"}}
 
 
 def load_event(name: str) -> Any:

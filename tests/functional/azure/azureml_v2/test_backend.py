@@ -374,3 +374,42 @@ def test_wiring_builds_the_v2_adapters_from_settings_without_requests(monkeypatc
     assert isinstance(services.registry, AzureMLRegistry)
     assert isinstance(services.deployer, AzureMLOnlineDeployer)
     assert cred.scopes == []
+
+
+LITERAL_PIPELINE = """\
+type: pipeline
+inputs:
+  label: plain
+  alpha: 0.1
+jobs:
+  echo:
+    type: command
+    code: .
+    environment: azureml:AzureML-sklearn-1.5@latest
+    command: python echo.py --label ${{inputs.label}} --alpha ${{inputs.alpha}}
+    environment_variables: {FROM_YAML: yaml}
+    inputs:
+      label: ${{parent.inputs.label}}
+      alpha: ${{parent.inputs.alpha}}
+"""
+
+
+def test_literal_inputs_reach_the_remote_shell_as_one_word_and_env_is_set_per_job(
+    client: FakeMLClient, tmp_path: Path
+) -> None:
+    """Azure ML pastes a literal input into its command line, which runs in a shell: a hostile
+    value is sent shell-quoted (one word there), a plain one unchanged; the step's env: goes
+    to every job, under what the YAML sets."""
+    import shlex
+
+    (tmp_path / "p.yml").write_text(LITERAL_PIPELINE)
+    (tmp_path / "echo.py").write_text("print('x')\n")
+    hostile = "a b; $(touch CANARY_M1) `id` 'q'"
+    b = AzureMLv2Backend(client, root=tmp_path, compute="cpu")
+    req = request(pipeline="p.yml", inputs={"label": hostile, "alpha": "0.5"})
+    req = LaunchRequest(**{**req.__dict__, "env": {"GREETING": "hi $(x)", "FROM_YAML": "step"}})
+    b.launch(req)
+    job, _ = submitted(client)
+    assert shlex.split(f"--label {job.inputs['label']}") == ["--label", hostile]
+    assert job.inputs["alpha"] == "0.5"
+    assert dict(job.jobs["echo"].environment_variables) == {"GREETING": "hi $(x)", "FROM_YAML": "yaml"}

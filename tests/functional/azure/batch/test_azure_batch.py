@@ -134,22 +134,33 @@ def test_launch_sends_one_job_then_tasks_in_parallel_chunks(
     assert first["constraints"]["maxTaskRetryCount"] == 2
     assert isodate.parse_duration(first["constraints"]["maxWallClockTime"]) == timedelta(minutes=10)  # "PT10M00S"
     argv = shlex.split(first["commandLine"])
-    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3
-    assert argv[2].endswith("python score.py --in part-0000.csv --name part-0000.csv --out output --task 0")
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3] == "conveyor-task"  # the setup script, then exec "$@"
+    expected = ["python", "score.py", "--in", "part-0000.csv", "--name", "part-0000.csv", "--out", "output", "--task"]
+    assert argv[4:] == [*expected, "0"]
 
 
 def test_hostile_blob_name_stays_one_word(
     backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs, tmp_path: Path
 ) -> None:
     blobs.add("drop", HOSTILE)
-    backend.launch(request(command="printf '%s\\n' {input} {input_name} {output_dir}; ls -d {output_dir}"))
+    script = 'printf "%s\\n" "$@"; ls -d "$3"'
+    backend.launch(request(command=["sh", "-c", script, "sh", "{input}", "{input_name}", "{output_dir}"]))
     (task,) = added_tasks(fake)
     local = HOSTILE.rsplit("/", 1)[1]
     assert task["resourceFiles"][0]["filePath"] == local
     assert task["resourceFiles"][0]["httpUrl"] == blobs.url("drop", HOSTILE)
     argv = shlex.split(task["commandLine"])
-    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3  # the whole command is one quoted argument
-    # run it the way a Linux node does: /bin/sh -c <arg> in the task working directory
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:] == [
+        "conveyor-task",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        local,
+        local,
+        "output",
+    ]
+    # run it the way a Linux node does: split the command line, in the task working directory
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AZ_BATCH_TASK_WORKING_DIR": str(tmp_path)}
     out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=10, check=True)
     assert out.stdout.splitlines() == [local, local, "output", "output"]

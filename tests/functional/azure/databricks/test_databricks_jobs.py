@@ -166,6 +166,21 @@ def test_submit_new_cluster_carries_trace_and_run_id(fake: FakeDatabricks, backe
     }
 
 
+def test_step_env_goes_to_a_new_cluster_and_is_refused_where_it_cannot_apply(
+    fake: FakeDatabricks, backend: Any
+) -> None:
+    cluster = {"spark_version": "15.4.x-scala2.12", "node_type_id": "Standard_DS3_v2", "num_workers": 1}
+    req = request_for({**SCRIPT, "cluster": {**cluster, "spark_env_vars": {"B": "cluster"}}})
+    backend.launch(LaunchRequest(**{**req.__dict__, "env": {"A": "step $(x)", "B": "step"}}))
+    env = fake.calls(f"{API}/runs/submit")[0].body["tasks"][0]["new_cluster"]["spark_env_vars"]
+    assert (env["A"], env["B"]) == ("step $(x)", "cluster")
+    for params in (SCRIPT, {**SCRIPT, "cluster": {"existing_cluster_id": "c-1"}}, {"job_id": 7}):
+        req = request_for(params, attempt=2)
+        with pytest.raises(ValidationError) as err:
+            backend.launch(LaunchRequest(**{**req.__dict__, "env": {"A": "1"}}))
+        assert err.value.field == "env"
+
+
 def test_submit_on_existing_cluster(fake: FakeDatabricks, backend: Any) -> None:
     backend.launch(request_for({**SCRIPT, "cluster": {"existing_cluster_id": "0923-164208-meows279"}}))
     task = fake.calls(f"{API}/runs/submit")[0].body["tasks"][0]
