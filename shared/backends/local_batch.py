@@ -13,11 +13,15 @@ Layout of a job (``<home>/batch/<key>/``)::
     tasks.log           one JSON line per finished task (append-only, no fsync)
     cancelled           present once the job was cancelled
     status.json         final state, written once when the last task has finished
-    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/)
+    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/),
+                        running.lock + exit.json (the command's helper: see commandline)
 
 A backend instance runs a job only while it holds the job's lock. Another instance on the
-same home (a restarted host) that polls a job whose lock is free takes it over: it kills
-the dead host's leftover processes, then re-runs every task missing from tasks.log.
+same home (a restarted host) that polls a job whose lock is free takes it over and goes
+through the tasks missing from tasks.log: a task never started runs; a task the dead host
+started is adopted -- the new host waits while its command still runs, then takes its exit
+code and uploads its outputs -- and only a task whose command left no exit code (killed
+mid-flight with its helper) runs again, counted (``reruns``) as a re-run after host loss.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from shared.backends.commandline import (
     read_json,
     tail_text,
     validation_error,
+    wait_for_record,
 )
 from shared.errors import NotFoundError, ValidationError
 
@@ -241,7 +246,6 @@ class LocalBatchBackend(JobBackend):
             ]
             job = _Job(key=key, dir=jdir, spec=spec, tasks=tasks, lock=lock)
             self._jobs[key] = job
-        kill_marked(f"batch/{key}/")  # leftovers of a host that died while running it
         job.results = _read_log(jdir / "tasks.log")
         todo = [t for t in tasks if t.id not in job.results]
         job.remaining = len(todo)
@@ -289,32 +293,38 @@ class LocalBatchBackend(JobBackend):
         tdir = os.path.join(job.tasks_dir, task.id)
         wd = os.path.join(tdir, "wd")
         out = os.path.join(wd, "output")
+        stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
+        lock, record = os.path.join(tdir, "running.lock"), os.path.join(tdir, "exit.json")
+        wall = spec.get("max_wall_clock_seconds")
+        tries = int(spec.get("max_task_retries") or 0) + 1
+        first, rerun = 1, 0
         try:
             os.mkdir(tdir)
-        except FileExistsError:  # a re-run after a restart: start from a clean directory
-            shutil.rmtree(tdir)
-            os.mkdir(tdir)
-        os.mkdir(wd)  # output/ is made by the spawner helper, off this process
-        # Local names were checked at launch to be one plain segment (no '/', not '..'),
-        # and wd was created just now, so joining cannot leave wd.
-        for container, name, local in spec["resources"]:
-            self.blobs.download_to(container, name, Path(wd, local))
-        if task.argv is None:
-            error = "launched by an older Conveyor (no argv): rerun the step"
-            return {"t": task.id, "s": "failed", "x": None, "a": 0, "e": error}
-        self.blobs.download_to(task.container, task.blob, Path(wd, task.local))
+        except FileExistsError:  # started by a host that is gone: adopt what its command did
+            adopted = self._adopt(job, task, lock, record, wall)
+            if adopted is None or "s" in adopted:
+                return adopted  # cancelled, or the command's own result
+            first, rerun = int(adopted["next"]), int(adopted["h"])
+        if first == 1:
+            os.mkdir(wd)  # output/ is made by the spawner helper, off this process
+            # Local names were checked at launch to be one plain segment (no '/', not '..'),
+            # and wd was created just now, so joining cannot leave wd.
+            for container, name, local in spec["resources"]:
+                self.blobs.download_to(container, name, Path(wd, local))
+            if task.argv is None:
+                error = "launched by an older Conveyor (no argv): rerun the step"
+                return {"t": task.id, "s": "failed", "x": None, "a": 0, "e": error}
+            self.blobs.download_to(task.container, task.blob, Path(wd, task.local))
+        assert task.argv is not None
         env = dict(job.env)
         env["AZ_BATCH_TASK_ID"] = task.id
         env["AZ_BATCH_TASK_WORKING_DIR"] = wd
         env["CONVEYOR_TASK_OUTPUT_DIR"] = out
         env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
-        stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
-        wall = spec.get("max_wall_clock_seconds")
         deadline = time.monotonic() + wall if wall else None
-        tries = int(spec.get("max_task_retries") or 0) + 1
         spawner = self._spawner()
         code: int | None = None
-        for attempt in range(1, tries + 1):
+        for attempt in range(first, tries + 1):
             if job.cancelled():
                 return None
             if attempt > 1:
@@ -337,6 +347,9 @@ class LocalBatchBackend(JobBackend):
                 stderr=stderr,
                 mkdir=out,
                 on_start=started,
+                lock=lock,
+                record=record,
+                tag={"attempt": attempt},
             )
             job.procs.pop(task.id, None)
             for token in tokens:
@@ -344,16 +357,43 @@ class LocalBatchBackend(JobBackend):
             if job.cancelled(fresh=code != 0):  # killed by a cancel from elsewhere: not a failure
                 return None
             if timed_out.is_set():
-                return {"t": task.id, "s": "failed", "x": code, "a": attempt, "e": f"exceeded max wall clock ({wall}s)"}
+                return _record(task, "failed", code, attempt, rerun, e=f"exceeded max wall clock ({wall}s)")
             if code == 0:
-                return {"t": task.id, "s": "succeeded", "x": 0, "a": attempt, "o": self._upload(job, task, out)}
-        return {
-            "t": task.id,
-            "s": "failed",
-            "x": code,
-            "a": tries,
-            "e": tail_text(Path(stderr), lines=5, max_bytes=600),
-        }
+                return _record(task, "succeeded", 0, attempt, rerun, o=self._upload(job, task, out))
+        return _record(task, "failed", code, tries, rerun, e=tail_text(Path(stderr), lines=5, max_bytes=600))
+
+    def _adopt(self, job: _Job, task: _Task, lock: str, record: str, wall: Any) -> dict[str, Any] | None:
+        """A task a gone host started: its final record when its command finished (waiting
+        while it still runs), None when cancelled, else ``{"next": attempt, "h": 0|1}`` -- where
+        to go on: a failed attempt with retries left, or (``h``) a re-run after host loss."""
+        tdir = os.path.join(job.tasks_dir, task.id)
+        out = os.path.join(tdir, "wd", "output")
+        marker = f"batch/{job.key}/{task.id}"
+        expired = threading.Event()
+        token = None
+        if wall:  # an orphan gets the wall clock again from now: at most twice its limit in all
+            token = self._watchdog.watch(time.monotonic() + wall, _bind(_expire_marked, marker, expired))
+        rec = wait_for_record(Path(lock), Path(record))
+        if token is not None:
+            self._watchdog.clear(token)
+        if rec is not None:
+            code, attempt = int(rec["rc"]), int(rec.get("attempt") or 1)
+            tries = int(job.spec.get("max_task_retries") or 0) + 1
+            if job.cancelled(fresh=code != 0):
+                return None
+            if expired.is_set():
+                return _record(task, "failed", code, attempt, 0, e=f"exceeded max wall clock ({wall}s)", ad=1)
+            if code == 0:
+                return _record(task, "succeeded", 0, attempt, 0, o=self._upload(job, task, out), ad=1)
+            if attempt >= tries:
+                stderr = Path(tdir, "stderr.txt")
+                return _record(task, "failed", code, attempt, 0, e=tail_text(stderr, lines=5, max_bytes=600), ad=1)
+            return {"next": attempt + 1, "h": 0}
+        ran = os.path.exists(os.path.join(tdir, "stdout.txt"))  # its command had started
+        kill_marked(marker, exact=True)  # a leftover whose helper died with the host
+        shutil.rmtree(tdir)
+        os.mkdir(tdir)
+        return {"next": 1, "h": 1 if ran else 0}
 
     def _upload(self, job: _Job, task: _Task, out: str) -> list[str]:
         urls: list[str] = []
@@ -386,8 +426,9 @@ class LocalBatchBackend(JobBackend):
         spec = job.spec
         if spec.get("error"):
             return {"state": "failed", "error": spec["error"]}
+        counts = _counts(job.results)
         if job.cancelled(fresh=True):
-            return {"state": "cancelled", "done": len(job.results)}
+            return {"state": "cancelled", "done": len(job.results), **counts}
         failed = [job.results[t.id] for t in job.tasks if job.results.get(t.id, {}).get("s") != "succeeded"]
         if failed:
             parts = []
@@ -399,7 +440,7 @@ class LocalBatchBackend(JobBackend):
             if more:
                 parts.append("also failed: " + ", ".join(more))
             msg = f"{len(failed)} of {len(job.tasks)} tasks failed: " + "\n".join(parts)
-            return {"state": "failed", "error": msg}
+            return {"state": "failed", "error": msg, **counts}
         urls: list[str] = []
         for t in job.tasks:
             urls.extend(job.results[t.id].get("o") or [])
@@ -413,7 +454,7 @@ class LocalBatchBackend(JobBackend):
         if len(urls) > MAX_OUTPUT_URLS:
             outputs["outputs_truncated"] = True
             outputs["outputs_count"] = len(urls)
-        return {"state": "succeeded", "outputs": outputs}
+        return {"state": "succeeded", "outputs": outputs, **counts}
 
     # ------------------------------------------------------------ poll / cancel
 
@@ -424,18 +465,21 @@ class LocalBatchBackend(JobBackend):
         total = len(spec["tasks"])
         final = job.final if job is not None else read_json(jdir / "status.json")
         if final is not None:
+            reruns = int(final.get("reruns", 0))
             if final["state"] == "succeeded":
-                return StepStatus("succeeded", outputs=final["outputs"], progress={"done": total, "total": total})
+                progress = {"done": total, "total": total}
+                return StepStatus("succeeded", outputs=final["outputs"], progress=progress, reruns=reruns)
             progress = {"done": int(final.get("done", total)), "total": total}
             if final["state"] == "cancelled":
-                return StepStatus("cancelled", progress=progress)
-            return StepStatus("failed", error=final["error"], progress=progress, retryable=False)
+                return StepStatus("cancelled", progress=progress, reruns=reruns)
+            return StepStatus("failed", error=final["error"], progress=progress, retryable=False, reruns=reruns)
         # running: by this instance (counts in memory) or another live one (count its log)
-        done = len(job.results) if job is not None else len(_read_log(jdir / "tasks.log"))
-        progress = {"done": done, "total": total}
+        results = dict(job.results) if job is not None else _read_log(jdir / "tasks.log")
+        progress = {"done": len(results), "total": total}
+        reruns = _counts(results)["reruns"]
         if (jdir / "cancelled").exists():
-            return StepStatus("cancelled", progress=progress)
-        return StepStatus("running", progress=progress)
+            return StepStatus("cancelled", progress=progress, reruns=reruns)
+        return StepStatus("running", progress=progress, reruns=reruns)
 
     def cancel(self, remote_id: str) -> None:
         jdir = job_dir(self.home, "batch", remote_id)
@@ -449,8 +493,8 @@ class LocalBatchBackend(JobBackend):
             job.cancel_event.set()
             for pid in list(job.procs.values()):
                 kill_group(pid)
-        else:
-            kill_marked(f"batch/{remote_id}/")
+        kill_marked(f"batch/{remote_id}/")  # also the commands of a gone host this one adopted
+        if job is None:
             self._ensure_running(remote_id, takeover=self.resume)  # finalises a job whose host is gone
 
 
@@ -492,6 +536,27 @@ def _read_log(path: Path) -> dict[str, dict[str, Any]]:
         if isinstance(rec, dict) and "t" in rec:
             results[rec["t"]] = rec
     return results
+
+
+def _record(task: _Task, state: str, code: int | None, attempt: int, rerun: int, **extra: Any) -> dict[str, Any]:
+    """A tasks.log line: t(ask), s(tate), x (exit code), a(ttempts), h (1: re-run after host
+    loss), ad (1: adopted from a gone host), o(utputs) / e(rror)."""
+    rec: dict[str, Any] = {"t": task.id, "s": state, "x": code, "a": attempt}
+    if rerun:
+        rec["h"] = rerun
+    rec.update(extra)
+    return rec
+
+
+def _counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Tasks re-run after host loss and tasks adopted from a gone host, from tasks.log lines."""
+    values = list(results.values())
+    return {"reruns": sum(int(r.get("h", 0)) for r in values), "adopted": sum(int(r.get("ad", 0)) for r in values)}
+
+
+def _expire_marked(marker: str, flag: threading.Event) -> None:
+    flag.set()
+    kill_marked(marker, exact=True)
 
 
 def _expire(job: _Job, task_id: str, pid: int, flag: threading.Event) -> None:
