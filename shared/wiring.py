@@ -117,14 +117,8 @@ class Services:
 
     def _build_backend(self, kind: str) -> JobBackend:
         s = self.settings
-        if kind == "register":
-            from shared.backends.register import RegisterBackend
-
-            return RegisterBackend(self.registry)
-        if kind == "deploy":
-            from shared.backends.deploy import DeployBackend
-
-            return DeployBackend(self.registry, self.deployer)
+        if kind in ("register", "deploy"):
+            return self._model_step(kind)
         adapter = s.adapter(kind)
         if adapter == "local":
             if kind == "batch":
@@ -157,6 +151,30 @@ class Services:
 
                 return AzureMLv2Backend.from_settings(s)
         raise self._unsupported(kind)
+
+    def _model_step(self, kind: str) -> JobBackend:
+        """Register / deploy: in their own process on the local registry and endpoint (a short-lived
+        host still finishes them: shared.backends.local_model_steps), else on background threads."""
+        from shared.deploy.local_endpoint import LocalScoringDeployer
+        from shared.registry.mlflow_registry import MlflowRegistry
+
+        registry = self.registry
+        if kind == "register":
+            if isinstance(registry, MlflowRegistry):
+                from shared.backends.local_model_steps import LocalModelStepBackend
+
+                return LocalModelStepBackend("register", self.settings.home, registry)
+            from shared.backends.register import RegisterBackend
+
+            return RegisterBackend(registry)
+        deployer = self.deployer
+        if isinstance(registry, MlflowRegistry) and isinstance(deployer, LocalScoringDeployer):
+            from shared.backends.local_model_steps import LocalModelStepBackend
+
+            return LocalModelStepBackend("deploy", self.settings.home, registry, deployer)
+        from shared.backends.deploy import DeployBackend
+
+        return DeployBackend(registry, deployer)
 
 
 _services: Services | None = None
