@@ -21,6 +21,7 @@ from shared.host.server import HostApp, functions_blob_created
 from shared.host.watcher import BlobWatcher, watched_containers
 from shared.host.worker import QueueWorkers
 from shared.ingest.service import EventGridOutcome, IngestResult
+from shared.queue.base import Received
 from shared.settings import Settings
 from tests.fakes import MemoryQueue, MemoryRunStore
 from tests.unit.ingest.helpers import STEP
@@ -364,6 +365,48 @@ def test_worker_dead_letters_invalid_and_over_delivered_messages() -> None:
         w2.process_available()
         q.advance(2)
     assert [d[1] for d in q.dead] == ["InvalidMessage", "MaxDeliveryCountExceeded"]
+
+
+class CountingQueue(MemoryQueue):
+    """Counts handler failures on the message (as the Storage Queue adapter does), not deliveries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    def receive(self, max_messages: int = 16, visibility_timeout: float = 60.0) -> list[Received]:
+        got = super().receive(max_messages, visibility_timeout)
+        return [Received(r.message, r.dequeue_count, r.handle, self.failures.get(r.message.run_id, 0)) for r in got]
+
+    def abandon(self, received: Received, error: str) -> None:
+        self.failures[received.message.run_id] = received.failures + 1
+        self.errors.append(error)
+        received.handle.visible_at = self.now + 1
+
+
+def test_worker_counts_handler_failures_not_deliveries_lost_to_a_dead_host() -> None:
+    q = CountingQueue()
+    q.send(start("r1"))
+    outcomes: list[str] = []
+    w = QueueWorkers(q, lambda m, delivery_count=1: outcomes.append("ok"), visibility_timeout=1, max_delivery_count=2)
+    for _ in range(4):  # taken four times by hosts that died before finishing: not failures
+        assert len(q.receive(visibility_timeout=1)) == 1
+        q.advance(2)
+    w.process_available()
+    assert outcomes == ["ok"] and q.items == [] and q.dead == []
+
+    q.send(start("r2"))
+    failing = QueueWorkers(
+        q,
+        lambda m, delivery_count=1: (_ for _ in ()).throw(TransientError("store busy")),
+        max_delivery_count=2,
+    )
+    for _ in range(3):
+        failing.process_available()
+        q.advance(2)
+    assert q.failures["r2"] == 2 and q.errors == ["TransientError: store busy"] * 2
+    assert [(m.run_id, reason) for m, reason, _ in q.dead] == [("r2", "MaxDeliveryCountExceeded")]
 
 
 def test_worker_threads_start_and_stop() -> None:
