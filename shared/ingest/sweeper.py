@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.ingest.sweeper")
 
 
-def _planned_start(run: Run) -> datetime:
+def planned_start(run: Run) -> datetime:
+    """When a pending run's start is due: ``created_at``, plus a blob trigger's ``settle_seconds``."""
     settle = 0.0
     if run.trigger.blob:
         try:
@@ -53,7 +54,7 @@ def sweep_pending(
     cutoff = now - timedelta(seconds=older_than_seconds)
     resent: list[str] = []
     for run in store.list_runs(statuses=[RunStatus.PENDING], limit=limit):
-        if run.status is not RunStatus.PENDING or _planned_start(run) > cutoff:
+        if run.status is not RunStatus.PENDING or planned_start(run) > cutoff:
             continue
         msg = Message(kind="start", run_id=run.run_id, flow=run.flow, traceparent=run.traceparent).with_id()
         try:

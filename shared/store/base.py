@@ -36,3 +36,15 @@ class RunStore(ABC):
     def create_many(self, runs: list[Run]) -> list[bool]:
         """create_if_absent for many runs; adapters may batch."""
         return [self.create_if_absent(r) for r in runs]
+
+    def get_many(self, run_ids: list[str]) -> list[Run | None]:
+        """``get`` for many runs (None for an absent one); adapters may read in parallel."""
+        from shared.errors import NotFoundError
+
+        out: list[Run | None] = []
+        for run_id in run_ids:
+            try:
+                out.append(self.get(run_id))
+            except NotFoundError:
+                out.append(None)
+        return out

@@ -324,6 +324,9 @@ class TableRunStore(RunStore):
         except NotFoundError:
             return None
 
+    def get_many(self, run_ids: list[str]) -> list[Run | None]:
+        return self._get_many(run_ids)
+
     def _get_many(self, run_ids: list[str]) -> list[Run | None]:
         if len(run_ids) <= 4:
             return [self._get_or_none(rid) for rid in run_ids]

@@ -8,7 +8,7 @@ import pytest
 
 from shared.engine.model import run_id_for
 from shared.errors import ValidationError
-from tests.unit.ingest.helpers import flows, service, starts
+from tests.unit.ingest.helpers import consume_starts, flows, service, starts
 
 HOURLY = {"kind": "schedule", "cron": "0 0 * * * *"}
 
@@ -20,6 +20,7 @@ def at(h: int, m: int = 0, s: int = 0) -> datetime:
 def test_double_and_late_fires_start_each_fire_once() -> None:
     svc, store, queue, _ = service(flows(hourly=[HOURLY]))
     first = svc.fire_schedules(at(12, 0, 0))
+    consume_starts(store)
     again = svc.fire_schedules(at(12, 0, 0))
     late = svc.fire_schedules(at(12, 45, 10))
     assert [r.status for r in first] == ["created"]
@@ -47,6 +48,7 @@ def test_catch_up_creates_missed_fires_exactly_once() -> None:
     svc, store, queue, _ = service(flows(hourly=[dict(HOURLY, catch_up=True, max_catch_up=24)]))
     svc.fire_schedules(at(9, 0, 5))  # the 09:00 fire ran; then the host was down until 12:00
     res = svc.fire_schedules(at(12, 0, 5))
+    consume_starts(store)
     created = sorted(store.get(r.run_id).trigger.schedule["fire_time"] for r in res if r.created)  # type: ignore[index]
     assert created == ["2024-06-01T10:00:00Z", "2024-06-01T11:00:00Z", "2024-06-01T12:00:00Z"]
     caught = [store.get(r.run_id).trigger.schedule["caught_up"] for r in res if r.created]  # type: ignore[index]
@@ -70,6 +72,7 @@ def test_a_new_flow_does_not_back_fill_or_report_misses() -> None:
     for trig in (dict(HOURLY, catch_up=True), HOURLY):
         svc, _store, queue, tel = service(flows(hourly=[trig]))
         res = svc.fire_schedules(at(12, 0, 5))
+        consume_starts(_store)
         assert [r.status for r in res] == ["created"]
         assert svc.fire_schedules(at(12, 10)) == [
             res[0].__class__("hourly", res[0].run_id, False, "duplicate", "run already exists")
@@ -83,6 +86,7 @@ def test_without_catch_up_a_missed_fire_is_recorded_not_run() -> None:
     svc.fire_schedules(at(10, 0, 5))  # nothing missed here
     assert "schedule.missed" not in tel.names()
     res = svc.fire_schedules(at(12, 0, 5))  # 11:00 was missed
+    consume_starts(store)
     assert [r.status for r in res] == ["created", "ignored"]
     missed = res[1]
     assert "2024-06-01T11:00:00Z" in missed.reason and "catch_up" in missed.reason
