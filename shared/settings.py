@@ -34,6 +34,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValidationError(f"must be an integer, got {raw!r}", field=name) from exc
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValidationError(f"must be a number, got {raw!r}", field=name) from exc
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValidationError(f"must be a finite number, got {raw!r}", field=name)
+    return value
+
+
 @dataclass(frozen=True)
 class IdentityConnection:
     """An identity-based connection as Functions defines them (``<Name>__serviceUri`` etc.).
@@ -192,6 +205,9 @@ class Settings:
     appinsights_connection_string: str | None = None
     appinsights_authentication_string: str | None = None  # "Authorization=AAD[;ClientId=<guid>]"
     sweeper_pending_seconds: int = 300
+    # fault injection (shared/faults.py): this share of storage and backend calls fail on purpose
+    fault_rate: float = 0.0
+    fault_seed: int | None = None
     adapters: Mapping[str, str] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -235,6 +251,8 @@ class Settings:
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
             appinsights_authentication_string=env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or None,
             sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
+            fault_rate=_float(env, "CONVEYOR_FAULT_RATE", 0.0),
+            fault_seed=_int(env, "CONVEYOR_FAULT_SEED", -1) if env.get("CONVEYOR_FAULT_SEED") else None,
             adapters=adapters,
             azure=AzureSettings.read(env),
             env=env,

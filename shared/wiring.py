@@ -110,9 +110,14 @@ class Services:
         return build_telemetry(self.settings)
 
     def backend(self, kind: str) -> JobBackend:
-        """The JobBackend serving a step kind, built on first use."""
+        """The JobBackend serving a step kind, built on first use (behind the fault injector
+        when CONVEYOR_FAULT_RATE asks for one: shared.faults)."""
         if kind not in self._backends:
-            self._backends[kind] = self._build_backend(kind)
+            from shared.faults import FaultInjector, FaultyBackend
+
+            backend = self._build_backend(kind)
+            faults = FaultInjector.from_settings(self.settings)
+            self._backends[kind] = FaultyBackend(backend, faults) if faults is not None else backend
         return self._backends[kind]
 
     def _build_backend(self, kind: str) -> JobBackend:

@@ -218,7 +218,8 @@ class TableRunStore(RunStore):
         try:
             metadata = self._client.create_entity(entity)
         except ResourceExistsError:
-            return False
+            # ours, if the SDK retried a create the service had applied (its answer was lost)
+            return self._is_ours(run)
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         run.etag = self._etag_of(metadata)
@@ -255,6 +256,9 @@ class TableRunStore(RunStore):
             raise NotFoundError(f"run {run.run_id} not found", service=SERVICE, status=404) from exc
         except HttpResponseError as exc:
             if exc.status_code == 412:
+                ours = self._own_save(saved, entity)
+                if ours is not None:
+                    return ours
                 raise ConcurrencyError(
                     f"run {run.run_id} changed since it was read", service=SERVICE, status=412
                 ) from exc
@@ -262,6 +266,18 @@ class TableRunStore(RunStore):
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         saved.etag = self._etag_of(metadata)
+        return saved
+
+    def _own_save(self, saved: Run, entity: dict[str, Any]) -> Run | None:
+        """After a 412: the stored run when it is exactly the one we saved -- the SDK retried a
+        replace the service had applied but whose answer was lost -- else None (a real race)."""
+        try:
+            stored = self._client.get_entity(entity["PartitionKey"], entity["RowKey"])
+        except Exception:
+            return None
+        if join_doc(stored) != join_doc(entity):
+            return None
+        saved.etag = self._etag_of(stored.metadata)
         return saved
 
     def list_runs(
