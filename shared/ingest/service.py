@@ -415,9 +415,7 @@ class IngestService:
 
     def fire_schedules(self, now: datetime) -> list[IngestResult]:
         """Start the due fire of every schedule trigger (and missed ones with catch_up)."""
-        from zoneinfo import ZoneInfo
-
-        from shared.flows.cron import Cron
+        from shared.flows.cron import Cron, zone
 
         if now.tzinfo is None:
             raise ValidationError("must be timezone-aware", field="now")
@@ -430,7 +428,7 @@ class IngestService:
                 if not isinstance(trig, ScheduleTrigger):
                     continue
                 cron = Cron.parse(trig.cron)
-                tz = ZoneInfo(trig.timezone)
+                tz = zone(trig.timezone)
                 due = cron.last_at_or_before(now, tz)
                 if due is None:
                     continue
