@@ -27,12 +27,17 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import ProgressColumn
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
+from shared.console import cell, line, make_console, say
 from shared.errors import ConveyorError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
+    from rich.progress import Task
+
     from shared.engine.model import Run, StepRun
     from shared.settings import Settings
     from shared.wiring import Services
@@ -45,9 +50,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Without a terminal (CI, pipes) rich would wrap at 80 columns: URLs and ids read better wider.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+# Every value reaches these as text, never as markup (shared/console.py).
+console = make_console()
+err_console = make_console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,7 +72,7 @@ STATUS_STYLE = {
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    say(err_console, ("error:", "red"), " ", message)
     raise typer.Exit(code)
 
 
@@ -94,11 +99,11 @@ def friendly(fn: F) -> F:
             from shared.flows.loader import FlowsFileError
 
             if isinstance(exc, FlowsFileError):
-                err_console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+                say(err_console, str(exc))
                 raise typer.Exit(1) from None
             fail(str(exc), exit_code_for(exc))
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            say(err_console, "interrupted")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -132,9 +137,13 @@ def storage(settings: Settings | None = None) -> Iterator[Services]:
     if not storage_reachable(settings):
         from shared.local.azurite import ensure_azurite
 
-        err_console.print(
-            f"[dim]Azurite is not running on {settings.azurite_host}:{settings.azurite_blob_port}; "
-            "starting it for this command (`conveyor up` keeps one running)[/dim]"
+        where = f"{settings.azurite_host}:{settings.azurite_blob_port}"
+        say(
+            err_console,
+            (
+                f"Azurite is not running on {where}; starting it for this command (`conveyor up` keeps one running)",
+                "dim",
+            ),
         )
         azurite = ensure_azurite(settings)
     try:
@@ -241,8 +250,8 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{minutes}m{sec:02d}s"
 
 
-def styled(state: str) -> str:
-    return f"[{STATUS_STYLE.get(state, 'white')}]{state}[/]"
+def styled(state: str) -> Text:
+    return cell(state, STATUS_STYLE.get(state, "white"))
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -268,7 +277,7 @@ def model_of(run: Run) -> dict[str, Any] | None:
     return None
 
 
-def gate_lines(gate: dict[str, Any] | None) -> list[str]:
+def gate_lines(gate: dict[str, Any] | None) -> list[Text]:
     if not gate:
         return []
     decision = str(gate.get("decision") or ("promoted" if gate.get("promote") else "rejected"))
@@ -277,13 +286,15 @@ def gate_lines(gate: dict[str, Any] | None) -> list[str]:
     champ = gate.get("champion")
     champ_v = gate.get("champion_version")
     style = "green" if decision == "promoted" else "yellow"
-    lines = [f"gate: [{style}]{decision}[/] on {metric} ({gate.get('direction', 'maximize')})"]
+    lines = [line("gate: ", (decision, style), f" on {metric} ({gate.get('direction', 'maximize')})")]
     lines.append(
-        f"  candidate {metric}={_num(cand)}   champion {metric}={_num(champ)}"
-        + (f" (v{champ_v})" if champ_v else " (none yet)" if champ is None else "")
+        line(
+            f"  candidate {metric}={_num(cand)}   champion {metric}={_num(champ)}"
+            + (f" (v{champ_v})" if champ_v else " (none yet)" if champ is None else "")
+        )
     )
     if gate.get("reason"):
-        lines.append(f"  reason: {gate['reason']}")
+        lines.append(line(f"  reason: {gate['reason']}"))
     return lines
 
 
@@ -308,13 +319,13 @@ def steps_table(run: Run) -> Table:
     for step in run.steps:
         prog = f"{step.progress.get('done', 0)}/{step.progress.get('total', 0)}" if step.progress else "-"
         table.add_row(
-            step.name,
-            step.kind,
+            cell(step.name),
+            cell(step.kind),
             styled(step.state.value),
-            str(step.attempt),
-            fmt_seconds(step_duration(step)),
-            prog,
-            _short(step.remote_id or "-", 48),
+            cell(step.attempt),
+            cell(fmt_seconds(step_duration(step))),
+            cell(prog),
+            cell(_short(step.remote_id or "-", 48)),
         )
     return table
 
@@ -322,34 +333,51 @@ def steps_table(run: Run) -> Table:
 def print_run(run: Run, out: Console | None = None, *, outputs: bool = True) -> None:
     out = out or console
     total = duration(run.started_at or run.created_at, run.ended_at)
-    out.print(f"[bold]run[/bold] {run.run_id}  flow [bold]{run.flow}[/bold]  {styled(run.status.value)}")
-    out.print(f"trigger: {run.trigger.kind}  {run.trigger.source}", highlight=False, soft_wrap=True)
-    out.print(
+    say(out, ("run", "bold"), f" {run.run_id}  flow ", (run.flow, "bold"), "  ", styled(run.status.value))
+    say(out, f"trigger: {run.trigger.kind}  {run.trigger.source}")
+    cancelling = run.cancel_requested and not run.status.terminal
+    say(
+        out,
         f"created {_dt(run.created_at)}  ended {_dt(run.ended_at)}  duration {fmt_seconds(total)}"
-        + (f"  reruns {run.reruns}" if run.reruns else "")
-        + ("  [yellow]cancel requested[/yellow]" if run.cancel_requested and not run.status.terminal else "")
+        + (f"  reruns {run.reruns}" if run.reruns else ""),
+        ("  cancel requested", "yellow") if cancelling else "",
     )
     out.print(steps_table(run))
     if outputs:
         for step in run.steps:
             if step.error:
-                out.print(f"  {step.name}: [red]{step.error}[/red]", highlight=False, soft_wrap=True)
+                say(out, f"  {step.name}: ", (step.error, "red"))
             shown = {k: v for k, v in step.outputs.items() if k != "gate"}
             for key, value in shown.items():
-                out.print(f"  {step.name}.{key} = {_short(value, 160)}", highlight=False, soft_wrap=True)
-    for line in gate_lines(run.gate):
-        out.print(line, highlight=False, soft_wrap=True)
+                say(out, f"  {step.name}.{key} = {_short(value, 160)}")
+    for text in gate_lines(run.gate):
+        say(out, text)
     model = model_of(run)
     if model:
-        out.print(f"model: {model['name']} version {model['version']}", highlight=False)
+        say(out, f"model: {model['name']} version {model['version']}")
     if run.error:
-        out.print(f"[red]error:[/red] {run.error}", highlight=False, soft_wrap=True)
+        say(out, ("error:", "red"), f" {run.error}")
 
 
 def run_json(run: Run) -> dict[str, Any]:
     doc = run.model_dump(mode="json")
     doc["durations"] = {s.name: step_duration(s) for s in run.steps}
     return doc
+
+
+class _TextField(ProgressColumn):
+    """A progress column showing ``task.fields[name]`` (a Text or str) as text, never as markup."""
+
+    def __init__(self, name: str, width: int) -> None:
+        super().__init__()
+        self.name = name
+        self.width = width
+
+    def render(self, task: Task) -> Text:
+        value = task.fields.get(self.name, "")
+        text = value.copy() if isinstance(value, Text) else cell(value)
+        text.truncate(self.width, pad=True)
+        return text
 
 
 class RunFollower:
@@ -372,8 +400,8 @@ class RunFollower:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("{task.fields[step]:<12}"),
-                TextColumn("{task.fields[state]:<22}"),
+                TextColumn("{task.fields[step]:<12}", markup=False),
+                _TextField("state", width=22),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -393,7 +421,7 @@ class RunFollower:
         if run.status.value != self._last_status:
             self._last_status = run.status.value
             if not self.interactive:
-                self.out.print(f"run {run.run_id[:12]} {run.status.value}", highlight=False)
+                say(self.out, f"run {run.run_id[:12]} {run.status.value}")
 
     def _steps(self, run: Run) -> None:
         for step in run.steps:
@@ -408,10 +436,10 @@ class RunFollower:
             elif step.state.value != "pending":
                 extra = f" {done}/{total}" if total else ""
                 attempt = f" (attempt {step.attempt})" if step.attempt > 1 else ""
-                self.out.print(f"  {step.name:<12} {step.state.value}{extra}{attempt}", highlight=False)
+                say(self.out, f"  {step.name:<12} {step.state.value}{extra}{attempt}")
 
     def _bar(self, step: StepRun, done: int, total: int) -> None:
-        state = styled(step.state.value) + (f" #{step.attempt}" if step.attempt > 1 else "")
+        state = line(styled(step.state.value), f" #{step.attempt}" if step.attempt > 1 else "")
         if step.name not in self._tasks:
             self._tasks[step.name] = self._progress.add_task(
                 "", step=step.name, state=state, total=total or 1, completed=0, start=step.state.value != "pending"
@@ -460,7 +488,7 @@ def up(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        err_console.print("stopping…")
+        say(err_console, "stopping…")
         host.stop()
 
 
@@ -469,7 +497,7 @@ def print_up_banner(host: Any) -> None:
     url = host.url
     containers = host.watcher.containers if host.watcher is not None else []
     flows = sorted(host.flows.flows) if host.flows is not None else []
-    console.print(f"[bold green]conveyor host running[/bold green] at {url}", highlight=False)
+    say(console, ("conveyor host running", "bold green"), f" at {url}")
     lines = [
         ("status", f"GET  {url}/admin/host/status"),
         ("start a run", f"POST {url}/api/flows/{{flow}}/runs"),
@@ -480,12 +508,14 @@ def print_up_banner(host: Any) -> None:
         ("Event Grid (HTTP)", f"POST {url}/api/events/blob"),
         ("blob storage", f"http://{s.azurite_host}:{s.azurite_blob_port}/devstoreaccount1"),
     ]
+    lines += [
+        ("flows", ", ".join(flows) or "-"),
+        ("watching", ", ".join(containers) or "(no blob triggers)"),
+        ("data home", str(s.home)),
+    ]
     for label, value in lines:
-        console.print(f"  {label:<18} {value}", highlight=False, soft_wrap=True)
-    console.print(f"  {'flows':<18} {', '.join(flows) or '-'}", highlight=False)
-    console.print(f"  {'watching':<18} {', '.join(containers) or '(no blob triggers)'}", highlight=False)
-    console.print(f"  {'data home':<18} {s.home}", highlight=False)
-    console.print("Ctrl-C to stop.")
+        say(console, f"  {label:<18} {value}")
+    say(console, "Ctrl-C to stop.")
 
 
 @app.command()
@@ -501,7 +531,7 @@ def validate(
     path = file or load_settings().flows_file
     flows = load_flows(path)
     n = len(flows.flows)
-    console.print(f"{Path(path).name} is valid: {n} flow{'s' if n != 1 else ''}", highlight=False)
+    say(console, f"{Path(path).name} is valid: {n} flow{'s' if n != 1 else ''}")
 
 
 @app.command()
@@ -519,7 +549,7 @@ def schema(
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-    err_console.print(f"wrote {out}")
+    say(err_console, f"wrote {out}")
 
 
 @app.command()
@@ -537,14 +567,14 @@ def drop(
     watched = _watching(settings, container)
     with storage(settings) as services:
         info = services.blobs.upload_file(container, blob_name, file)
-    console.print(f"uploaded {info.url}  etag {info.etag}  {info.size} bytes", highlight=False, soft_wrap=True)
+    say(console, f"uploaded {info.url}  etag {info.etag}  {info.size} bytes")
     if watched is not None and not watched:
-        err_console.print(f"[yellow]warning:[/yellow] no flow watches container {container!r}; nothing will start")
+        say(err_console, ("warning:", "yellow"), f" no flow watches container {container!r}; nothing will start")
     elif watched:
         if host_running(settings):
-            console.print(f"flows watching it: {', '.join(watched)} (the running host will start them)")
+            say(console, f"flows watching it: {', '.join(watched)} (the running host will start them)")
         else:
-            console.print(f"flows watching it: {', '.join(watched)}; start `conveyor up` to process it")
+            say(console, f"flows watching it: {', '.join(watched)}; start `conveyor up` to process it")
 
 
 def _watching(settings: Settings, container: str) -> list[str] | None:
@@ -554,7 +584,7 @@ def _watching(settings: Settings, container: str) -> list[str] | None:
     try:
         flows = load_flows(settings.flows_file)
     except FlowsFileError as exc:
-        err_console.print(f"[yellow]warning:[/yellow] flows.yaml is invalid ({len(getattr(exc, 'issues', []))} issues)")
+        say(err_console, ("warning:", "yellow"), f" flows.yaml is invalid ({len(getattr(exc, 'issues', []))} issues)")
         return None
     return sorted(
         name
@@ -607,14 +637,14 @@ def trigger(
         console.print_json(data=result)
         return
     what = "started" if result.get("created") else "already exists"
-    console.print(f"run {run_id} {what} ({result.get('status')}) for flow {flow}", highlight=False)
+    say(console, f"run {run_id} {what} ({result.get('status')}) for flow {flow}")
     if result.get("reason"):
-        console.print(f"  {result['reason']}", highlight=False)
+        say(console, f"  {result['reason']}")
     if not run_id:
         raise typer.Exit(1)
     if not follow:
         if via == "storage":
-            console.print("no host is running: the run starts when `conveyor up` consumes the queue")
+            say(console, "no host is running: the run starts when `conveyor up` consumes the queue")
         return
     run = _follow(settings, run_id, timeout, host_up=(via == "host"))
     print_run(run)
@@ -633,7 +663,7 @@ def _follow(settings: Settings, run_id: str, timeout: float, *, host_up: bool) -
             services = stack.enter_context(storage(settings))
             store = services.store
         else:
-            console.print("[dim]no host is running: starting one in this process to follow the run[/dim]")
+            say(console, ("no host is running: starting one in this process to follow the run", "dim"))
             host = stack.enter_context(LocalHost(settings))
             assert host.services is not None
             store = host.services.store
@@ -673,7 +703,7 @@ def runs(
         sys.stdout.write(json.dumps([run_summary(r) for r in found], default=str, indent=2) + "\n")
         return
     if not found:
-        console.print("no runs")
+        say(console, "no runs")
         return
     table = Table(show_header=True, header_style="bold")
     for col in ("run", "flow", "status", "trigger", "created", "duration", "step"):
@@ -681,13 +711,13 @@ def runs(
     for r in found:
         cur = r.current_step()
         table.add_row(
-            r.run_id[:12],
-            r.flow,
+            cell(r.run_id[:12]),
+            cell(r.flow),
             styled(r.status.value),
-            r.trigger.kind,
-            _dt(r.created_at),
-            fmt_seconds(duration(r.started_at or r.created_at, r.ended_at)),
-            "-" if r.status.terminal or cur is None else f"{cur.name} ({cur.state.value})",
+            cell(r.trigger.kind),
+            cell(_dt(r.created_at)),
+            cell(fmt_seconds(duration(r.started_at or r.created_at, r.ended_at))),
+            cell("-" if r.status.terminal or cur is None else f"{cur.name} ({cur.state.value})"),
         )
     console.print(table)
 
@@ -720,17 +750,18 @@ def trace_tree(records: list[dict[str, Any]], title: str) -> Tree:
         children.setdefault(parent if parent in ids else None, []).append(rec)
     for items in children.values():
         items.sort(key=lambda r: str(r.get("ts") or ""))
-    root = Tree(title)
+    root = Tree(cell(title))
 
-    def label(rec: dict[str, Any]) -> str:
+    def label(rec: dict[str, Any]) -> Text:
         attrs = {k: v for k, v in (rec.get("attributes") or {}).items() if k not in TRACE_HIDDEN}
         shown = ", ".join(f"{k}={_short(v, 48)}" for k, v in list(attrs.items())[:6])
+        extra = ("  " + shown, "dim") if shown else ""
         if rec.get("type") == "span":
             ms = rec.get("duration_ms")
             dur = f"{ms / 1000:.2f}s" if isinstance(ms, int | float) and ms >= 1000 else f"{ms or 0:.1f}ms"
-            bad = " [red]ERROR[/red]" if rec.get("status") not in (None, "ok") else ""
-            return f"[bold]{rec.get('name')}[/bold] {dur}{bad}" + (f"  [dim]{shown}[/dim]" if shown else "")
-        return f"[cyan]• {rec.get('name')}[/cyan]" + (f"  [dim]{shown}[/dim]" if shown else "")
+            bad = (" ERROR", "red") if rec.get("status") not in (None, "ok") else ""
+            return line((str(rec.get("name")), "bold"), f" {dur}", bad, extra)
+        return line((f"• {rec.get('name')}", "cyan"), extra)
 
     def add(node: Tree, parent: str | None, depth: int) -> None:
         for rec in children.get(parent, []):
@@ -772,7 +803,7 @@ def cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
     with storage() as services:
         run = resolve_run(services, run_id)
         run = request_cancel(services.store, services.queue, run.run_id)
-    console.print(f"cancel requested for run {run.run_id} ({run.status.value})", highlight=False)
+    say(console, f"cancel requested for run {run.run_id} ({run.status.value})")
 
 
 @app.command()
@@ -789,9 +820,9 @@ def rerun(
         run = resolve_run(services, run_id)
         run = request_rerun(services.store, services.queue, services.flows, run.run_id, from_step)
     where = f"from {from_step}" if from_step else ""
-    console.print(f"rerun requested for run {run.run_id} {where}".rstrip(), highlight=False)
+    say(console, f"rerun requested for run {run.run_id} {where}".rstrip())
     if not host_running(settings):
-        console.print("no host is running: the rerun starts when `conveyor up` consumes the queue")
+        say(console, "no host is running: the rerun starts when `conveyor up` consumes the queue")
 
 
 @app.command()
