@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -32,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from shared.console import cell, line, make_console, say
+from shared.console import cell, line, log_to_console, make_console, say
 from shared.errors import ConveyorError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -107,6 +108,34 @@ def friendly(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("conveyor")
+    except PackageNotFoundError:
+        from shared import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        say(console, f"conveyor {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", help="print the version and exit", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Event-driven data and ML flows: local host, triggers, runs."""
 
 
 def load_settings() -> Settings:
@@ -330,6 +359,44 @@ def steps_table(run: Run) -> Table:
     return table
 
 
+def _when(iso: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(iso)) if iso else None
+    except ValueError:
+        return None
+
+
+def history_lines(run: Run) -> list[Text]:
+    """Finished attempts the steps table no longer shows (retries, and the runs before a rerun).
+
+    ``StepRun.history`` records every finished attempt; the table shows each step's current
+    one, so an entry is listed unless it is exactly what the table says (same attempt, same
+    state).
+    """
+    lines: list[Text] = []
+    for step in run.steps:
+        for entry in step.history:
+            outcome = str(entry.get("outcome") or "?")
+            if entry.get("attempt") == step.attempt and outcome == step.state.value:
+                continue
+            started, ended = _when(entry.get("started_at")), _when(entry.get("ended_at"))
+            took = fmt_seconds(duration(started, ended)) if started and ended else "-"
+            error = entry.get("error")
+            lines.append(
+                line(
+                    f"  {step.name:<12} attempt {entry.get('attempt')}  ",
+                    cell(f"{outcome:<9}", STATUS_STYLE.get(outcome, "white")),
+                    f"  {_dt(started)}  {took:>7}",
+                    f"  {entry.get('remote_id') or '-'}",
+                    ("  " + str(error), "red") if error else "",
+                )
+            )
+    if lines:
+        reruns = f" ({run.reruns} rerun{'s' if run.reruns != 1 else ''})" if run.reruns else ""
+        lines.insert(0, line(("earlier attempts", "bold"), reruns))
+    return lines
+
+
 def print_run(run: Run, out: Console | None = None, *, outputs: bool = True) -> None:
     out = out or console
     total = duration(run.started_at or run.created_at, run.ended_at)
@@ -343,6 +410,8 @@ def print_run(run: Run, out: Console | None = None, *, outputs: bool = True) -> 
         ("  cancel requested", "yellow") if cancelling else "",
     )
     out.print(steps_table(run))
+    for text in history_lines(run):
+        say(out, text)
     if outputs:
         for step in run.steps:
             if step.error:
@@ -472,6 +541,7 @@ def up(
     settings = load_settings()
     host = LocalHost(settings, workers=workers)
     stop = threading.Event()
+    console_log = log_to_console()
 
     def _term(signum: int, frame: Any) -> None:
         stop.set()
@@ -490,6 +560,7 @@ def up(
             signal.signal(sig, handler)
         say(err_console, "stopping…")
         host.stop()
+        logging.getLogger("conveyor").removeHandler(console_log)
 
 
 def print_up_banner(host: Any) -> None:
@@ -558,6 +629,8 @@ def drop(
     file: Path = typer.Argument(..., help="local file to upload"),
     container: str = typer.Option("landing", "--container", "-c"),
     name: str | None = typer.Option(None, "--name", "-n", help="blob name (default: the file name)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="follow the run(s) this file starts until they end"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
     """Upload a file into a watched container (the host's watcher emits BlobCreated for it)."""
     if not file.is_file():
@@ -571,10 +644,30 @@ def drop(
     if watched is not None and not watched:
         say(err_console, ("warning:", "yellow"), f" no flow watches container {container!r}; nothing will start")
     elif watched:
-        if host_running(settings):
+        host_up = host_running(settings)
+        if host_up:
             say(console, f"flows watching it: {', '.join(watched)} (the running host will start them)")
-        else:
+        elif not follow:
             say(console, f"flows watching it: {', '.join(watched)}; start `conveyor up` to process it")
+        if follow:
+            _follow_drop(settings, info, watched, timeout, host_up=host_up)
+
+
+def _follow_drop(settings: Settings, info: Any, flows: list[str], timeout: float, *, host_up: bool) -> None:
+    """Follow the run each watching flow starts for this blob version (url and eTag)."""
+    etag = str(info.etag).strip('"')
+    failed = False
+    for flow in flows:
+
+        def started_by_drop(run: Run, flow: str = flow) -> bool:
+            blob = run.trigger.blob or {}
+            return run.flow == flow and blob.get("url") == info.url and str(blob.get("etag") or "").strip('"') == etag
+
+        run = _follow(settings, started_by_drop, timeout, host_up=host_up)
+        print_run(run)
+        failed = failed or run.status.value != "succeeded"
+    if failed:
+        raise typer.Exit(1)
 
 
 def _watching(settings: Settings, container: str) -> list[str] | None:
@@ -654,8 +747,9 @@ def trigger(
         raise typer.Exit(1)
 
 
-def _follow(settings: Settings, run_id: str, timeout: float, *, host_up: bool) -> Run:
-    """Follow a run to its end; without a running host, run one in this process meanwhile."""
+def _follow(settings: Settings, run_id: str | Callable[[Run], bool], timeout: float, *, host_up: bool) -> Run:
+    """Follow a run (its id, or the newest run a predicate picks) to its end; without a
+    running host, run one in this process meanwhile."""
     from shared.host.runtime import LocalHost, wait_for_run
 
     with contextlib.ExitStack() as stack:
@@ -664,6 +758,7 @@ def _follow(settings: Settings, run_id: str, timeout: float, *, host_up: bool) -
             store = services.store
         else:
             say(console, ("no host is running: starting one in this process to follow the run", "dim"))
+            say(console, ("(it stops when the run ends; `conveyor up` keeps one running)", "dim"))
             host = stack.enter_context(LocalHost(settings))
             assert host.services is not None
             store = host.services.store
@@ -727,14 +822,21 @@ def runs(
 def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="run id (or a unique prefix)"),
     as_json: bool = typer.Option(False, "--json"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show progress until the run ends, then the run"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
-    """One run: steps, states, attempts, durations, outputs, progress, gate decision."""
-    with storage() as services:
+    """One run: steps, states, attempts (earlier ones too), durations, outputs, progress, gate decision."""
+    settings = load_settings()
+    with storage(settings) as services:
         run = resolve_run(services, run_id)
+    if follow and not run.status.terminal:
+        run = _follow(settings, run.run_id, timeout, host_up=host_running(settings))
     if as_json:
         sys.stdout.write(json.dumps(run_json(run), default=str, indent=2) + "\n")
-        return
-    print_run(run)
+    else:
+        print_run(run)
+    if follow and run.status.value != "succeeded":
+        raise typer.Exit(1)
 
 
 TRACE_HIDDEN = frozenset({"run_id", "flow", "traceparent"})
@@ -796,6 +898,31 @@ def trace(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
 
 @app.command()
 @friendly
+def logs(
+    run_id: str = typer.Argument(..., metavar="RUN", help="run id (or a unique prefix)"),
+    step: str | None = typer.Argument(None, metavar="[STEP]", help="one step (default: every launched step)"),
+    attempt: int | None = typer.Option(None, "--attempt", min=1, help="an earlier attempt of STEP (see `show`)"),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="print new lines as they are written, until the run ends"
+    ),
+    timeout: float = typer.Option(3600.0, "--timeout", help="seconds to follow before giving up"),
+) -> None:
+    """stdout/stderr of a run's steps: the local backends' files, what the Azure services keep."""
+    from shared.runlogs import follow_logs, print_logs
+
+    settings = load_settings()
+    with storage(settings) as services:
+        run = resolve_run(services, run_id)
+        if not follow:
+            print_logs(console, services, run, step, attempt)
+            return
+        if not run.status.terminal and not host_running(settings):
+            say(err_console, ("no host is running: nothing moves until `conveyor up` runs", "yellow"))
+        follow_logs(console, services, run.run_id, step, attempt, timeout=timeout)
+
+
+@app.command()
+@friendly
 def cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
     """Ask a run to stop (its running step is cancelled; later steps never start)."""
     from shared.engine.control import request_cancel
@@ -840,7 +967,6 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``conveyor = shared.cli:main``)."""
-    import logging
 
     # MLflow logs its database migrations at INFO on first use: noise in a terminal
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

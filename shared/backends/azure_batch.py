@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.backends.commandline import (
     TASK_PLACEHOLDERS,
     local_file_name,
@@ -71,6 +71,8 @@ _RETRY_METHODS = frozenset(["HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", 
 _THROTTLE_CODES = {"ServerBusy", "TooManyRequests"}
 _TRANSIENT_CODES = {"OperationTimedOut", "InternalError"}
 _FAILED_DETAIL = 5
+MAX_LOG_TASKS = 50  # tasks whose stdout/stderr `conveyor logs` fetches (failed ones first)
+MAX_LOG_BYTES = 256 * 1024  # the end of a longer file is kept
 _META_TASKS = "conveyor-tasks"
 
 # Default client options for from_settings (callers override any of them).
@@ -577,6 +579,40 @@ class AzureBatchBackend(JobBackend):
             outputs["outputs_truncated"] = True
             outputs["outputs_count"] = len(urls)
         return outputs
+
+    # ------------------------------------------------------------ logs
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """``stdout.txt``/``stderr.txt`` of the job's tasks from their nodes (Batch's file API),
+        failed tasks first, at most ``MAX_LOG_TASKS`` of them. A task's files live on its
+        node: once the node is gone (pool scaled down) Batch answers 404 and the log says so."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._check_key(remote_id)
+        try:
+            tasks = list(self._call(self.client.list_tasks, remote_id, select=["id", "executionInfo"]))
+        except ConveyorError:
+            raise
+        except Exception as exc:  # paging happens while iterating
+            raise map_batch_error(exc) from exc
+        tasks.sort(key=lambda t: (_value(getattr(t.execution_info, "result", None)) != "failure", t.id))
+        found: list[StepLog] = []
+        for task in tasks[:MAX_LOG_TASKS]:
+            for name in ("stdout.txt", "stderr.txt"):
+                try:
+                    data = b"".join(self.client.download_task_file(remote_id, task.id, name))
+                except ResourceNotFoundError:
+                    note = "not on a node (the task has not run, or its node is gone)"
+                    found.append(StepLog(f"{task.id}/{name}", note=note))
+                    continue
+                except Exception as exc:
+                    raise map_batch_error(exc) from exc
+                cut = len(data) > MAX_LOG_BYTES
+                text = data[-MAX_LOG_BYTES:].decode("utf-8", "replace")
+                found.append(StepLog(f"{task.id}/{name}", text=text, note="last 256 KiB" if cut else ""))
+        if len(tasks) > MAX_LOG_TASKS:
+            found.append(StepLog("tasks", note=f"{len(tasks) - MAX_LOG_TASKS} more tasks not shown"))
+        return found or [StepLog("tasks", note="the job has no tasks yet")]
 
     # ------------------------------------------------------------ cancel
 

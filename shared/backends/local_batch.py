@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.backends.commandline import (
     MARKER_ENV,
     TASK_PLACEHOLDERS,
@@ -134,6 +134,21 @@ class LocalBatchBackend(JobBackend):
     @classmethod
     def from_settings(cls, settings: Settings, blobs: BlobStore) -> LocalBatchBackend:
         return cls(blobs, settings.home, settings.batch_max_workers)
+
+    # ------------------------------------------------------------ logs
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """Each task's ``stdout.txt`` and ``stderr.txt`` under the job directory, task by task."""
+        jdir = job_dir(self.home, "batch", remote_id)
+        if not (jdir / "job.json").exists():
+            raise NotFoundError(f"no local batch job {remote_id!r}", service="batch")
+        tasks = jdir / "tasks"
+        found = []
+        for tdir in sorted(tasks.iterdir()) if tasks.is_dir() else []:
+            for name in ("stdout.txt", "stderr.txt"):
+                if (tdir / name).is_file():
+                    found.append(StepLog(f"{tdir.name}/{name}", path=tdir / name))
+        return found or [StepLog("tasks", note="no task has started yet")]
 
     # ------------------------------------------------------------ launch
 

@@ -77,6 +77,10 @@ def test_fan_out_with_resource_files_and_uploaded_outputs(
     assert (task_dir / "wd" / "1.csv").read_text() == "rows-1"
     assert (task_dir / "wd" / "app.sh").exists()
     assert (task_dir / "stdout.txt").exists() and (task_dir / "stderr.txt").exists()
+    # `conveyor logs`: every task's stdout and stderr, task by task
+    logs = backend.logs("run1-score-1")
+    assert [log.name for log in logs] == [f"task-{i:05d}/{f}" for i in range(3) for f in ("stdout.txt", "stderr.txt")]
+    assert logs[2].path == task_dir / "stdout.txt"
 
 
 def test_malicious_blob_names_are_data(

@@ -72,6 +72,11 @@ def test_failing_script_fails_with_exit_code_and_stderr(root: Path, tmp_path: Pa
     assert status.state == "failed" and status.retryable is False
     assert "exited with code 4" in (status.error or "")
     assert "the input is missing" in (status.error or "")
+    # `conveyor logs`: the run's real stdout/stderr files under the data home
+    logs = {log.name: log for log in be.logs("run1-etl-1")}
+    assert sorted(logs) == ["stderr.txt", "stdout.txt"]
+    assert logs["stderr.txt"].path == tmp_path / "home" / "databricks" / "run1-etl-1" / "stderr.txt"
+    assert "the input is missing" in logs["stderr.txt"].path.read_text()
     # a missing widget is an error the script reports, not a silent empty value
     path = script(root, "w.py", "dbutils.widgets.get('nope')\n")
     status = wait_done(be, be.launch(req({"python_file": path}, key="run1-etl-2")).remote_id)

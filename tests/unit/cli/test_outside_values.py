@@ -7,10 +7,7 @@ cells, tree labels, progress columns, errors) goes through shared/console.py.
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -19,8 +16,6 @@ from typer.testing import CliRunner
 from shared import cli
 from shared.console import make_console
 from shared.engine.model import RunStatus, StepState
-from shared.settings import Settings
-from shared.wiring import Services
 from tests.fakes import MemoryRunStore
 from tests.unit.cli.test_render import make_run
 
@@ -70,20 +65,6 @@ def test_the_cli_consoles_never_interpret_what_they_print() -> None:
     out = make_console(file=buf, width=200, color_system=None)
     out.print("[/x] [blob] :smile:")
     assert buf.getvalue() == "[/x] [blob] :smile:\n"
-
-
-@pytest.fixture
-def memory_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MemoryRunStore:
-    store = MemoryRunStore()
-    services = Services(Settings(home=tmp_path, root=tmp_path, env={}), store=store)
-
-    @contextlib.contextmanager
-    def storage(settings: object = None) -> Iterator[Services]:
-        yield services
-
-    monkeypatch.setattr(cli, "storage", storage)
-    monkeypatch.setattr(cli, "host_running", lambda settings, timeout=1.0: False)
-    return store
 
 
 def test_show_and_runs_print_a_step_error_with_brackets(memory_storage: MemoryRunStore) -> None:

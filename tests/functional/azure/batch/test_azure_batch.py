@@ -286,6 +286,31 @@ def test_poll_failure_carries_the_tasks_execution_info(
     assert len(fake.calls("GET", f"/jobs/{KEY}/tasks")) == 2  # two pages
 
 
+def test_logs_fetch_task_files_from_the_nodes_failed_first(
+    backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs
+) -> None:
+    seed_inputs(blobs, 3)
+    backend.launch(request())
+    fake.finish(KEY, {"task-00002": {"exitCode": 1, "failureInfo": {"category": "usererror", "code": "X"}}})
+    fake.task_files[(KEY, "task-00000", "stdout.txt")] = b"scored 10 rows\n"
+    fake.task_files[(KEY, "task-00000", "stderr.txt")] = b""
+    fake.task_files[(KEY, "task-00002", "stderr.txt")] = b"Traceback: bad row\n"
+    logs = backend.logs(KEY)
+    assert [log.name for log in logs] == [
+        "task-00002/stdout.txt",
+        "task-00002/stderr.txt",
+        "task-00000/stdout.txt",
+        "task-00000/stderr.txt",
+        "task-00001/stdout.txt",
+        "task-00001/stderr.txt",
+    ]
+    by_name = {log.name: log for log in logs}
+    assert by_name["task-00002/stderr.txt"].text == "Traceback: bad row\n"
+    assert by_name["task-00000/stdout.txt"].text == "scored 10 rows\n" and by_name["task-00000/stderr.txt"].text == ""
+    assert by_name["task-00001/stdout.txt"].text is None and "node is gone" in by_name["task-00001/stdout.txt"].note
+    assert fake.calls("GET", f"/jobs/{KEY}/tasks/task-00000/files/stdout.txt")
+
+
 def test_poll_failure_from_server_errors_only_is_retryable(
     backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs
 ) -> None:
