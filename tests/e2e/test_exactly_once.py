@@ -32,11 +32,11 @@ STEP_DIRS = {"batch": "batch", "databricks": "databricks", "azureml": "azureml"}
 
 
 def test_each_trigger_three_times_starts_one_run_and_one_launch_per_step(
-    e2e_settings: Settings, all_triggers_flows: Callable[[str, Path], Path], tmp_path: Path
+    e2e_settings: Settings, all_triggers_flows: Callable[[str], Path], tmp_path: Path
 ) -> None:
     csv = generate_data(e2e_settings, tmp_path, rows=120, seed=3, name=f"e2e-{unique_suffix()}.csv")
     blobs = Services(e2e_settings).blobs
-    s = e2e_settings.with_overrides(flows_file=all_triggers_flows(blobs.url("landing", csv.name), e2e_settings.home))
+    s = e2e_settings.with_overrides(flows_file=all_triggers_flows(blobs.url("landing", csv.name)))
     with LocalHost(s, workers=2, watch=False, schedule=False) as host:
         services = host.services
         assert services is not None
