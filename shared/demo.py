@@ -2,9 +2,10 @@
 
 With a fresh data home (``<home>/demo`` by default) the demo starts the local host in this
 process (Azurite, HTTP routes, blob watcher, scheduler, queue workers), generates the sample
-sales data, uploads the batch app to ``apps/batch_app/score_file.py``, drops one CSV into
-``landing`` -- the watcher sees it and delivers a real Event Grid BlobCreated event to the
-host, which ingests it into a run -- follows the run with progress bars, prints the summary
+sales data and drops one CSV into ``landing`` -- the watcher sees it and delivers a real
+Event Grid BlobCreated event to the host, which ingests it into a run; the batch app is a
+project file the host stages itself, as for any ``conveyor drop`` -- follows the run with
+progress bars, prints the summary
 (every step with state and duration, the gate decision with both metrics, the model name and
 version) and POSTs sample rows to the deployed scoring URL. It always stops what it started
 (host, Azurite, scoring server). Exit 0 only when the run succeeded and a prediction came back.
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 FLOW = "retrain"
 LANDING = "landing"
-APPS = "apps"
-BATCH_APP = ("samples/batch_app/score_file.py", "batch_app/score_file.py")
 TARGET_COLUMNS = ("revenue", "target", "label", "y", "sales")  # never sent to the scoring endpoint
 SAMPLE_ROWS = 3
 
@@ -215,9 +214,6 @@ def run_demo(
 
         t = time.monotonic()
         drop = generate_data(settings, settings.home / "sample-data")
-        src, dest = BATCH_APP
-        services.blobs.upload_file(APPS, dest, settings.root / src)
-        say(out, f"uploaded the batch app to {APPS}/{dest}")
         info = services.blobs.upload_file(LANDING, drop.name, drop)
         mark("data", t)
         say(out, f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})")

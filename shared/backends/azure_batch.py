@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
@@ -41,6 +42,7 @@ from shared.backends.commandline import (
     render_task_command,
     validation_error,
 )
+from shared.backends.resource_files import resolve as resolve_resources
 from shared.errors import (
     AuthError,
     BadRequestError,
@@ -176,6 +178,7 @@ class AzureBatchBackend(JobBackend):
         add_concurrency: int = 4,
         add_rounds: int = 3,
         terminate_polling_interval: int = 5,
+        root: Path | None = None,
     ) -> None:
         """``output_container_url``: a function container -> URL, or the blob endpoint
         (``https://<account>.blob.core.windows.net``) the container name is appended to;
@@ -191,6 +194,7 @@ class AzureBatchBackend(JobBackend):
         self.add_concurrency = max(1, add_concurrency)
         self.add_rounds = max(1, add_rounds)
         self.terminate_polling_interval = terminate_polling_interval
+        self.root = root  # the deployed project: ./path resource files are staged from it
 
     @classmethod
     def from_settings(
@@ -216,6 +220,7 @@ class AzureBatchBackend(JobBackend):
             resource_identity=az.batch_resource_identity,
             output_container_url=az.storage.service_uri("blob"),
             account_url=account_url,
+            root=settings.root,
         )
 
     # ------------------------------------------------------------ helpers
@@ -326,21 +331,8 @@ class AzureBatchBackend(JobBackend):
         return LaunchResult(remote_id=key, url=self._job_url(key), reattached=reattached)
 
     def _resources(self, refs: list[str]) -> list[tuple[str, str]]:
-        """[(http url, local file name)] for params.resource_files (URLs or container/name)."""
-        out = []
-        for i, ref in enumerate(refs):
-            fld = f"params.resource_files[{i}]"
-            ref = ref.strip()
-            if "://" in ref:
-                container, name = self.blobs.parse_url(ref)
-                url = ref
-            else:
-                container, _, name = ref.partition("/")
-                if not container or not name:
-                    raise ValidationError(f"not a blob URL nor container/name: {ref!r}", field=fld)
-                url = self.blobs.url(container, name)
-            out.append((url, local_file_name(name, field=fld)))
-        return out
+        """[(http url, local file name)] for params.resource_files (shared/backends/resource_files.py)."""
+        return [(r.url, r.local) for r in resolve_resources(refs, self.blobs, self.root)]
 
     def _expand_inputs(self, inputs: str | list[str]) -> list[_Input]:
         items = [inputs] if isinstance(inputs, str) else list(inputs)

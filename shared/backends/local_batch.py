@@ -44,6 +44,7 @@ from shared.backends.commandline import (
     tail_text,
     validation_error,
 )
+from shared.backends.resource_files import resolve as resolve_resources
 from shared.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -112,9 +113,12 @@ class LocalBatchBackend(JobBackend):
 
     kind = "batch"
 
-    def __init__(self, blobs: BlobStore, home: Path, max_workers: int, *, resume: bool = True) -> None:
+    def __init__(
+        self, blobs: BlobStore, home: Path, max_workers: int, *, resume: bool = True, root: Path | None = None
+    ) -> None:
         self.blobs = blobs
         self.home = Path(home)
+        self.root = root  # the project: ./path resource files are staged from it
         self.max_workers = max_workers
         self.resume = resume  # take over jobs whose host is gone (off for read-only users)
         self._pool = WorkerPool(max_workers, name="conveyor-batch")
@@ -133,7 +137,7 @@ class LocalBatchBackend(JobBackend):
 
     @classmethod
     def from_settings(cls, settings: Settings, blobs: BlobStore) -> LocalBatchBackend:
-        return cls(blobs, settings.home, settings.batch_max_workers)
+        return cls(blobs, settings.home, settings.batch_max_workers, root=settings.root)
 
     # ------------------------------------------------------------ logs
 
@@ -164,16 +168,9 @@ class LocalBatchBackend(JobBackend):
         except Exception as exc:
             raise validation_error(exc) from exc
         self._check_template(params.command)
-        resources = []
-        for i, ref in enumerate(params.resource_files):
-            fld = f"params.resource_files[{i}]"
-            if "://" in ref:
-                container, name = self.blobs.parse_url(ref)
-            else:  # container/name in this storage account
-                container, _, name = ref.strip().partition("/")
-                if not container or not name:
-                    raise ValidationError(f"not a blob URL nor container/name: {ref!r}", field=fld)
-            resources.append([container, name, local_file_name(name, field=fld)])
+        resources = [
+            [r.container, r.name, r.local] for r in resolve_resources(params.resource_files, self.blobs, self.root)
+        ]
         tasks, error = self._expand_inputs(params.inputs)
         spec = {
             "key": request.key,

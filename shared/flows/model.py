@@ -119,7 +119,11 @@ class BatchParams(_Strict):
     inputs: str | list[str] = Field(
         description="One task per input: a blob URL, a list of them, or 'container/prefix' to list"
     )
-    resource_files: list[str] = Field(default_factory=list, description="Blob URLs fetched into every task's directory")
+    resource_files: list[str] = Field(
+        default_factory=list,
+        description="Files put into every task's directory: blob URLs, container/name in the storage account, "
+        "or ./path of a project file (the host uploads it)",
+    )
     output_container: str = "outputs"
     max_task_retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_wall_clock_seconds: Annotated[int, Field(gt=0)] | None = None

@@ -41,8 +41,7 @@ def test_each_trigger_three_times_starts_one_run_and_one_launch_per_step(
         services = host.services
         assert services is not None
         url = host.url
-        # the data and the batch app the flows need
-        services.blobs.upload_file("apps", "batch_app/score_file.py", REPO_ROOT / "samples/batch_app/score_file.py")
+        # the data the flows need (the batch app is a project file the host stages itself)
         info = services.blobs.upload_file("landing", csv.name, csv)
 
         run_ids: dict[str, set[str]] = {}

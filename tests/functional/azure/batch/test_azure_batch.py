@@ -138,6 +138,30 @@ def test_launch_sends_one_job_then_tasks_in_parallel_chunks(
     assert argv[2].endswith("python score.py --in part-0000.csv --name part-0000.csv --out output --task 0")
 
 
+def test_project_resource_file_is_staged_by_content_and_fetched_from_there(
+    backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs, tmp_path: Path
+) -> None:
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "score.py").write_text("print('v1')\n")
+    backend.root = tmp_path  # the deployed project (the Functions app's package)
+    seed_inputs(blobs, 1)
+    backend.launch(request(resource_files=["./apps/score.py"]))
+    staged = [n for (c, n) in blobs.blobs if c == "apps"]
+    assert len(staged) == 1 and staged[0].startswith("project/") and staged[0].endswith("/apps/score.py")
+    assert blobs.blobs[("apps", staged[0])] == b"print('v1')\n"
+    (task,) = added_tasks(fake)
+    assert task["resourceFiles"][0]["httpUrl"] == blobs.url("apps", staged[0])
+    assert task["resourceFiles"][0]["filePath"] == "score.py"
+    # a changed file is a new blob; the first job keeps what it was launched with
+    (tmp_path / "apps" / "score.py").write_text("print('v2')\n")
+    backend.launch(request(key="run-9-score-2", resource_files=["./apps/score.py"]))
+    assert len([n for (c, n) in blobs.blobs if c == "apps"]) == 2
+    for bad, why in (("./../secrets.py", "'..'"), ("./apps/missing.py", "no such file")):
+        with pytest.raises(ValidationError) as err:
+            backend.launch(request(key="run-9-score-3", resource_files=[bad]))
+        assert err.value.field == "params.resource_files[0]" and why in str(err.value)
+
+
 def test_hostile_blob_name_stays_one_word(
     backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs, tmp_path: Path
 ) -> None:
