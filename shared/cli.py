@@ -747,9 +747,16 @@ def trigger(
         raise typer.Exit(1)
 
 
-def _follow(settings: Settings, run_id: str | Callable[[Run], bool], timeout: float, *, host_up: bool) -> Run:
-    """Follow a run (its id, or the newest run a predicate picks) to its end; without a
-    running host, run one in this process meanwhile."""
+def _follow(
+    settings: Settings,
+    run_id: str | Callable[[Run], bool],
+    timeout: float,
+    *,
+    host_up: bool,
+    accept: Callable[[Run], bool] | None = None,
+) -> Run:
+    """Follow a run (its id, or the newest run a predicate picks) to its end (one ``accept``
+    agrees with); without a running host, run one in this process meanwhile."""
     from shared.host.runtime import LocalHost, wait_for_run
 
     with contextlib.ExitStack() as stack:
@@ -763,7 +770,7 @@ def _follow(settings: Settings, run_id: str | Callable[[Run], bool], timeout: fl
             assert host.services is not None
             store = host.services.store
         with RunFollower() as follower:
-            return wait_for_run(store, run_id, timeout=timeout, on_progress=follower.update)
+            return wait_for_run(store, run_id, timeout=timeout, on_progress=follower.update, accept=accept)
     raise AssertionError("unreachable")
 
 
@@ -938,6 +945,8 @@ def cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
 def rerun(
     run_id: str = typer.Argument(..., metavar="RUN"),
     from_step: str | None = typer.Option(None, "--from", help="restart at this step (default: the first failed)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show progress until the rerun ends, then the run"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
     """Run a finished run again from a step, keeping earlier steps' outputs."""
     from shared.engine.control import request_rerun
@@ -948,8 +957,16 @@ def rerun(
         run = request_rerun(services.store, services.queue, services.flows, run.run_id, from_step)
     where = f"from {from_step}" if from_step else ""
     say(console, f"rerun requested for run {run.run_id} {where}".rstrip())
-    if not host_running(settings):
-        say(console, "no host is running: the rerun starts when `conveyor up` consumes the queue")
+    host_up = host_running(settings)
+    if not follow:
+        if not host_up:
+            say(console, "no host is running: the rerun starts when `conveyor up` consumes the queue")
+        return
+    before = run.reruns
+    run = _follow(settings, run.run_id, timeout, host_up=host_up, accept=lambda r: r.reruns > before)
+    print_run(run)
+    if run.status.value != "succeeded":
+        raise typer.Exit(1)
 
 
 @app.command()
