@@ -153,10 +153,8 @@ def test_show_lists_the_failed_attempt_a_rerun_replaced(e2e_settings: Settings, 
     (project / "flaky.py").write_text(FAILS_ONCE)
     marker = tmp_path / "ready"
     flows = tmp_path / "flows.yaml"
-    flows.write_text(
-        "flows:\n  flaky:\n    triggers: [{kind: manual}]\n    steps:\n"
-        f"      - {{name: etl, kind: databricks, params: {{python_file: flaky.py, parameters: [--marker, {marker}]}}}}\n"
-    )
+    step = {"name": "etl", "kind": "databricks", "params": {"python_file": "flaky.py", "parameters": ["--m", str(marker)]}}
+    flows.write_text(json.dumps({"flows": {"flaky": {"triggers": [{"kind": "manual"}], "steps": [step]}}}))
     s = e2e_settings.with_overrides(flows_file=flows, root=project)
     env = {
         "CONVEYOR_ROOT": str(project),
