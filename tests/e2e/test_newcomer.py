@@ -32,7 +32,7 @@ from shared.host.runtime import LocalHost
 from shared.local.azurite import port_open
 from shared.settings import Settings
 from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import free_ports, get
+from tests.e2e.conftest import conveyor_env, free_ports, get
 
 SAMPLE = "samples/data/sales_reference.csv"
 
@@ -153,21 +153,14 @@ def test_show_lists_the_failed_attempt_a_rerun_replaced(e2e_settings: Settings, 
     (project / "flaky.py").write_text(FAILS_ONCE)
     marker = tmp_path / "ready"
     flows = tmp_path / "flows.yaml"
-    step = {"name": "etl", "kind": "databricks", "params": {"python_file": "flaky.py", "parameters": ["--m", str(marker)]}}
+    step = {
+        "name": "etl",
+        "kind": "databricks",
+        "params": {"python_file": "flaky.py", "parameters": ["--m", str(marker)]},
+    }
     flows.write_text(json.dumps({"flows": {"flaky": {"triggers": [{"kind": "manual"}], "steps": [step]}}}))
     s = e2e_settings.with_overrides(flows_file=flows, root=project)
-    env = {
-        "CONVEYOR_ROOT": str(project),
-        "CONVEYOR_HOME": str(s.home),
-        "CONVEYOR_FLOWS_FILE": str(flows),
-        "CONVEYOR_AZURITE_BLOB_PORT": str(s.azurite_blob_port),
-        "CONVEYOR_AZURITE_QUEUE_PORT": str(s.azurite_queue_port),
-        "CONVEYOR_AZURITE_TABLE_PORT": str(s.azurite_table_port),
-        "CONVEYOR_QUEUE_NAME": s.queue_name,
-        "CONVEYOR_RUNS_TABLE": s.runs_table,
-        "CONVEYOR_HOST_PORT": str(s.host_port),
-        "CI": "true",
-    }
+    env = conveyor_env(s, flows)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     runner = CliRunner()

@@ -130,4 +130,3 @@ def test_the_orchestrator_names_the_host_json_key_that_is_there() -> None:
             assert isinstance(node, dict) and part in node, f"host.json has no {path}"
             node = node[part]
         assert node is (value == "true")
-
