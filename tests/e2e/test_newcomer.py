@@ -181,3 +181,41 @@ def test_show_lists_the_failed_attempt_a_rerun_replaced(e2e_settings: Settings, 
     assert "flaky.py exited with code 3" in failed and "[lake] not ready [/x]" in out
     logs = runner.invoke(app, ["logs", run_id, "etl", "--attempt", "1"])
     assert logs.exit_code == 0 and "[lake] not ready [/x]" in logs.output
+
+
+SHOW_INPUT = """\
+import sys
+print("got", sys.argv[2].rsplit("/", 1)[-1])
+dbutils.notebook.exit("ok")
+"""
+
+
+def test_drop_follow_follows_the_run_the_file_starts(e2e_settings: Settings, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "show.py").write_text(SHOW_INPUT)
+    container = "drops"
+    step = {
+        "name": "etl",
+        "kind": "databricks",
+        "params": {"python_file": "show.py", "parameters": ["--input", "${trigger.blob.url}"]},
+    }
+    flows = tmp_path / "flows.yaml"
+    trigger = {"kind": "blob", "container": container, "suffix": ".csv"}
+    flows.write_text(json.dumps({"flows": {"ingest": {"triggers": [trigger], "steps": [step]}}}))
+    s = e2e_settings.with_overrides(flows_file=flows, root=project)
+    for k, v in conveyor_env(s, flows).items():
+        monkeypatch.setenv(k, v)
+    data = tmp_path / "day [1].csv"
+    data.write_text("a,b\n1,2\n")
+    runner = CliRunner()
+    with LocalHost(s, workers=1, schedule=False):
+        dropped = runner.invoke(app, ["drop", str(data), "--container", container, "--follow", "--timeout", "120"])
+        assert dropped.exit_code == 0, dropped.output
+        assert "flow ingest  succeeded" in dropped.output
+        run_id = next(
+            ln.split()[1] for ln in dropped.output.splitlines() if ln.startswith("run ") and "flow ingest" in ln
+        )
+        logs = runner.invoke(app, ["logs", run_id, "--follow", "--timeout", "30"])
+    assert logs.exit_code == 0, logs.output
+    assert "etl/stdout.txt | got day%20%5B1%5D.csv" in logs.output or "etl/stdout.txt | got day [1].csv" in logs.output
