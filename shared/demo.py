@@ -2,9 +2,10 @@
 
 With a fresh data home (``<home>/demo`` by default) the demo starts the local host in this
 process (Azurite, HTTP routes, blob watcher, scheduler, queue workers), generates the sample
-sales data, uploads the batch app to ``apps/batch_app/score_file.py``, drops one CSV into
-``landing`` -- the watcher sees it and delivers a real Event Grid BlobCreated event to the
-host, which ingests it into a run -- follows the run with progress bars, prints the summary
+sales data and drops one CSV into ``landing`` -- the watcher sees it and delivers a real
+Event Grid BlobCreated event to the host, which ingests it into a run; the batch app is a
+project file the host stages itself, as for any ``conveyor drop`` -- follows the run with
+progress bars, prints the summary
 (every step with state and duration, the gate decision with both metrics, the model name and
 version) and POSTs sample rows to the deployed scoring URL. It always stops what it started
 (host, Azurite, scoring server). Exit 0 only when the run succeeded and a prediction came back.
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 FLOW = "retrain"
 LANDING = "landing"
-APPS = "apps"
-BATCH_APP = ("samples/batch_app/score_file.py", "batch_app/score_file.py")
 TARGET_COLUMNS = ("revenue", "target", "label", "y", "sales")  # never sent to the scoring endpoint
 SAMPLE_ROWS = 3
 
@@ -188,13 +187,12 @@ def run_demo(
     workers: int = 2,
 ) -> DemoResult:
     """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result."""
-    from rich.console import Console
-
     from shared.cli import RunFollower, model_of, print_run
+    from shared.console import make_console, say
     from shared.deploy.local_endpoint import stop_server
     from shared.host.runtime import LocalHost
 
-    out = out or Console()
+    out = out or make_console()
     started = time.monotonic()
     result = DemoResult(ok=False)
     host: LocalHost | None = None
@@ -205,24 +203,21 @@ def run_demo(
     try:
         if fresh:
             _fresh_home(settings)
-        out.print(f"[bold]conveyor demo[/bold]  data home {settings.home}", highlight=False)
+        say(out, ("conveyor demo", "bold"), f"  data home {settings.home}")
         t = time.monotonic()
         host = LocalHost(settings, workers=workers)
         host.start()
         assert host.services is not None
         services = host.services
         mark("host_start", t)
-        out.print(f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
+        say(out, f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
 
         t = time.monotonic()
         drop = generate_data(settings, settings.home / "sample-data")
-        src, dest = BATCH_APP
-        services.blobs.upload_file(APPS, dest, settings.root / src)
-        out.print(f"uploaded the batch app to {APPS}/{dest}", highlight=False)
         info = services.blobs.upload_file(LANDING, drop.name, drop)
         mark("data", t)
-        out.print(f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})", highlight=False)
-        out.print("waiting for the BlobCreated event and following the run…")
+        say(out, f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})")
+        say(out, "waiting for the BlobCreated event and following the run…")
 
         def ours(run: Run) -> bool:
             blob = run.trigger.blob or {}
@@ -258,9 +253,9 @@ def run_demo(
         preds = score(url, rows)
         mark("score", t)
         result.prediction = preds
-        out.print(f"scoring url: {url}", highlight=False)
-        out.print(f"rows: {json.dumps(rows)}", highlight=False, soft_wrap=True)
-        out.print(f"prediction: {json.dumps(preds)}", highlight=False, soft_wrap=True)
+        say(out, f"scoring url: {url}")
+        say(out, f"rows: {json.dumps(rows)}")
+        say(out, f"prediction: {json.dumps(preds)}")
         numeric = bool(preds) and all(isinstance(p, int | float) and not isinstance(p, bool) for p in preds)
         result.ok = numeric
         if not numeric:
@@ -278,12 +273,12 @@ def run_demo(
         stop_server(settings.home)
         result.seconds = round(time.monotonic() - started, 1)
         if result.ok:
-            out.print(f"[green]demo succeeded[/green] in {result.seconds:.0f}s", highlight=False)
+            say(out, ("demo succeeded", "green"), f" in {result.seconds:.0f}s")
         else:
-            out.print(f"[red]demo failed[/red] after {result.seconds:.0f}s: {result.error}", highlight=False)
+            say(out, ("demo failed", "red"), f" after {result.seconds:.0f}s: {result.error}")
         if result.run is not None:
-            out.print(
+            say(
+                out,
                 f"inspect later: CONVEYOR_HOME={settings.home} conveyor show {result.run.run_id[:12]}"
                 f"  |  conveyor trace {result.run.run_id[:12]}",
-                highlight=False,
             )

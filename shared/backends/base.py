@@ -2,13 +2,15 @@
 
 Every step kind (batch, databricks, azureml, register, deploy) is served by a backend with
 this one small surface, so the engine treats them alike. ``launch`` must be idempotent on
-``request.key``: a second launch with the same key reattaches to the first job.
+``request.key``: a second launch with the same key reattaches to the first job. ``logs``
+(for ``conveyor logs``) returns what the backend can show of a job's stdout/stderr.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 RemoteState = Literal["running", "succeeded", "failed", "cancelled"]
@@ -49,6 +51,20 @@ class StepStatus:
     retryable: bool = False  # meaningful when state == "failed"
 
 
+@dataclass(frozen=True)
+class StepLog:
+    """One log of a launched job: a task's stdout, the job's stderr, what the service returned.
+
+    ``path`` is a file on this machine (local backends; it can be followed while it grows),
+    ``text`` what a remote service answered; with neither, ``note`` says why there is none.
+    """
+
+    name: str  # e.g. "task-00000/stdout.txt", "stderr.txt", "train/stdout.txt"
+    path: Path | None = None
+    text: str | None = None
+    note: str = ""
+
+
 class JobBackend(ABC):
     """Port for one step kind."""
 
@@ -65,3 +81,7 @@ class JobBackend(ABC):
     @abstractmethod
     def cancel(self, remote_id: str) -> None:
         """Stop a launched job; a no-op when it has already finished."""
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """The job's logs, as far as this backend can fetch them (none by default, said so)."""
+        return [StepLog(name=self.kind or "job", note=f"the {self.kind or 'job'} backend keeps no logs to fetch")]

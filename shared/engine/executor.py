@@ -326,7 +326,7 @@ class Executor:
 
     def _emit(self, run: Run, cmd: Emit) -> None:
         level = logging.WARNING if cmd.name in ("step.failed", "step.retrying") else logging.INFO
-        log.log(level, "%s %s", cmd.name, cmd.attributes)
+        log.log(level, "%s", event_text(run, cmd))
         if self.telemetry is None:
             return
         try:
@@ -369,3 +369,33 @@ def template_scope(run: Run, flow: Flow) -> dict[str, Any]:
 
 
 __all__ = ["Executor", "earlier_steps", "parse_message", "template_scope"]
+
+
+def _seconds(value: Any) -> str:
+    return f"{float(value):.1f}s" if isinstance(value, int | float) else "?"
+
+
+def event_text(run: Run, cmd: Emit) -> str:
+    """One readable log line for an engine event (the ``conveyor up`` console shows these)."""
+    a = cmd.attributes
+    head = f"run {run.run_id[:12]} {run.flow}"
+    step = f"{head} step {a.get('step')}"
+    if cmd.name == "run.started":
+        again = f", rerun {a.get('reruns')} from {a.get('from_step')}" if a.get("from_step") else ""
+        return f"{head} started ({a.get('trigger')}{again})"
+    if cmd.name == "run.queued":
+        return f"{head} queued: {a.get('active_runs')} of at most {a.get('limit')} runs are active"
+    if cmd.name == "step.launched":
+        again = ", reattached" if a.get("reattached") else ""
+        return f"{step} launched (attempt {a.get('attempt')}{again}): {a.get('remote_id')}"
+    if cmd.name == "step.succeeded":
+        return f"{step} succeeded (attempt {a.get('attempt')}, {_seconds(a.get('duration_seconds'))})"
+    if cmd.name == "step.retrying":
+        return f"{step} attempt {a.get('attempt')} failed, retrying in {_seconds(a.get('delay'))}: {a.get('error')}"
+    if cmd.name == "step.failed":
+        took = _seconds(a.get("duration_seconds"))
+        return f"{step} failed (attempt {a.get('attempt')}, {took}): {a.get('error')}"
+    if cmd.name == "run.finished":
+        why = f": {a['error']}" if a.get("error") else ""
+        return f"{head} {a.get('status')} in {_seconds(a.get('duration_seconds'))}{why}"
+    return f"{head} {cmd.name} " + " ".join(f"{k}={v}" for k, v in a.items())

@@ -43,30 +43,28 @@ class BlobTrigger(_Strict):
 
 class ScheduleTrigger(_Strict):
     kind: Literal["schedule"] = "schedule"
-    cron: str = Field(description="6-field NCRONTAB as Azure Functions uses: sec min hour day month weekday")
+    cron: str = Field(
+        description="NCRONTAB as Azure Functions reads it: 6 fields {second} {minute} {hour} {day} {month} "
+        "{day-of-week}, or 5 without {second} (fires at second 0)"
+    )
     timezone: str = "UTC"
     catch_up: bool = False
     max_catch_up: Annotated[int, Field(ge=1, le=1000)] = 24
 
     @field_validator("cron")
     @classmethod
-    def _six_fields(cls, v: str) -> str:
-        if len(v.split()) != 6:
-            raise ValueError("NCRONTAB needs 6 fields: {second} {minute} {hour} {day} {month} {day-of-week}")
+    def _ncrontab(cls, v: str) -> str:
         from shared.flows.cron import Cron
 
-        Cron.parse(v)
+        Cron.parse(v)  # ValueError names the field (and the count when it is not 5 or 6)
         return v
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        from shared.flows.cron import zone
 
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
+        zone(v)  # a short ValueError for a name that is not an IANA time zone
         return v
 
 
@@ -123,7 +121,11 @@ class BatchParams(_Strict):
     inputs: str | list[str] = Field(
         description="One task per input: a blob URL, a list of them, or 'container/prefix' to list"
     )
-    resource_files: list[str] = Field(default_factory=list, description="Blob URLs fetched into every task's directory")
+    resource_files: list[str] = Field(
+        default_factory=list,
+        description="Files put into every task's directory: blob URLs, container/name in the storage account, "
+        "or ./path of a project file (the host uploads it)",
+    )
     output_container: str = "outputs"
     max_task_retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_wall_clock_seconds: Annotated[int, Field(gt=0)] | None = None

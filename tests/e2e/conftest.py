@@ -73,7 +73,7 @@ def own_azurite_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def all_triggers_flows(tmp_path: Path) -> Callable[[str, Path], Path]:
+def all_triggers_flows(tmp_path: Path) -> Callable[[str], Path]:
     """A flows file: the repo's ``retrain`` (blob trigger) plus ``retrain-any``, the same steps
     startable by hand, by an Azure DevOps push to main and by an hourly schedule.
 
@@ -81,13 +81,10 @@ def all_triggers_flows(tmp_path: Path) -> Callable[[str, Path], Path]:
     ``retrain-any`` that reference is replaced by the URL of a CSV the test uploads.
     """
 
-    def make(data_url: str, home: Path) -> Path:
+    def make(data_url: str) -> Path:
         doc = yaml.safe_load((REPO_ROOT / "flows.yaml").read_text(encoding="utf-8"))
         retrain = doc["flows"]["retrain"]
-        # keep the ETL's lake in the test's data home, not the repository's .conveyor/
-        lake = json.dumps(retrain["steps"]).replace(".conveyor/lake/", f"{home}/lake/")
-        retrain["steps"] = json.loads(lake)
-        steps_text = lake.replace("${trigger.blob.url}", data_url)
+        steps_text = json.dumps(retrain["steps"]).replace("${trigger.blob.url}", data_url)
         any_flow = {
             **retrain,
             "triggers": [
@@ -133,3 +130,19 @@ def get(url: str) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+
+
+def conveyor_env(settings: Settings, flows: Path) -> dict[str, str]:
+    """The environment a `conveyor` command needs to reach these settings' storage and host."""
+    return {
+        "CONVEYOR_ROOT": str(settings.root),
+        "CONVEYOR_HOME": str(settings.home),
+        "CONVEYOR_FLOWS_FILE": str(flows),
+        "CONVEYOR_AZURITE_BLOB_PORT": str(settings.azurite_blob_port),
+        "CONVEYOR_AZURITE_QUEUE_PORT": str(settings.azurite_queue_port),
+        "CONVEYOR_AZURITE_TABLE_PORT": str(settings.azurite_table_port),
+        "CONVEYOR_QUEUE_NAME": settings.queue_name,
+        "CONVEYOR_RUNS_TABLE": settings.runs_table,
+        "CONVEYOR_HOST_PORT": str(settings.host_port),
+        "CI": "true",
+    }

@@ -106,6 +106,10 @@ def test_two_job_pipeline_with_metrics_and_model(project: Path, tmp_path: Path) 
     assert out["model_uri"] == out["outputs"]["train.model"]
     assert (Path(out["model_uri"]) / "model.json").read_text() == '{"rows": 3, "alpha": "0.5"}'
     assert (run_dir / "evaluate" / "outputs" / "report" / "report.txt").read_text() == "ok"
+    # `conveyor logs`: each pipeline job's stdout/stderr, in pipeline order
+    names = [log.name for log in be.logs(result.remote_id)]
+    assert names == ["train/stdout.txt", "train/stderr.txt", "evaluate/stdout.txt", "evaluate/stderr.txt"]
+    assert all(log.path is not None and log.path.is_file() for log in be.logs(result.remote_id))
 
 
 def test_failing_job_stops_the_pipeline(project: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from shared.settings import Settings
 from shared.telemetry.local import LocalTelemetry
 from shared.wiring import Services
 from tests.fakes import MemoryQueue, MemoryRunStore
+from tests.functional.backends.dirblobs import DirBlobStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
@@ -52,8 +53,14 @@ class World:
         self.queue = MemoryQueue()
         self.flows = FlowsFile.model_validate(FLOWS)
         self.telemetry = LocalTelemetry(home)
+        self.blobs = DirBlobStore(home / "blobs")  # schedule first-sight records
         self.services = Services(
-            self.settings, store=self.store, queue=self.queue, flows=self.flows, telemetry=self.telemetry
+            self.settings,
+            store=self.store,
+            queue=self.queue,
+            flows=self.flows,
+            telemetry=self.telemetry,
+            blobs=self.blobs,
         )
 
     def sent(self, kind: str | None = None) -> list[Message]:

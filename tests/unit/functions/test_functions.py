@@ -238,12 +238,17 @@ def test_schedule_tick_fires_due_schedule_and_sweeps(world: World, monkeypatch: 
     )
     world.store.create_if_absent(stuck)
     fn = user_function(schedules.schedule_tick)
+    monkeypatch.setattr("shared.clock.utcnow", lambda: now - timedelta(minutes=1))
+    fn(TimerRequest(past_due=False))  # 01:59:30: the schedule is first seen; nothing is due after that
+    assert [m.flow for m in world.sent("start")] == ["train"]
+    monkeypatch.setattr("shared.clock.utcnow", lambda: now)
     fn(TimerRequest(past_due=False))
     starts = [m for m in world.sent("start")]
     nightly = [m for m in starts if m.flow == "nightly"]
     assert len(nightly) == 1
     assert world.store.get(nightly[0].run_id).trigger.schedule["fire_time"] == "2024-06-01T02:00:00Z"  # type: ignore[index]
-    assert [m.run_id for m in starts if m.flow == "train"] == ["stuck0001"]
+    assert {m.run_id for m in starts if m.flow == "train"} == {"stuck0001"}
+    assert world.blobs.list_blobs("conveyor-state", "schedules/nightly/")  # the record is in the data account
     fn(TimerRequest(past_due=True))  # a second tick in the same minute starts nothing new
     assert len([m for m in world.sent("start") if m.flow == "nightly"]) == 1
 

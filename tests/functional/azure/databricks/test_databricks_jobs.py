@@ -244,6 +244,20 @@ def test_result_from_exit_value_or_last_stdout_line(
     assert backend.poll(str(run_id)).outputs["result"] == result
 
 
+def test_logs_are_each_task_runs_output(fake: FakeDatabricks, backend: Any) -> None:
+    run_id = int(backend.launch(request_for({"job_id": 7})).remote_id)
+    prep, train = fake.runs[run_id].tasks
+    fake.set_state(run_id, "TERMINATED", "FAILED", task_states=[("TERMINATED", "SUCCESS"), ("TERMINATED", "FAILED")])
+    fake.set_output(prep.run_id, logs="read 1200 rows\n", logs_truncated=True)
+    fake.set_output(train.run_id, error="ValueError: no rows", error_trace="Traceback ...\nValueError: no rows")
+    logs = backend.logs(str(run_id))
+    assert [log.name for log in logs] == [f"{prep.task_key}/output", f"{train.task_key}/output"]
+    assert logs[0].text is not None and logs[0].text.startswith("read 1200 rows") and "truncated" in logs[0].text
+    assert logs[1].text == "error: ValueError: no rows\nTraceback ...\nValueError: no rows"
+    asked = [c.query for c in fake.calls(f"{API}/runs/get-output")]
+    assert asked == [{"run_id": str(prep.run_id)}, {"run_id": str(train.run_id)}]
+
+
 def test_multi_task_job_reads_the_last_task_and_counts_progress(fake: FakeDatabricks, backend: Any) -> None:
     run_id = int(backend.launch(request_for({"job_id": 7})).remote_id)
     prep, train = fake.runs[run_id].tasks
