@@ -26,6 +26,7 @@ from pydantic import ValidationError as PydanticValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from shared.errors import NotFoundError, ValidationError
+from shared.flows.dag import dag_problems
 from shared.flows.model import NAME_RE, STEP_KINDS, Flow, FlowsFile, step_problems
 from shared.flows.schema import json_schema
 
@@ -318,7 +319,7 @@ def _issues_from_pydantic(exc: PydanticValidationError, data: Any, lines: dict[L
 
 
 def _cross_step_issues(data: dict[str, Any], lines: dict[Loc, int]) -> list[FlowIssue]:
-    """Duplicate step names and bad references, read from the raw YAML.
+    """Duplicate step names, bad references and graph problems (shared.flows.dag), read from the raw YAML.
 
     The flow's own validator only runs once every field of the flow is valid; running the
     same checks on the raw data reports them alongside any other problem in that flow.
@@ -331,7 +332,8 @@ def _cross_step_issues(data: dict[str, Any], lines: dict[Loc, int]) -> list[Flow
         if not isinstance(flow, dict) or not isinstance(flow.get("steps"), list):
             continue
         base: Loc = ("flows", str(name))
-        for problem in step_problems(flow["steps"], has_model=flow.get("model") is not None):
+        problems = step_problems(flow["steps"], has_model=flow.get("model") is not None) + dag_problems(flow["steps"])
+        for problem in problems:
             m = _SUBPATH.match(problem)
             loc = (*base, *_subpath(m.group(1))) if m else base
             issues.append(FlowIssue(_format_path(loc), _line_for(loc, lines), m.group(2) if m else problem))
