@@ -27,6 +27,9 @@ class LaunchRequest:
     trigger: dict[str, Any] = field(default_factory=dict)  # template scope of the trigger (lineage)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier steps: {name: {outputs, remote_id}}
     model: dict[str, Any] | None = None  # the flow's ModelSpec as a dict (register/deploy)
+    # An instance of a for_each step: its position and item (``key`` is then run-step_index-attempt).
+    index: int | None = None
+    item: Any = None
 
 
 @dataclass(frozen=True)

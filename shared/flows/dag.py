@@ -139,7 +139,9 @@ def dag_problems(steps: Sequence[Any]) -> list[str]:
     known = {n for n in names if n is not None}
     needs = needs_of(steps)
     upstream = upstream_sets(steps)
-    fan_out = {n for n, s in zip(names, steps, strict=True) if n and isinstance(s, Mapping) and s.get("for_each")}
+    fan_out = {
+        n for n, s in zip(names, steps, strict=True) if n and isinstance(s, Mapping) and s.get("for_each") is not None
+    }
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
             continue
@@ -157,7 +159,7 @@ def dag_problems(steps: Sequence[Any]) -> list[str]:
                 elif need in seen:
                     problems.append(f"{where}: {need!r} is listed twice")
                 seen.add(need)
-        is_fan_out = bool(step.get("for_each"))
+        is_fan_out = step.get("for_each") is not None
         if step.get("max_parallel") is not None and not is_fan_out:
             problems.append(f"steps[{i}].max_parallel: only a for_each step has instances to limit")
         fields: dict[str, set[str]] = {}

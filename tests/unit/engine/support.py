@@ -8,7 +8,7 @@ from typing import Any
 from shared.engine.executor import Executor
 from shared.engine.model import Message, Run, StepRun, TriggerContext
 from shared.flows.model import Flow, FlowsFile
-from tests.fakes import MemoryQueue, MemoryRunStore, ScriptedBackend
+from tests.fakes import MemoryInstanceStore, MemoryQueue, MemoryRunStore, ScriptedBackend
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TRACEPARENT = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
@@ -66,6 +66,7 @@ class Harness:
         self.flow_name = flow_name
         self.store = MemoryRunStore()
         self.queue = MemoryQueue()
+        self.instances = MemoryInstanceStore()
         self.backend = backend or ScriptedBackend()
         self.executor = Executor(
             self.store,
@@ -73,6 +74,7 @@ class Harness:
             FlowsFile(flows={flow_name: flow}),
             lambda kind: self.backend,
             clock=self.now,
+            instances=self.instances,
         )
 
     def now(self) -> datetime:
@@ -100,3 +102,20 @@ class Harness:
             self.executor.handle(received.message, delivery_count=received.dequeue_count)
             self.queue.complete(received)
         return rounds
+
+
+def make_dag(*steps: dict[str, Any], policies: dict[str, Any] | None = None, poll_seconds: float = 1.0) -> Flow:
+    """A flow from short step dicts (``name`` plus the DAG keys); every step is a databricks job."""
+    out = []
+    for spec in steps:
+        step: dict[str, Any] = {
+            "kind": "databricks",
+            "params": {"python_file": f"jobs/{spec['name']}.py"},
+            "poll": {"initial_seconds": poll_seconds, "multiplier": 1.0},
+            **spec,
+        }
+        out.append(step)
+    doc: dict[str, Any] = {"triggers": [{"kind": "manual"}], "steps": out}
+    if policies:
+        doc["policies"] = policies
+    return Flow.model_validate(doc)
