@@ -179,7 +179,9 @@ def decide(run: Run, flow: Flow, event: Event, now: datetime, fanouts: FanOuts |
     assert not (d.changed and d.write is not None), "a decision writes the run or one fan-out"
     if d.changed:
         d.run.updated_at = now
-    return Decision(run=d.run, commands=d.commands, changed=d.changed, fanout=d.write)
+    followups = [i for i, c in enumerate(d.commands) if isinstance(c, FollowUp)]
+    commands = [c for i, c in enumerate(d.commands) if not isinstance(c, FollowUp) or i == followups[-1]]
+    return Decision(run=d.run, commands=commands, changed=d.changed, fanout=d.write)
 
 
 def tick_message(run: Run, step: StepRun) -> Message:
@@ -292,6 +294,9 @@ class _Decider(FanOutRules):
             self._advance()
             return True
         if run.status is RunStatus.RUNNING:
+            if ev.redelivered:
+                self._resume()  # the crashed handler may have lost more than launches
+                return True
             launching = [s for s in run.steps if s.state is StepState.LAUNCHING and s.key]
             for step in launching:
                 # The launch may have crashed before its result was saved: the same key reattaches.
@@ -389,8 +394,8 @@ class _Decider(FanOutRules):
                 self.commands.append(Send(tick_message(run, step), spec.poll.delay(step.polls)))
             elif step.state is StepState.RETRY_WAIT:
                 self.commands.append(Send(tick_message(run, step), spec.retries.delay(step.attempt)))
-        if self.heads:
-            self.commands.append(FollowUp())
+        if self.heads or any(s.fanout is not None and s.state is StepState.RUNNING for s in run.steps):
+            self.commands.append(FollowUp())  # fan-in, or a fan-out whose creation was lost
 
     def _resume_fanout(self, step: StepRun) -> None:
         assert step.fanout is not None
@@ -586,12 +591,15 @@ class _Decider(FanOutRules):
                 continue
             if spec.run_if != "all_succeeded":
                 continue  # cleanup and failure handlers keep running
+            if other.fanout is not None:
+                # its instances are cancelled on the fan-out's side; the step ends (cancelled) once
+                # they have stopped, so what runs after it never overlaps them
+                self.commands.append(FollowUp())
+                continue
             if other.state is not StepState.RETRY_WAIT and other.remote_id:
                 self.commands.append(Cancel(other.name, other.remote_id))
             attempts.cancel(other, self.now, f"cancelled: step {name} failed (fail_fast)")
             self.changed = True
-            if other.fanout is not None:
-                self.commands.append(FollowUp())  # its instances are cancelled on the fan-out's side
             self._emit("step.cancelled", step=other.name, reason=f"step {name} failed")
 
     # -------------------------------------------------------------- fan-outs on the run's side
@@ -695,6 +703,11 @@ class _Decider(FanOutRules):
         step.ended_at = self.now
         self.changed = True
         failed = counts.get(StepState.FAILED.value, 0)
+        if head is not None and head.stopping in ("stopped", "cancelled") and not failed:
+            attempts.cancel(step, self.now, "cancelled: the run stopped after a failure (fail_fast)")
+            self._emit("step.cancelled", step=step.name, counts=counts)
+            self._advance()
+            return
         if head is not None and (failed or head.stopping == "failed"):
             step.state = StepState.FAILED
             step.error = f"{failed} of {total} instances failed; first: {head.first_error}"
@@ -725,18 +738,26 @@ class _Decider(FanOutRules):
             return
         if run.status is not RunStatus.RUNNING:
             return
+        live: list[str] = []
         for step in run.steps:
             if step.fanout is None or step.state is not StepState.RUNNING:
                 continue
             head = self.heads.get(step.name)
+            if (head is None or head.epoch < step.fanout.epoch) and self.run_stopping(step.name):
+                attempts.cancel(step, self.now, "cancelled: the run stopped after a failure (fail_fast)")
+                self.changed = True
+                self._advance()
+                return
             if head is None or head.epoch < step.fanout.epoch:
                 self._materialize(step, None)  # creation was lost or is under way: idempotent
-                if self.commands or self.changed:
-                    return
             elif head.epoch == step.fanout.epoch:
-                self.begin_more(step.name)
-                if self.write is not None:
-                    return
+                live.append(step.name)
+        if self.changed or self.commands:
+            return
+        for name in live:  # one fan-out write per decision
+            self.begin_more(name)
+            if self.write is not None:
+                return
 
     # -------------------------------------------------------------- the run
 

@@ -280,6 +280,8 @@ class Executor:
                     loaded = _Loaded(self.store.save(decision.run), loaded.heads, loaded.rows)
             except ConcurrencyError:
                 log.info("run %s changed while deciding %s; deciding again", run.run_id, type(event).__name__)
+                if isinstance(observation, InstancesLoaded):
+                    observation = Recheck()  # its rows are stale now: look again from state
                 continue
             decision.run = loaded.run
             return loaded, flow, decision

@@ -125,6 +125,19 @@ class FanOutRules:
     def _step_run(self, name: str) -> StepRun | None:
         return next((s for s in self.run.steps if s.name == name), None)
 
+    def run_stopping(self, step: str) -> bool:
+        """fail_fast stopped the run after a failure, and ``step`` is not a cleanup/failure handler."""
+        from shared.engine import scheduling
+
+        if self.flow.policies.on_failure != "fail_fast":
+            return False
+        if not (scheduling.stopping(self.run, self.flow) or getattr(self, "failed_now", False)):
+            return False
+        try:
+            return self.flow.step(step).run_if == "all_succeeded"
+        except KeyError:
+            return True
+
     def live(self, head: FanOut) -> bool:
         """Whether the fan-out may still begin and keep instances."""
         step = self._step_run(head.step)
@@ -136,6 +149,7 @@ class FanOutRules:
             and step.fanout is not None
             and step.fanout.epoch == head.epoch
             and head.stopping is None
+            and not self.run_stopping(head.step)
         )
 
     @staticmethod
@@ -338,6 +352,13 @@ class FanOutRules:
                 fan.stopping = "cancelled" if self.run.cancel_requested else ("stopped" if current else "superseded")
             self.commands.append(LoadInstances(head.step, head.epoch, ACTIVE, 0, PAGE))
             return True
+        for head in self.heads.values():  # stopped before any instance ran: settle it on the run's side
+            if head.stopping is None and head.active == 0 and not self.live(head) and self.run_stopping(head.step):
+                step = self._step_run(head.step)
+                if step is not None and step.state is StepState.RUNNING and step.fanout is not None:
+                    self._writing(head.step).stopping = "stopped"
+                    self.commands.append(FollowUp())
+                    return True
         return False
 
     # -------------------------------------------------------------- internals
