@@ -31,6 +31,15 @@ class LaunchRequest:
     index: int | None = None
     item: Any = None
 
+    @property
+    def unit(self) -> str:
+        """``step``, or ``step[index]`` for an instance: how remote jobs are labelled for humans."""
+        return self.step if self.index is None else f"{self.step}[{self.index}]"
+
+    def index_tags(self, prefix: str = "conveyor.") -> dict[str, str]:
+        """``{prefix}index`` for an instance (empty otherwise): remote metadata/tags."""
+        return {} if self.index is None else {f"{prefix}index": str(self.index)}
+
 
 @dataclass(frozen=True)
 class LaunchResult:

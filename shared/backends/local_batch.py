@@ -167,6 +167,7 @@ class LocalBatchBackend(JobBackend):
             "step": request.step,
             "attempt": request.attempt,
             "traceparent": request.traceparent,
+            "index": request.index,
             "command": params.command,
             "output_container": params.output_container,
             "max_task_retries": params.max_task_retries,

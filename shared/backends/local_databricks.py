@@ -63,6 +63,7 @@ class LocalDatabricksBackend(LocalRunBackend):
             "run_id": request.run_id,
             "step": request.step,
             "traceparent": request.traceparent,
+            "index": request.index,
             "python_file": str(script),
             "parameters": [str(p) for p in params.parameters],
         }

@@ -14,10 +14,19 @@ from tests.unit.engine.support import Harness, make_dag
 def test_diamond_with_a_fan_out_on_azurite(storage_settings: Settings) -> None:
     flow = make_dag(
         {"name": "etl"},
-        {"name": "train", "needs": ["etl"], "for_each": [f"p{i}" for i in range(12)], "max_parallel": 3,
-         "params": {"python_file": "t.py", "parameters": ["${item}"]}},
+        {
+            "name": "train",
+            "needs": ["etl"],
+            "for_each": [f"p{i}" for i in range(12)],
+            "max_parallel": 3,
+            "params": {"python_file": "t.py", "parameters": ["${item}"]},
+        },
         {"name": "quality", "needs": ["etl"]},
-        {"name": "register", "needs": ["train", "quality"], "params": {"python_file": "r.py", "parameters": ["${steps.train.outputs}"]}},
+        {
+            "name": "register",
+            "needs": ["train", "quality"],
+            "params": {"python_file": "r.py", "parameters": ["${steps.train.outputs}"]},
+        },
     )
     h = Harness(flow)
     h.store = TableRunStore.from_settings(storage_settings)  # type: ignore[assignment]

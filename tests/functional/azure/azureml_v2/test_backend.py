@@ -374,3 +374,18 @@ def test_wiring_builds_the_v2_adapters_from_settings_without_requests(monkeypatc
     assert isinstance(services.registry, AzureMLRegistry)
     assert isinstance(services.deployer, AzureMLOnlineDeployer)
     assert cred.scopes == []
+
+
+def test_instances_are_jobs_named_by_their_keys(client: FakeMLClient) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    b = backend(client)
+    keys = [idempotency_key("3f2a9c", "train", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        r = replace(request(key), index=i)
+        assert b.launch(r).remote_id == b.launch(r).remote_id
+    jobs = [args[0] for op, args in client.rec.calls if op == "jobs.create_or_update"]
+    assert [j.name for j in jobs] == keys  # already valid job names: used as they are
+    assert [j.tags["conveyor.index"] for j in jobs] == ["0", "1"]
