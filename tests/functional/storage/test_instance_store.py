@@ -75,6 +75,6 @@ def test_a_ten_thousand_item_fan_out_fits(store: TableInstanceStore) -> None:
     store.put_items("run1", "train", 1, items)  # idempotent: the same epoch, the same items
     assert store.items("run1", "train", 1, 9_999, 1) == [items[-1]]
     fan = head(total=10_000).model_copy(update={"next": 10_000, "counts": {"succeeded": 10_000}})
-    saved, rows = store.save(fan, [row(i, StepState.SUCCEEDED) for i in range(9_910, 10_000)])
+    _, rows = store.save(fan, [row(i, StepState.SUCCEEDED) for i in range(9_910, 10_000)])
     assert len(rows) == 90 and store.fanouts("run1")["train"].total == 10_000
     assert [r.index for r in store.instances("run1", "train", 1, start=9_995)] == list(range(9_995, 10_000))
