@@ -36,6 +36,7 @@ and ``Recheck``: both re-derive everything from state.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -68,6 +69,10 @@ from shared.engine.model import (
 )
 from shared.engine.scope import fanout_refs, template_scope
 from shared.flows.model import Flow
+
+# An item is stored in pages of ITEMS_PER_PAGE (shared.store.base) outside the run; this keeps a
+# page far below a Table entity's 1 MiB.
+MAX_ITEM_CHARS = 8_000
 
 # ---------------------------------------------------------------- events
 
@@ -668,6 +673,13 @@ class _Decider(FanOutRules):
         limit = self.flow.policies.max_items
         if len(items) > limit:
             return None, f"for_each gives {len(items)} items, more than policies.max_items ({limit})"
+        for i, item in enumerate(items):
+            size = len(json.dumps(item, default=str))
+            if size > MAX_ITEM_CHARS:
+                return None, (
+                    f"for_each item {i} is {size} characters of JSON, more than {MAX_ITEM_CHARS}: "
+                    "keep large data in blobs and pass its URL"
+                )
         return items, None
 
     def _resolved(self, ev: Resolved) -> None:

@@ -180,6 +180,26 @@ def test_more_items_than_max_items_fails_the_step_clearly() -> None:
     assert run.step("join").state is StepState.SKIPPED and h.backend.requests == []
 
 
+def test_an_item_too_large_to_store_fails_the_step_clearly() -> None:
+    h = harness(fan_flow(["small", "x" * 9000]))
+    h.create()
+    h.drain()
+    run = h.store.get("run1")
+    assert run.status is RunStatus.FAILED and h.backend.requests == []
+    assert run.step("train").error == (
+        "for_each item 1 is 9002 characters of JSON, more than 8000: keep large data in blobs and pass its URL"
+    )
+
+
+def test_for_each_that_is_not_a_list_fails_the_step() -> None:
+    flow = make_dag({"name": "etl"}, {"name": "train", "for_each": "${steps.etl.outputs.value}"})
+    h = harness(flow)
+    h.create()
+    h.drain()
+    run = h.store.get("run1")
+    assert run.step("train").state is StepState.FAILED and run.step("train").error == "for_each must give a list, got a str"
+
+
 def test_for_each_over_an_upstream_output_and_over_a_fan_out_s_outputs() -> None:
     flow = make_dag(
         {"name": "etl"},
