@@ -197,7 +197,10 @@ def test_for_each_that_is_not_a_list_fails_the_step() -> None:
     h.create()
     h.drain()
     run = h.store.get("run1")
-    assert run.step("train").state is StepState.FAILED and run.step("train").error == "for_each must give a list, got a str"
+    assert (
+        run.step("train").state is StepState.FAILED
+        and run.step("train").error == "for_each must give a list, got a str"
+    )
 
 
 def test_for_each_over_an_upstream_output_and_over_a_fan_out_s_outputs() -> None:
