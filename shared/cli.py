@@ -60,6 +60,7 @@ STATUS_STYLE = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "dim",
+    "skipped": "dim",
 }
 
 
@@ -626,19 +627,21 @@ def trigger(
 
 def _follow(settings: Settings, run_id: str, timeout: float, *, host_up: bool) -> Run:
     """Follow a run to its end; without a running host, run one in this process meanwhile."""
+    from shared.cli_graph import fanout_progress
     from shared.host.runtime import LocalHost, wait_for_run
 
     with contextlib.ExitStack() as stack:
         if host_up:
             services = stack.enter_context(storage(settings))
-            store = services.store
         else:
             console.print("[dim]no host is running: starting one in this process to follow the run[/dim]")
             host = stack.enter_context(LocalHost(settings))
             assert host.services is not None
-            store = host.services.store
+            services = host.services
+        store = services.store
+        enrich = fanout_progress(services.instances)
         with RunFollower() as follower:
-            return wait_for_run(store, run_id, timeout=timeout, on_progress=follower.update)
+            return wait_for_run(store, run_id, timeout=timeout, on_progress=lambda r: follower.update(enrich(r)))
     raise AssertionError("unreachable")
 
 
@@ -699,12 +702,20 @@ def show(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One run: steps, states, attempts, durations, outputs, progress, gate decision."""
+    from shared.cli_graph import print_graph
+    from shared.runview import graph_view
+
     with storage() as services:
         run = resolve_run(services, run_id)
+        flow = services.flows.flows.get(run.flow)
+        fanouts = services.instances.fanouts(run.run_id) if any(s.fanout for s in run.steps) else {}
     if as_json:
-        sys.stdout.write(json.dumps(run_json(run), default=str, indent=2) + "\n")
+        doc = run_json(run)
+        doc["graph"] = graph_view(run, flow, fanouts)
+        sys.stdout.write(json.dumps(doc, default=str, indent=2) + "\n")
         return
     print_run(run)
+    print_graph(run, flow, fanouts, console)
 
 
 TRACE_HIDDEN = frozenset({"run_id", "flow", "traceparent"})
@@ -760,7 +771,9 @@ def trace(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
         fail(f"no telemetry for run {run_id!r} under {settings.home / 'telemetry'}", 2)
     trace_ids = sorted({str(r.get("trace_id")) for r in records if r.get("trace_id")})
     title = f"run {run_id}" + (f"  trace {trace_ids[0]}" if len(trace_ids) == 1 else "")
-    console.print(trace_tree(records, title))
+    from shared.cli_graph import instance_trace_tree
+
+    console.print(instance_trace_tree(records, title))
 
 
 @app.command()
