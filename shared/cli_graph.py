@@ -34,7 +34,6 @@ SKIP_TEXT = {
     "condition": "its if was false",
     "no_failure": "nothing failed (run_if: any_failed)",
     "upstream": "a step it needs did not succeed",
-    "stopped": "the run stopped after a failure",
 }
 
 

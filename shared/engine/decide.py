@@ -569,7 +569,8 @@ class _Decider(FanOutRules):
                     self._expand(step)
                 else:
                     self._begin_attempt(step)
-        if run.status is RunStatus.RUNNING and all(s.state.terminal for s in run.steps):
+        # Nothing runs: every step has ended, or (fail_fast) was never reached and never will be.
+        if run.status is RunStatus.RUNNING and not any(s.state.active for s in run.steps):
             failed = [s for s in run.steps if s.state is StepState.FAILED]
             if failed:
                 first = min(failed, key=lambda s: (s.ended_at or self.now, run.step_index(s.name)))

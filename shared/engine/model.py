@@ -48,11 +48,10 @@ class StepState(StrEnum):
 
 
 # Why a step was skipped. The first two count as done for the steps that need it (they run);
-# the last two count as a failure upstream (``run_if: all_succeeded`` steps after it are skipped).
+# the last counts as a failure upstream (``run_if: all_succeeded`` steps after it are skipped).
 SKIP_CONDITION = "condition"  # its ``if`` was false
 SKIP_NO_FAILURE = "no_failure"  # run_if: any_failed, and nothing it needs failed
 SKIP_UPSTREAM = "upstream"  # run_if: all_succeeded, and a step it needs failed, was cancelled or skipped so
-SKIP_STOPPED = "stopped"  # the run stopped (fail_fast) before it started
 OK_SKIPS = (SKIP_CONDITION, SKIP_NO_FAILURE)
 
 

@@ -11,9 +11,10 @@ A pending step is decided once every step it needs is done:
 * then its ``if`` is evaluated: false skips it (``condition``, ok for the steps after it); an
   ``if`` that cannot be evaluated fails the step.
 
-While the run is stopping (``on_failure: fail_fast`` after a failure) a pending
-``all_succeeded`` step is skipped (``stopped``) without waiting. Steps are visited in an
-order where needs come first, so one call settles every skip a failure implies.
+While the run is stopping (``on_failure: fail_fast`` after a failure) nothing new starts but
+``run_if: always``/``any_failed`` steps: a pending ``all_succeeded`` step stays pending (never
+reached, as in a chain before DAGs) and counts as not ok for the steps after it. Steps are
+visited in an order where needs come first, so one call settles every skip a failure implies.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from shared.engine.model import (
     SKIP_CONDITION,
     SKIP_NO_FAILURE,
-    SKIP_STOPPED,
     SKIP_UPSTREAM,
     Run,
     StepRun,
@@ -104,8 +104,7 @@ def plan(run: Run, flow: Flow, scope: Mapping[str, Any], *, failed_now: bool = F
         spec = flow.step(name)
         needs = [result.get(n, "ok") for n in graph.needs[name]]
         if stop and spec.run_if == "all_succeeded":
-            out.skip.append((name, SKIP_STOPPED))
-            result[name] = "bad"
+            result[name] = "bad"  # never reached: fail_fast starts nothing new
             continue
         if "open" in needs:
             result[name] = "open"

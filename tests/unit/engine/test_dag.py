@@ -177,7 +177,7 @@ def test_more_items_than_max_items_fails_the_step_clearly() -> None:
     run = h.store.get("run1")
     assert run.status is RunStatus.FAILED
     assert run.step("train").error == "for_each gives 6 items, more than policies.max_items (5)"
-    assert run.step("join").state is StepState.SKIPPED and h.backend.requests == []
+    assert run.step("join").state is StepState.PENDING and h.backend.requests == []  # fail_fast: never reached
 
 
 def test_an_item_too_large_to_store_fails_the_step_clearly() -> None:
@@ -329,7 +329,7 @@ def test_fail_fast_cancels_running_siblings_and_starts_only_handlers() -> None:
     states = {s.name: (s.state.value, s.skip) for s in run.steps}
     assert states["slow"] == ("cancelled", None) and "fail_fast" in (run.step("slow").error or "")
     assert h.backend.jobs["run1-slow-1"].cancelled
-    assert states["after_bad"] == ("skipped", "stopped") and states["after_slow"] == ("skipped", "stopped")
+    assert states["after_bad"] == ("pending", None) and states["after_slow"] == ("pending", None)  # never reached
     assert states["cleanup"] == ("succeeded", None) and states["alarm"] == ("succeeded", None)
     assert states["quiet"] == ("succeeded", None)  # slow was cancelled: a failure for any_failed
     assert run.status is RunStatus.FAILED and run.error == "step bad failed: boom"
