@@ -20,16 +20,6 @@ if TYPE_CHECKING:
     from shared.flows.model import Flow
     from shared.store.base import InstanceStore
 
-STYLE = {
-    "pending": "yellow",
-    "launching": "cyan",
-    "running": "cyan",
-    "retry_wait": "magenta",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "dim",
-    "skipped": "dim",
-}
 SKIP_TEXT = {
     "condition": "its if was false",
     "no_failure": "nothing failed (run_if: any_failed)",
@@ -46,13 +36,15 @@ def is_plain_chain(run: Run, flow: Flow | None) -> bool:
 
 def graph_table(view: Mapping[str, Any]) -> Table:
     """One row per step: what it needs, its state (and why it was skipped), its instances."""
+    from shared.cli import STATUS_STYLE
+
     table = Table(show_header=True, header_style="bold", expand=False, title="graph", title_justify="left")
     table.add_column("step")
     table.add_column("needs")
     table.add_column("state")
     table.add_column("instances / condition", overflow="fold")
     for node in view["nodes"]:
-        state = Text(node["state"], style=STYLE.get(node["state"], ""))
+        state = Text(node["state"], style=STATUS_STYLE.get(node["state"], ""))
         if node["skip"]:
             state.append(f" ({SKIP_TEXT.get(node['skip'], node['skip'])})", style="dim")
         notes: list[str] = []

@@ -55,7 +55,7 @@ from shared.engine.commands import (
     Send,
     StartQueued,
 )
-from shared.engine.fanout import ACTIVE, PAGE, FanOutRules, FanOuts, FanOutWrite
+from shared.engine.fanout import ACTIVE, PAGE, FanOutRules, FanOuts, FanOutWrite, run_message
 from shared.engine.model import (
     FanOut,
     FanOutRef,
@@ -191,15 +191,7 @@ def decide(run: Run, flow: Flow, event: Event, now: datetime, fanouts: FanOuts |
 
 def tick_message(run: Run, step: StepRun) -> Message:
     """The one tick message ``step`` currently waits for."""
-    return Message(
-        kind="tick",
-        run_id=run.run_id,
-        flow=run.flow,
-        step=step.name,
-        attempt=step.attempt,
-        tick=step.tick,
-        traceparent=run.traceparent,
-    ).with_id()
+    return run_message(run, "tick", step.name, step.attempt, step.tick)
 
 
 def start_message(run: Run) -> Message:

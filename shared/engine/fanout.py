@@ -28,7 +28,17 @@ from typing import Any
 from shared.backends.base import LaunchResult, StepStatus
 from shared.engine import attempts
 from shared.engine.commands import Cancel, Command, Emit, FollowUp, Launch, LoadInstances, Poll, Send
-from shared.engine.model import FanOut, InstanceRun, Message, Run, RunStatus, StepRun, StepState, idempotency_key
+from shared.engine.model import (
+    FanOut,
+    InstanceRun,
+    Message,
+    MessageKind,
+    Run,
+    RunStatus,
+    StepRun,
+    StepState,
+    idempotency_key,
+)
 from shared.flows.model import Flow
 
 LAUNCH_BATCH = 16  # instances one decision begins at most
@@ -54,30 +64,28 @@ class FanOutWrite:
     instances: list[InstanceRun] = field(default_factory=list)
 
 
-def instance_tick(run: Run, inst: InstanceRun) -> Message:
-    """The one tick message instance ``inst`` currently waits for."""
+def run_message(run: Run, kind: MessageKind, step: str, attempt: int, tick: int, index: int | None = None) -> Message:
+    """A ``tick``/``fanout`` message of ``run`` (its id makes duplicates collapse)."""
     return Message(
-        kind="tick",
+        kind=kind,
         run_id=run.run_id,
         flow=run.flow,
-        step=inst.name,
-        attempt=inst.attempt,
-        tick=inst.tick,
-        index=inst.index,
+        step=step,
+        attempt=attempt,
+        tick=tick,
+        index=index,
         traceparent=run.traceparent,
     ).with_id()
+
+
+def instance_tick(run: Run, inst: InstanceRun) -> Message:
+    """The one tick message instance ``inst`` currently waits for."""
+    return run_message(run, "tick", inst.name, inst.attempt, inst.tick, inst.index)
 
 
 def continuation(run: Run, head: FanOut) -> Message:
-    return Message(
-        kind="fanout",
-        run_id=run.run_id,
-        flow=run.flow,
-        step=head.step,
-        attempt=head.epoch,
-        tick=head.tick,
-        traceparent=run.traceparent,
-    ).with_id()
+    """The one ``fanout`` message (begin more instances) the fan-out currently acts on."""
+    return run_message(run, "fanout", head.step, head.epoch, head.tick)
 
 
 class FanOutRules:

@@ -19,7 +19,6 @@ size by the engine (shared.engine.decide), so a 10,000-item fan-out is ~100 item
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from shared.azure_errors import map_azure_error
 from shared.engine.model import FanOut, InstanceRun, StepState
 from shared.errors import ConcurrencyError, ValidationError
 from shared.store.base import ITEMS_PER_PAGE, MAX_INSTANCES_PER_SAVE, InstanceStore
-from shared.store.table import check_run_id, check_table_name, doc_property, join_doc, split_doc
+from shared.store.table import TableOnce, check_run_id, doc_property, join_doc, split_doc, table_client
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -60,46 +59,15 @@ def _doc_props(doc: str, what: str) -> dict[str, str]:
 class TableInstanceStore(InstanceStore):
     def __init__(self, client: TableClient) -> None:
         self._client = client
-        self._ready = False
-        self._lock = threading.Lock()
+        self._ensure_table = TableOnce(client)
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
     ) -> TableInstanceStore:
         """Identity-based or by connection string, exactly like the run store (same account)."""
-        from azure.data.tables import TableClient
-
-        from shared.azure_identity import storage_clients
-
         name = settings.instances_table_name
-        check_table_name(name)
-        make = storage_clients(
-            settings,
-            "table",
-            "store",
-            TableClient,
-            credential=credential,
-            client_kwargs=client_kwargs,
-            endpoint_arg="endpoint",
-        )
-        return cls(make(table_name=name))
-
-    def _ensure_table(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if self._ready:
-                return
-            from azure.core.exceptions import ResourceExistsError
-
-            try:
-                self._client.create_table()
-            except ResourceExistsError:
-                pass
-            except Exception as exc:
-                raise map_azure_error(exc, SERVICE) from exc
-            self._ready = True
+        return cls(table_client(settings, name, credential=credential, client_kwargs=client_kwargs))
 
     @staticmethod
     def _etag(metadata: Mapping[str, Any] | None) -> str | None:

@@ -4,7 +4,6 @@ summaries); GET /api/runs/{id}/steps/{step}/instances pages a fan-out's instance
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from shared.api.handlers import Api
 from shared.backends.base import StepStatus
@@ -34,18 +33,6 @@ def api_over(h: Harness, tmp_path: Path) -> Api:
     return Api(services)
 
 
-def step_until(h: Harness, done: Any, limit: int = 500) -> None:
-    for _ in range(limit):
-        if done():
-            return
-        got = h.queue.receive(max_messages=1)
-        if not got:
-            h.queue.advance(h.queue.next_visible_in() or 0)
-            continue
-        h.executor.handle(got[0].message, delivery_count=got[0].dequeue_count)
-        h.queue.complete(got[0])
-
-
 def test_the_run_document_draws_the_graph_and_pages_instances(tmp_path: Path) -> None:
     h = Harness(FLOW)
     h.backend.polls = 3
@@ -57,7 +44,7 @@ def test_the_run_document_draws_the_graph_and_pages_instances(tmp_path: Path) ->
         heads = h.instances.fanouts("run1")
         return "train" in heads and heads["train"].counts.get("succeeded", 0) >= 2
 
-    step_until(h, some_done)
+    h.until(some_done)
     doc = call(api, "GET", "/api/runs/run1").json()
     graph = doc["graph"]
     assert {"from": "etl", "to": "train"} in graph["edges"] and {"from": "quality", "to": "notify"} in graph["edges"]

@@ -28,17 +28,12 @@ def text_of(render: object, width: int = 200) -> str:
 
 def until_fanned_out(h: Harness, succeeded: int = 0) -> None:
     h.backend.polls = 2
-    for _ in range(500):
+
+    def done() -> bool:
         head = h.instances.fanouts("run1").get("train")
-        if head is not None and head.counts.get("succeeded", 0) >= succeeded:
-            return
-        got = h.queue.receive(max_messages=1)
-        if not got:
-            h.queue.advance(h.queue.next_visible_in() or 0)
-            continue
-        h.executor.handle(got[0].message, delivery_count=got[0].dequeue_count)
-        h.queue.complete(got[0])
-    raise AssertionError("train never fanned out")
+        return head is not None and head.counts.get("succeeded", 0) >= succeeded
+
+    h.until(done)
 
 
 def console() -> tuple[Console, io.StringIO]:

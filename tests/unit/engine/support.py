@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,6 +86,23 @@ class Harness:
         assert self.store.create_if_absent(run)
         self.queue.send(start(run))
         return run
+
+    def deliver_one(self) -> None:
+        """Deliver the next visible message (advancing the clock to it if none is visible yet)."""
+        got = self.queue.receive(max_messages=1)
+        if not got:
+            self.queue.advance(self.queue.next_visible_in() or 0.0)
+            return
+        self.executor.handle(got[0].message, delivery_count=got[0].dequeue_count)
+        self.queue.complete(got[0])
+
+    def until(self, done: Callable[[], bool], max_rounds: int = 500) -> None:
+        """Deliver messages one by one until ``done()``."""
+        for _ in range(max_rounds):
+            if done():
+                return
+            self.deliver_one()
+        raise AssertionError("the condition never held")
 
     def drain(self, max_rounds: int = 500) -> int:
         """Deliver every message (advancing the clock to the next scheduled one) until the queue is empty."""

@@ -385,12 +385,7 @@ def test_cancel_stops_every_running_branch_and_instance() -> None:
     h = harness(flow, polls=50)
     h.create()
     for _ in range(12):  # start everything, then cancel mid-flight
-        got = h.queue.receive(max_messages=1)
-        if not got:
-            h.queue.advance(h.queue.next_visible_in() or 0)
-            continue
-        h.executor.handle(got[0].message, delivery_count=got[0].dequeue_count)
-        h.queue.complete(got[0])
+        h.deliver_one()
     control.request_cancel(h.store, h.queue, "run1")
     h.drain(max_rounds=2000)
     run = h.store.get("run1")
