@@ -64,6 +64,7 @@ def _plan(quick: bool) -> dict[str, Callable[[Settings | None], bool]]:
         "batch": lambda _s: bench_batch.main(tasks=1_000, rounds=3),
         "transition": lambda s: bench_transition.main(need(s), n=200, block=10),
         "ingest": lambda s: bench_ingest.main(need(s), n=10_000, again=2_000, inserts=100, budget_seconds=90),
+        "fanout": lambda s: bench_fanout.main(need(s), n=1_000),
     }
 
 
