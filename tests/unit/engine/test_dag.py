@@ -440,3 +440,21 @@ def test_rerun_refuses_a_step_whose_upstream_did_not_succeed() -> None:
     run = h.store.get("run1")
     assert run.step("c").state is StepState.SUCCEEDED and run.step("a").state is StepState.FAILED
     assert run.status is RunStatus.FAILED  # a still failed
+
+
+def test_each_instance_has_its_own_timeout() -> None:
+    flow = make_dag(
+        {"name": "train", "needs": [], "for_each": ["a", "b"], "timeout_seconds": 5, "retries": {"count": 1}},
+        policies={"on_failure": "continue"},
+    )
+    h = harness(flow, polls=1)
+    h.backend.instance_outcomes[("train", 1, 1)] = StepStatus("running")  # never finishes (and polls again)
+    h.backend.instance_outcomes[("train", 1, 2)] = StepStatus("running")
+    h.create()
+    h.drain(max_rounds=3000)
+    run = h.store.get("run1")
+    assert run.status is RunStatus.FAILED
+    rows = {r.index: r for r in instances(h, "run1", "train")}
+    assert rows[0].state is StepState.SUCCEEDED
+    assert rows[1].state is StepState.FAILED and rows[1].attempt == 2 and rows[1].error == "timed out after 5s"
+    assert sorted(h.backend.cancelled) == ["run1-train_1-1", "run1-train_1-2"]  # each timed-out job is cancelled
