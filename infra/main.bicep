@@ -94,6 +94,9 @@ param defaultMessageTimeToLive string = 'P14D'
 @description('Table holding run state; also CONVEYOR_RUNS_TABLE.')
 param runsTableName string = 'conveyorruns'
 
+@description('Table holding the instances of for_each steps (outside the run documents); also CONVEYOR_INSTANCES_TABLE.')
+param instancesTableName string = 'conveyorrunsinstances'
+
 @description('Container where data drops land (watched by the Event Grid subscription).')
 param landingContainerName string = 'landing'
 
@@ -435,6 +438,11 @@ resource runsTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-
   name: runsTableName
 }
 
+resource instancesTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: dataTableService
+  name: instancesTableName
+}
+
 // Storage diagnostics to Log Analytics (read/write/delete logs of blob, queue and table).
 resource appBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
   name: 'service'
@@ -690,6 +698,7 @@ var baseAppSettings = {
   CONVEYOR_MODE: 'azure'
   CONVEYOR_QUEUE_NAME: workQueue.name
   CONVEYOR_RUNS_TABLE: runsTable.name
+  CONVEYOR_INSTANCES_TABLE: instancesTable.name
   CONVEYOR_MAX_DELIVERY_COUNT: string(maxDeliveryCount)
   CONVEYOR_TELEMETRY_EXPORTER: 'opentelemetry'
   CONVEYOR_SCHEDULE_TICK: scheduleTick
@@ -1279,6 +1288,7 @@ output dataStorageAccountName string = dataStorage.name
 output landingContainerName string = landingContainer.name
 output deadLetterContainerName string = deadLetterContainer.name
 output runsTableName string = runsTable.name
+output instancesTableName string = instancesTable.name
 output appInsightsName string = appInsights.name
 output appInsightsConnectionStringSetting string = 'APPLICATIONINSIGHTS_CONNECTION_STRING'
 output eventGridSystemTopicName string = systemTopic.name

@@ -66,6 +66,7 @@ STATUS_STYLE = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "dim",
+    "skipped": "dim",
 }
 
 
@@ -759,20 +760,24 @@ def _follow(
 ) -> Run:
     """Follow a run (its id, or the newest run a predicate picks) to its end (one ``accept``
     agrees with); without a running host, run one in this process meanwhile."""
+    from shared.cli_graph import fanout_progress
     from shared.host.runtime import LocalHost, wait_for_run
 
     with contextlib.ExitStack() as stack:
         if host_up:
             services = stack.enter_context(storage(settings))
-            store = services.store
         else:
             say(console, ("no host is running: starting one in this process to follow the run", "dim"))
             say(console, ("(it stops when the run ends; `conveyor up` keeps one running)", "dim"))
             host = stack.enter_context(LocalHost(settings))
             assert host.services is not None
-            store = host.services.store
+            services = host.services
+        store = services.store
+        enrich = fanout_progress(services.instances)
         with RunFollower() as follower:
-            return wait_for_run(store, run_id, timeout=timeout, on_progress=follower.update, accept=accept)
+            return wait_for_run(
+                store, run_id, timeout=timeout, on_progress=lambda r: follower.update(enrich(r)), accept=accept
+            )
     raise AssertionError("unreachable")
 
 
@@ -834,16 +839,32 @@ def show(
     follow: bool = typer.Option(False, "--follow", "-f", help="show progress until the run ends, then the run"),
     timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
-    """One run: steps, states, attempts (earlier ones too), durations, outputs, progress, gate decision."""
+    """One run: its graph of steps, states, attempts (earlier ones too), durations, outputs, progress, gate."""
+    from shared.cli_graph import print_graph
+    from shared.runview import graph_view
+
     settings = load_settings()
+
+    def graph_inputs(services: Services, run: Run) -> tuple[Any, dict[str, Any]]:
+        fanouts = services.instances.fanouts(run.run_id) if any(s.fanout for s in run.steps) else {}
+        return services.flows.flows.get(run.flow), fanouts
+
     with storage(settings) as services:
         run = resolve_run(services, run_id)
-    if follow and not run.status.terminal:
+        following = follow and not run.status.terminal
+        if not following:
+            flow, fanouts = graph_inputs(services, run)
+    if following:
         run = _follow(settings, run.run_id, timeout, host_up=host_running(settings))
+        with storage(settings) as services:
+            flow, fanouts = graph_inputs(services, run)
     if as_json:
-        sys.stdout.write(json.dumps(run_json(run), default=str, indent=2) + "\n")
+        doc = run_json(run)
+        doc["graph"] = graph_view(run, flow, fanouts)
+        sys.stdout.write(json.dumps(doc, default=str, indent=2) + "\n")
     else:
         print_run(run)
+        print_graph(run, flow, fanouts, console)
     if follow and run.status.value != "succeeded":
         raise typer.Exit(1)
 
@@ -902,7 +923,9 @@ def trace(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
         fail(f"no telemetry for run {run_id!r} under {settings.home / 'telemetry'}", 2)
     trace_ids = sorted({str(r.get("trace_id")) for r in records if r.get("trace_id")})
     title = f"run {run_id}" + (f"  trace {trace_ids[0]}" if len(trace_ids) == 1 else "")
-    console.print(trace_tree(records, title))
+    from shared.cli_graph import instance_trace_tree
+
+    console.print(instance_trace_tree(records, title))
 
 
 @app.command()

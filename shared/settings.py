@@ -174,6 +174,7 @@ class Settings:
     azurite_table_port: int = 10002
     queue_name: str = "conveyor-work"
     runs_table: str = "conveyorruns"
+    instances_table: str = ""  # "" = runs_table + "instances"
     max_delivery_count: int = 5
     # local host
     host_port: int = 7071
@@ -221,6 +222,7 @@ class Settings:
             azurite_table_port=_int(env, "CONVEYOR_AZURITE_TABLE_PORT", 10002),
             queue_name=env.get("CONVEYOR_QUEUE_NAME", "conveyor-work"),
             runs_table=env.get("CONVEYOR_RUNS_TABLE", "conveyorruns"),
+            instances_table=env.get("CONVEYOR_INSTANCES_TABLE", "").strip(),
             max_delivery_count=_int(env, "CONVEYOR_MAX_DELIVERY_COUNT", 5),
             host_port=_int(env, "CONVEYOR_HOST_PORT", 7071),
             scoring_port=_int(env, "CONVEYOR_SCORING_PORT", 5088),
@@ -239,6 +241,11 @@ class Settings:
             azure=AzureSettings.read(env),
             env=env,
         )
+
+    @property
+    def instances_table_name(self) -> str:
+        """The table of for_each instances: CONVEYOR_INSTANCES_TABLE, else the runs table's name + ``instances``."""
+        return self.instances_table or (self.runs_table + "instances")[:63]
 
     def adapter(self, port: str) -> str:
         """Which adapter serves ``port``: the per-port override, else the mode."""

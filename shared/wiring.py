@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from shared.flows.model import FlowsFile
     from shared.queue.base import WorkQueue
     from shared.registry.base import ModelRegistry
-    from shared.store.base import RunStore
+    from shared.store.base import InstanceStore, RunStore
     from shared.telemetry.base import Telemetry
 
 
@@ -64,6 +64,13 @@ class Services:
         from shared.store.table import TableRunStore
 
         return TableRunStore.from_settings(self.settings)
+
+    @cached_property
+    def instances(self) -> InstanceStore:
+        """The fan-outs of for_each steps, in the same storage account as the runs."""
+        from shared.store.table_instances import TableInstanceStore
+
+        return TableInstanceStore.from_settings(self.settings)
 
     @cached_property
     def blobs(self) -> BlobStore:

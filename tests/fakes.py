@@ -11,12 +11,13 @@ import itertools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
-from shared.engine.model import Message, Run, RunStatus
-from shared.errors import ConcurrencyError, NotFoundError
+from shared.engine.model import FanOut, InstanceRun, Message, Run, RunStatus, StepState
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.queue.base import Received, WorkQueue
-from shared.store.base import RunStore
+from shared.store.base import MAX_INSTANCES_PER_SAVE, InstanceStore, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -63,6 +64,93 @@ class MemoryRunStore(RunStore):
         runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return runs[:limit]
+
+
+class MemoryInstanceStore(InstanceStore):
+    """Fan-out rows in dicts, with the port's all-or-nothing ETag save."""
+
+    def __init__(self) -> None:
+        self.heads: dict[tuple[str, str], tuple[str, str]] = {}  # (run, step) -> (etag, json)
+        self.rows: dict[tuple[str, str, int, int], tuple[str, str]] = {}  # (run, step, epoch, index)
+        self.item_lists: dict[tuple[str, str, int], list[Any]] = {}
+        self.saves = 0
+
+    def fanouts(self, run_id: str) -> dict[str, FanOut]:
+        out = {}
+        for (rid, step), (etag, doc) in self.heads.items():
+            if rid == run_id:
+                out[step] = FanOut.model_validate_json(doc)
+                out[step].etag = etag
+        return out
+
+    def instance(self, run_id: str, step: str, epoch: int, index: int) -> InstanceRun | None:
+        got = self.rows.get((run_id, step, epoch, index))
+        if got is None:
+            return None
+        inst = InstanceRun.model_validate_json(got[1])
+        inst.etag = got[0]
+        return inst
+
+    def instances(
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        states: Iterable[StepState] | None = None,
+        start: int = 0,
+        limit: int = 100,
+    ) -> list[InstanceRun]:
+        wanted = set(states) if states is not None else None
+        keys = sorted(k for k in self.rows if k[:3] == (run_id, step, epoch) and k[3] >= start)
+        out = []
+        for k in keys:
+            inst = self.instance(*k)
+            assert inst is not None
+            if wanted is None or inst.state in wanted:
+                out.append(inst)
+            if len(out) >= limit:
+                break
+        return out
+
+    def save(self, fanout: FanOut, instances: Iterable[InstanceRun] = ()) -> tuple[FanOut, list[InstanceRun]]:
+        rows = list(instances)
+        head_key = (fanout.run_id, fanout.step)
+        current = self.heads.get(head_key)
+        if (current[0] if current else None) != fanout.etag:
+            raise ConcurrencyError(f"fan-out {fanout.step} of run {fanout.run_id} changed")
+        self._check(fanout.run_id, rows)
+        head = fanout.model_copy(update={"etag": uuid.uuid4().hex})
+        self.heads[head_key] = (head.etag or "", fanout.model_dump_json())
+        return head, self._write(fanout.run_id, rows)
+
+    def save_instances(self, run_id: str, instances: Iterable[InstanceRun]) -> tuple[None, list[InstanceRun]]:
+        rows = list(instances)
+        self._check(run_id, rows)
+        return None, self._write(run_id, rows)
+
+    def _check(self, run_id: str, rows: list[InstanceRun]) -> None:
+        if len(rows) > MAX_INSTANCES_PER_SAVE:
+            raise ValidationError(f"at most {MAX_INSTANCES_PER_SAVE} instances per save", field="instances")
+        for inst in rows:
+            got = self.rows.get((run_id, inst.name, inst.epoch, inst.index))
+            if (got[0] if got else None) != inst.etag:
+                raise ConcurrencyError(f"instance {inst.name}[{inst.index}] of run {run_id} changed")
+
+    def _write(self, run_id: str, rows: list[InstanceRun]) -> list[InstanceRun]:
+        saved = []
+        for inst in rows:
+            new = inst.model_copy(update={"etag": uuid.uuid4().hex})
+            self.rows[(run_id, inst.name, inst.epoch, inst.index)] = (new.etag or "", inst.model_dump_json())
+            saved.append(new)
+        self.saves += 1
+        return saved
+
+    def put_items(self, run_id: str, step: str, epoch: int, items: list[Any]) -> None:
+        self.item_lists[(run_id, step, epoch)] = list(items)
+
+    def items(self, run_id: str, step: str, epoch: int, start: int, count: int) -> list[Any]:
+        return list(self.item_lists.get((run_id, step, epoch), [])[start : start + count])
 
 
 @dataclass
@@ -129,7 +217,9 @@ class ScriptedBackend(JobBackend):
     """Runs nothing: each launched job finishes after ``polls`` polls with a scripted outcome.
 
     ``outcomes`` maps (step, attempt) to a StepStatus; default is success with
-    ``{"result": f"{step}-{attempt}"}`` (a databricks step's output) as outputs. Counts launches per key.
+    ``{"result": f"{step}-{attempt}"}`` (a databricks step's output) as outputs. An instance of a for_each step looks in
+    ``instance_outcomes`` at (step, index, attempt) first; its default outputs are
+    ``{"result": f"{step}[{index}]-{attempt}", "item": item}``. Counts launches per key.
     """
 
     kind: str = "scripted"
@@ -138,6 +228,8 @@ class ScriptedBackend(JobBackend):
     launch_errors: dict[tuple[str, int], Exception] = field(default_factory=dict)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     launches: list[str] = field(default_factory=list)  # keys, one per *new* job
+    instance_outcomes: dict[tuple[str, int, int], StepStatus] = field(default_factory=dict)
+    cancelled: list[str] = field(default_factory=list)  # keys, in the order they were cancelled
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
         err = self.launch_errors.get((request.step, request.attempt))
@@ -145,10 +237,19 @@ class ScriptedBackend(JobBackend):
             raise err
         if request.key in self.jobs:
             return LaunchResult(remote_id=request.key, reattached=True)
-        outcome = self.outcomes.get(
-            (request.step, request.attempt),
-            StepStatus("succeeded", outputs={"result": f"{request.step}-{request.attempt}"}),
-        )
+        if request.index is not None:
+            outcome = self.instance_outcomes.get(
+                (request.step, request.index, request.attempt),
+                StepStatus(
+                    "succeeded",
+                    outputs={"result": f"{request.step}[{request.index}]-{request.attempt}", "item": request.item},
+                ),
+            )
+        else:
+            outcome = self.outcomes.get(
+                (request.step, request.attempt),
+                StepStatus("succeeded", outputs={"result": f"{request.step}-{request.attempt}"}),
+            )
         self.jobs[request.key] = FakeJob(request.key, request, self.polls, outcome)
         self.launches.append(request.key)
         return LaunchResult(remote_id=request.key)
@@ -163,8 +264,9 @@ class ScriptedBackend(JobBackend):
         return job.outcome
 
     def cancel(self, remote_id: str) -> None:
-        if remote_id in self.jobs:
+        if remote_id in self.jobs and not self.jobs[remote_id].cancelled:
             self.jobs[remote_id].cancelled = True
+            self.cancelled.append(remote_id)
 
     def launches_per_step(self) -> dict[str, int]:
         counts: dict[str, int] = {}

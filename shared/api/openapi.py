@@ -68,6 +68,53 @@ HANDWRITTEN_SCHEMAS: dict[str, dict[str, Any]] = {
             "error": nullable(STRING),
         },
     },
+    "RunGraph": {
+        "type": "object",
+        "required": ["nodes", "edges"],
+        "properties": {
+            "nodes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "kind", "state", "needs"],
+                    "properties": {
+                        "name": STRING,
+                        "kind": STRING,
+                        "state": STRING,
+                        "needs": {"type": "array", "items": STRING},
+                        "instances": {"type": ["object", "null"], "description": "a for_each step's summary"},
+                    },
+                },
+            },
+            "edges": {
+                "type": "array",
+                "items": {"type": "object", "required": ["from", "to"], "properties": {"from": STRING, "to": STRING}},
+            },
+        },
+    },
+    "InstancePage": {
+        "type": "object",
+        "required": ["run_id", "step", "epoch", "total", "counts", "summary", "start", "limit", "instances", "next"],
+        "properties": {
+            "run_id": STRING,
+            "step": STRING,
+            "epoch": {"type": "integer"},
+            "total": {"type": ["integer", "null"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "summary": STRING,
+            "start": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "instances": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "state", "attempt"],
+                    "properties": {"index": {"type": "integer"}, "state": STRING, "attempt": {"type": "integer"}},
+                },
+            },
+            "next": {"type": ["string", "null"], "description": "the URL of the next page"},
+        },
+    },
     "RunList": {
         "type": "object",
         "required": ["runs", "count"],
@@ -232,7 +279,7 @@ def _path_param(name: str, pattern: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}}
 
 
-PATH_PARAMS = {"flow": FLOW_RE.pattern, "run_id": RUN_ID_RE.pattern}
+PATH_PARAMS = {"flow": FLOW_RE.pattern, "run_id": RUN_ID_RE.pattern, "step": STEP_RE.pattern}
 LOCATION = {"Location": {"description": "the run's status URL", "schema": STRING}}
 EVENTGRID_HEADERS = (
     {
@@ -269,7 +316,19 @@ ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
         ),
     ),
-    ("GET", "get_run"): RouteDoc("One run: steps, outputs, gate", {200: ("the run", "RunDocument")}, errors=(404,)),
+    ("GET", "get_run"): RouteDoc(
+        "One run: steps, outputs, gate and its graph", {200: ("the run", "RunDocument")}, errors=(404,)
+    ),
+    ("GET", "list_instances"): RouteDoc(
+        "A page of a for_each step's instances, by index",
+        {200: ("the page", "InstancePage")},
+        query=(
+            {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+            {"name": "state", "in": "query", "schema": STRING, "description": "comma-separated states"},
+        ),
+        errors=(404,),
+    ),
     ("POST", "cancel_run"): RouteDoc(
         "Ask a run to cancel",
         {202: ("cancel requested", "CancelAccepted")},
@@ -381,8 +440,8 @@ def _model_schemas() -> dict[str, Any]:
     schema.pop("title", None)
     document = {  # GET /api/runs/{run_id}: the run plus its URL (run_document)
         **schema,
-        "properties": {**schema["properties"], "status_url": STRING},
-        "required": [*schema.get("required", []), "status_url"],
+        "properties": {**schema["properties"], "status_url": STRING, "graph": ref("RunGraph")},
+        "required": [*schema.get("required", []), "status_url", "graph"],
     }
     return {**defs, "Run": schema, "RunDocument": document}
 

@@ -287,6 +287,7 @@ class AzureBatchBackend(JobBackend):
             models.BatchMetadataItem(name="step", value=request.step),
             models.BatchMetadataItem(name="output_container", value=params.output_container),
             models.BatchMetadataItem(name=_META_TASKS, value=str(len(tasks))),
+            *(models.BatchMetadataItem(name=k, value=v) for k, v in request.index_tags("").items()),
         ]
         env = [models.EnvironmentSetting(name=k, value=v) for k, v in request.env.items()]
         if request.traceparent:  # one trace from the trigger to the tasks (env) and the job (metadata)
@@ -294,7 +295,7 @@ class AzureBatchBackend(JobBackend):
             env.append(models.EnvironmentSetting(name="TRACEPARENT", value=request.traceparent))
         job = models.BatchJobCreateOptions(
             id=key,
-            display_name=f"{request.flow}/{request.step} attempt {request.attempt}"[:1024],
+            display_name=f"{request.flow}/{request.unit} attempt {request.attempt}"[:1024],
             pool_info=models.BatchPoolInfo(pool_id=pool),
             uses_task_dependencies=False,
             all_tasks_complete_mode=models.BatchAllTasksCompleteMode.NO_ACTION,

@@ -371,7 +371,7 @@ class DatabricksJobsBackend(JobBackend):
                 )
             ]
         return self.client.jobs.submit(
-            run_name=f"conveyor-{request.flow}-{request.step}-{request.run_id}",
+            run_name=f"conveyor-{request.flow}-{request.unit}-{request.run_id}",
             idempotency_token=request.key,
             tasks=[task],
             environments=environments,

@@ -512,6 +512,7 @@ class AzureMLv1Backend(AzureMLv1Workspace, JobBackend):
             "conveyor.run_id": request.run_id,
             "conveyor.flow": request.flow,
             "conveyor.step": request.step,
+            **request.index_tags(),
         }
         tags = {k: v for k, v in tags.items() if v}
         last: ConveyorError | None = None

@@ -212,6 +212,7 @@ class AzureMLv2Backend(JobBackend):
                 "conveyor.step": request.step,
                 "conveyor.key": request.key,
                 "traceparent": request.traceparent,
+                **request.index_tags(),
             }
         )
         job.tags = {k: v for k, v in tags.items() if v}

@@ -33,6 +33,18 @@ class LaunchRequest:
     # filled in one pass with its {placeholders}: shared.flows.argv).
     scope: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # the step's env:, rendered (shared.flows.argv.render_env)
+    # An instance of a for_each step: its position and item (``key`` is then run-step_index-attempt).
+    index: int | None = None
+    item: Any = None
+
+    @property
+    def unit(self) -> str:
+        """``step``, or ``step[index]`` for an instance: how remote jobs are labelled for humans."""
+        return self.step if self.index is None else f"{self.step}[{self.index}]"
+
+    def index_tags(self, prefix: str = "conveyor.") -> dict[str, str]:
+        """``{prefix}index`` for an instance (empty otherwise): remote metadata/tags."""
+        return {} if self.index is None else {f"{prefix}index": str(self.index)}
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,7 @@ class LocalBatchBackend(JobBackend):
             "step": request.step,
             "attempt": request.attempt,
             "traceparent": request.traceparent,
+            "index": request.index,
             "command": params.command,
             "env": dict(request.env),
             "output_container": params.output_container,

@@ -76,6 +76,7 @@ class LocalDatabricksBackend(LocalRunBackend):
             "run_id": request.run_id,
             "step": request.step,
             "traceparent": request.traceparent,
+            "index": request.index,
             "python_file": str(script),
             "parameters": [self.dbfs_path(str(p), f"params.parameters[{i}]") for i, p in enumerate(params.parameters)],
             "env": dict(request.env),

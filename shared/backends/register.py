@@ -7,6 +7,7 @@ looks the version up again by key, so both survive a restart or a redelivered me
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, TypeVar
 
@@ -78,6 +79,10 @@ def lineage_tags(request: LaunchRequest) -> dict[str, str]:
         remote_id = step.get("remote_id") if isinstance(step, dict) else None
         if remote_id:
             tags[f"step.{name}.remote_id"] = str(remote_id)
+    if request.index is not None:  # an instance of a for_each step: which one, and its item
+        tags["conveyor.index"] = str(request.index)
+        item = request.item if isinstance(request.item, str) else json.dumps(request.item, default=str)
+        tags["conveyor.item"] = item
     return {k: v[:_TAG_VALUE_MAX] for k, v in tags.items() if v}
 
 

@@ -8,7 +8,7 @@ in ``tick`` so that a duplicate delivered after a later rerun does nothing.
 
 from __future__ import annotations
 
-from shared.engine.model import Message, Run, StepState
+from shared.engine.model import Message, Run
 from shared.errors import ConcurrencyError, ConflictError, ValidationError
 from shared.flows.model import FlowsFile
 from shared.queue.base import WorkQueue
@@ -49,11 +49,14 @@ def request_cancel(store: RunStore, queue: WorkQueue, run_id: str) -> Run:
 def request_rerun(
     store: RunStore, queue: WorkQueue, flows: FlowsFile, run_id: str, from_step: str | None = None
 ) -> Run:
-    """Ask for a finished run to run again from ``from_step`` (default: its first step that did not succeed).
+    """Ask for a finished run to run again from ``from_step`` and the steps after it (default:
+    every step that did not succeed whose upstream did).
 
-    Steps before ``from_step`` must have succeeded: their outputs are reused. NotFoundError
-    for an unknown run; ConflictError while the run is still pending/queued/running;
-    ValidationError(field="from_step") for a step that is not in the run or cannot be a start.
+    The steps ``from_step`` waits for (directly or not) must have succeeded (or been skipped by
+    a condition): their outputs are reused, and so are those of every step not after it.
+    NotFoundError for an unknown run; ConflictError while the run is still
+    pending/queued/running; ValidationError(field="from_step") for a step that is not in the
+    run or cannot be a start.
     """
     run = store.get(run_id)
     if not run.status.terminal:
@@ -74,11 +77,13 @@ def request_rerun(
         raise ValidationError(
             f"step {from_step!r} is no longer in flow {run.flow} (steps: {', '.join(flow_names)})", field="from_step"
         )
-    idx = names.index(from_step)
-    for s in run.steps[:idx]:
-        if s.state is not StepState.SUCCEEDED:
+    graph = flow.graph()
+    upstream = graph.ancestors(from_step)
+    for s in run.steps:
+        if s.name in upstream and not s.ok:
+            where = "before" if graph.is_chain() else "upstream of"
             raise ValidationError(
-                f"step {s.name!r} before {from_step!r} has not succeeded ({s.state.value}); rerun from {s.name!r}",
+                f"step {s.name!r} {where} {from_step!r} has not succeeded ({s.state.value}); rerun from {s.name!r}",
                 field="from_step",
             )
     queue.send(

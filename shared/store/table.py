@@ -117,44 +117,39 @@ def check_table_name(table_name: str) -> None:
         )
 
 
-class TableRunStore(RunStore):
-    def __init__(self, connection_string: str, table_name: str, client: TableClient | None = None) -> None:
-        check_table_name(table_name)
-        if client is None:
-            from azure.data.tables import TableClient
+def table_client(
+    settings: Settings, table_name: str, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
+) -> TableClient:
+    """A TableClient for ``table_name`` in the data account: identity-based (``TableClient(endpoint,
+    table, credential)``) when the settings give a table service URI / account name and no
+    connection string; else the connection string (Azurite locally). ``client_kwargs`` go to the
+    SDK client (retry, transport options)."""
+    from azure.data.tables import TableClient
 
-            client = TableClient.from_connection_string(connection_string, table_name=table_name, **transport_kwargs())
-        self.table_name = table_name
+    from shared.azure_identity import storage_clients
+
+    check_table_name(table_name)
+    make = storage_clients(
+        settings,
+        "table",
+        "store",
+        TableClient,
+        credential=credential,
+        client_kwargs=client_kwargs,
+        endpoint_arg="endpoint",
+    )
+    return make(table_name=table_name)  # type: ignore[no-any-return]
+
+
+class TableOnce:
+    """Creates a client's table on first use, once per process (thread-safe)."""
+
+    def __init__(self, client: TableClient) -> None:
         self._client = client
         self._ready = False
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
-    ) -> TableRunStore:
-        """Identity-based (``TableClient(endpoint, table, credential)``) when the settings give a
-        table service URI / account name and no connection string; else the connection string
-        (Azurite locally). ``client_kwargs`` go to the SDK client (retry, transport options)."""
-        from azure.data.tables import TableClient
-
-        from shared.azure_identity import storage_clients
-
-        check_table_name(settings.runs_table)
-        make = storage_clients(
-            settings,
-            "table",
-            "store",
-            TableClient,
-            credential=credential,
-            client_kwargs=client_kwargs,
-            endpoint_arg="endpoint",
-        )
-        return cls("", settings.runs_table, make(table_name=settings.runs_table))
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def _ensure_table(self) -> None:
+    def __call__(self) -> None:
         if self._ready:
             return
         with self._lock:
@@ -169,6 +164,28 @@ class TableRunStore(RunStore):
             except Exception as exc:
                 raise map_azure_error(exc, SERVICE) from exc
             self._ready = True
+
+
+class TableRunStore(RunStore):
+    def __init__(self, connection_string: str, table_name: str, client: TableClient | None = None) -> None:
+        check_table_name(table_name)
+        if client is None:
+            from azure.data.tables import TableClient
+
+            client = TableClient.from_connection_string(connection_string, table_name=table_name, **transport_kwargs())
+        self.table_name = table_name
+        self._client = client
+        self._ensure_table = TableOnce(client)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
+    ) -> TableRunStore:
+        """The run store on ``settings.runs_table`` (see :func:`table_client`)."""
+        client = table_client(settings, settings.runs_table, credential=credential, client_kwargs=client_kwargs)
+        return cls("", settings.runs_table, client)
+
+    # -- helpers -------------------------------------------------------------------------
 
     @staticmethod
     def to_entity(run: Run) -> dict[str, Any]:

@@ -292,3 +292,23 @@ def test_host_killed_mid_run_a_new_host_finishes_the_job(
         assert not marked_pids("batch/run1-score-1/")
     finally:
         second.close()
+
+
+def test_instances_of_a_for_each_step_are_separate_jobs_under_their_keys(
+    backend: LocalBatchBackend, blobs: AzureBlobStore, container: str
+) -> None:
+    from shared.engine.model import idempotency_key
+
+    url = blobs.upload(container, "a.csv", b"a").url
+    params = {"command": "echo run >> ../../count", "inputs": url}
+    keys = [idempotency_key("0123456789abcdef0123456789abcdef", "score", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        request = LaunchRequest(
+            run_id="r", flow="f", step="score", kind="batch", key=key, attempt=1, params=params, index=i, item=f"p{i}"
+        )
+        assert backend.launch(request).remote_id == key
+        assert backend.launch(request).reattached
+    for key in keys:
+        assert wait_done(backend, key).state == "succeeded"
+        assert (backend.home / "batch" / key / "tasks" / "count").read_text() == "run\n"
+        assert json.loads((backend.home / "batch" / key / "job.json").read_text())["index"] == keys.index(key)

@@ -130,3 +130,18 @@ def test_cancel_kills_and_a_new_instance_reruns_an_orphaned_run(root: Path, tmp_
     second = LocalDatabricksBackend(tmp_path / "home", root, "c")
     status = wait_done(second, "run1-etl-2")
     assert status.state == "succeeded" and status.outputs["result"] == 7
+
+
+def test_instances_run_as_separate_jobs_under_their_keys(root: Path, tmp_path: Path) -> None:
+    from shared.engine.model import idempotency_key
+
+    path = script(root, "part.py", 'dbutils.notebook.exit(dbutils.widgets.get("part"))\n')
+    be = LocalDatabricksBackend(tmp_path / "home", root, "UseDevelopmentStorage=true")
+    keys = [idempotency_key("0123456789abcdef0123456789abcdef", "etl", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        r = LaunchRequest(
+            run_id="r", flow="f", step="etl", kind="databricks", key=key, attempt=1,
+            params={"python_file": path, "parameters": ["--part", f"p{i}"]}, index=i,
+        )  # fmt: skip
+        assert be.launch(r).remote_id == key and be.launch(r).reattached
+    assert [wait_done(be, k).outputs["result"] for k in keys] == ["p0", "p1"]

@@ -88,3 +88,29 @@ def test_errors_are_mapped(registry: MlflowRegistry, tmp_path: Path) -> None:
         registry.register("x", "s3://bucket/model", {}, {}, key="k-y")
     with pytest.raises(ValidationError):
         registry.register("bad/name", str(not_a_model), {}, {}, key="k-z")
+
+
+def test_instances_of_a_register_step_are_versions_found_by_their_own_keys(
+    registry: MlflowRegistry, tmp_path: Path
+) -> None:
+    from shared.backends.base import LaunchRequest
+    from shared.backends.register import RegisterBackend
+    from shared.engine.model import idempotency_key
+
+    backend = RegisterBackend(registry)
+    versions = []
+    for i, store in enumerate(["s01", "s02"]):
+        model = fake_model(tmp_path / store, store)
+        key = idempotency_key("0123456789abcdef0123456789abcdef", "register", 1, i)
+        request = LaunchRequest(
+            run_id="0123456789abcdef0123456789abcdef", flow="many", step="register", kind="register", key=key,
+            attempt=1, params={"model_name": f"sales-{store}", "model_uri": str(model), "metrics": {"r2": 0.7}},
+            index=i, item={"partition": store},
+        )  # fmt: skip
+        backend.launch(request)
+        assert RegisterBackend(registry).launch(request).reattached  # a new host finds it by key
+        found = registry.find_by_key(key)
+        assert found is not None and found.name == f"sales-{store}"
+        assert found.tags["conveyor.index"] == str(i) and '"partition": "' + store in found.tags["conveyor.item"]
+        versions.append(found)
+    assert versions[0].source_uri != versions[1].source_uri

@@ -67,7 +67,7 @@ def test_app_indexes_every_function_with_its_trigger(indexed: dict[str, Any]) ->
         "blob_created": "eventGridTrigger",
         "schedule_tick": "timerTrigger",
         "orchestrator": "serviceBusTrigger",
-        **{name: "httpTrigger" for name in ("devops_hook", "start_run", "list_runs", "get_run")},
+        **{name: "httpTrigger" for name in ("devops_hook", "start_run", "list_runs", "get_run", "list_instances")},
         **{name: "httpTrigger" for name in ("cancel_run", "rerun", "eventgrid_webhook", "openapi")},
     }
 

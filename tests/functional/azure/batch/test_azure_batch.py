@@ -495,3 +495,21 @@ def test_without_identity_or_trace_nothing_empty_is_sent(
     dest = task["outputFiles"][0]["destination"]["container"]
     assert dest == {"containerUrl": "https://other.example/outputs", "path": f"{RUN}/score/task-00000"}
     assert "maxWallClockTime" not in task["constraints"]
+
+
+def test_instances_of_a_for_each_step_are_jobs_named_by_their_keys(
+    backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs
+) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    seed_inputs(blobs, 2)
+    keys = [idempotency_key(RUN, "score", 1, i) for i in (0, 17)]
+    for i, key in zip((0, 17), keys, strict=True):
+        r = replace(request(key), index=i, item={"store": f"s{i}"})
+        assert backend.launch(r).remote_id == key and backend.launch(r).reattached
+    assert sorted(fake.jobs) == sorted(keys) and all(len(k) <= 64 for k in keys)
+    job = fake.calls("POST", "/jobs")[0].body
+    assert job["id"] == keys[0] and job["displayName"] == "scoring/score[0] attempt 1"
+    assert {"name": "index", "value": "0"} in job["metadata"]

@@ -576,3 +576,21 @@ def _no_databricks_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", os.devnull)
     yield
+
+
+def test_instances_send_their_own_tokens_and_name_their_runs(fake: FakeDatabricks, backend: Any) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    keys = []
+    for i in (0, 1):
+        req = request_for(SCRIPT)
+        key = idempotency_key(req.run_id, req.step, 1, i)
+        keys.append(key)
+        r = replace(req, key=key, index=i)
+        assert backend.launch(r).remote_id == backend.launch(r).remote_id  # a redelivered launch reattaches
+    calls = fake.calls(f"{API}/runs/submit")
+    assert [c.body["idempotency_token"] for c in calls] == [keys[0], keys[0], keys[1], keys[1]]
+    assert calls[0].body["run_name"] == f"conveyor-retrain-etl[0]-{request_for(SCRIPT).run_id}"
+    assert len(fake.runs) == 2
