@@ -12,6 +12,7 @@ version) and POSTs sample rows to the deployed scoring URL. It always stops what
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -19,6 +20,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,10 @@ APPS = "apps"
 BATCH_APP = ("samples/batch_app/score_file.py", "batch_app/score_file.py")
 TARGET_COLUMNS = ("revenue", "target", "label", "y", "sales")  # never sent to the scoring endpoint
 SAMPLE_ROWS = 3
+
+
+# Called with the finished demo's result and the console URL, before the host stops.
+Linger = Callable[["DemoResult", str], None]
 
 
 @dataclass
@@ -186,8 +192,13 @@ def run_demo(
     timeout: float = 600.0,
     out: Console | None = None,
     workers: int = 2,
+    linger: Linger | None = None,
 ) -> DemoResult:
-    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result."""
+    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result.
+
+    ``linger(result, console_url)``, when given, runs after the run (and the prediction) and
+    before the host stops: the console keeps serving until it returns.
+    """
     from rich.console import Console
 
     from shared.cli import RunFollower, model_of, print_run
@@ -213,6 +224,7 @@ def run_demo(
         services = host.services
         mark("host_start", t)
         out.print(f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
+        print_console_url(out, host.url)
 
         t = time.monotonic()
         drop = generate_data(settings, settings.home / "sample-data")
@@ -271,9 +283,14 @@ def run_demo(
         return result
     except BaseException as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+        linger = None  # interrupted: stop at once
         raise
     finally:
         if host is not None:
+            if linger is not None:
+                from shared.cli import console_url
+
+                linger(result, console_url(host.url))
             host.stop()
         stop_server(settings.home)
         result.seconds = round(time.monotonic() - started, 1)
@@ -287,3 +304,22 @@ def run_demo(
                 f"  |  conveyor trace {result.run.run_id[:12]}",
                 highlight=False,
             )
+
+
+def print_console_url(out: Console, host_url: str) -> None:
+    """The web console's URL, printed as soon as the host is up (the run shows there live)."""
+    from shared.cli import console_url
+
+    out.print(f"console: {console_url(host_url)}  (the run shows there live)", highlight=False)
+
+
+def wait_for_enter(out: Console) -> Linger:
+    """A ``linger`` for a terminal: keep the console up until the user presses Enter."""
+
+    def linger(result: DemoResult, url: str) -> None:
+        where = f"{url}runs/{result.run.run_id}" if result.run is not None else url
+        out.print(f"the console stays up at {where} (the model: {url}models); press Enter to stop", highlight=False)
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            input()
+
+    return linger

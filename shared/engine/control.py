@@ -95,4 +95,22 @@ def request_rerun(
     return run
 
 
-__all__ = ["request_cancel", "request_rerun"]
+def rerun_steps(run: Run, flows: FlowsFile) -> list[str]:
+    """The steps ``request_rerun`` accepts as ``from_step`` for ``run``, in run order ([] while it runs).
+
+    The console's step picker offers exactly these; tests/unit/engine checks the two agree.
+    """
+    flow = flows.flows.get(run.flow)
+    if not run.status.terminal or flow is None:
+        return []
+    in_flow = {s.name for s in flow.steps}
+    out: list[str] = []
+    for s in run.steps:
+        if s.name in in_flow:
+            out.append(s.name)
+        if s.state is not StepState.SUCCEEDED:
+            break  # every step before a start must have succeeded
+    return out
+
+
+__all__ = ["request_cancel", "request_rerun", "rerun_steps"]

@@ -71,6 +71,7 @@ class HostApp:
         self._eventgrid = eventgrid
         self.functions = functions
         self._lock = threading.Lock()
+        self._console: Any = None
 
     # ------------------------------------------------------------ lazily built handlers
     @property
@@ -89,6 +90,16 @@ class HostApp:
                 self._eventgrid = functions_blob_created(self.services)
             return self._eventgrid
 
+    @property
+    def console(self) -> Any:
+        """The web console (``shared.console``), built on first request."""
+        with self._lock:
+            if self._console is None:
+                from shared.console.handlers import Console
+
+                self._console = Console(self.services)
+            return self._console
+
     # ------------------------------------------------------------ routing
     def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         parts = urlsplit(raw_path)
@@ -106,6 +117,9 @@ class HostApp:
                 return self._eventgrid_delivery(query, headers, body)
             if low == "/api" or low.startswith("/api/"):
                 return self._api_call(method, path, query, headers, body)
+            if _console_path(path):  # the web console: HTML pages and its static assets
+                req = HttpRequest(method=method, path=path, query=query, headers=dict(headers), body=body)
+                return _reply(self.console.handle(req))
             return _error(404, f"no route for {path}")
         except Exception as exc:  # the one error mapping the HTTP blueprints use too
             return _reply(map_error(exc))
@@ -151,6 +165,12 @@ class HostApp:
         runs = [_jsonable(r) for r in (results or [])]
         created = sum(1 for r in runs if isinstance(r, dict) and r.get("created"))
         return _json_reply(202, {"function": fn, "events": len(events), "runs": runs, "created": created})
+
+
+def _console_path(path: str) -> bool:
+    from shared.console.handlers import is_console_path
+
+    return is_console_path(path)
 
 
 def functions_blob_created(services: Services | None) -> EventGridSink:
