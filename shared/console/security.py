@@ -2,7 +2,9 @@
 
 Every answer carries a Content-Security-Policy that allows scripts, styles and requests only
 from the console's own origin (no inline script or style, no eval), plus nosniff, no framing
-and no referrer (in Azure the function key rides in ``?code=``).
+and a referrer only to the console itself (in Azure the function key rides in ``?code=``: it
+never leaves in a Referer; ``no-referrer`` would make browsers send ``Origin: null`` on the
+console's own form posts).
 
 A state-changing POST (cancel, rerun, replay) must pass two checks of its own, whatever sits
 in front of the console:
@@ -46,7 +48,7 @@ def security_headers() -> dict[str, str]:
         "Content-Security-Policy": CSP,
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
     }
