@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
 
+from shared.api.handlers import RUN_ID_RE
 from shared.api.http import HttpRequest, HttpResponse
 from shared.console.security import (
     ForbiddenError,
@@ -54,7 +55,6 @@ log = logging.getLogger("conveyor.console")
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 HTML = "text/html; charset=utf-8"
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # shared.api.handlers.RUN_ID_RE
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")  # shared.flows.model.ModelSpec.name
 MESSAGE_ID_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 CODE_RE = re.compile(r"^[A-Za-z0-9_\-=/+]{1,256}$")  # a function key carried in ?code=

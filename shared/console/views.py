@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.api.handlers import FLOW_RE
 from shared.console.graph import graph_svg
 from shared.console.plot import Point, metric_plot
 from shared.console.timeline import gantt_rows, timeline_svg, trace_rows
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from shared.flows.model import FlowsFile
     from shared.registry.base import ModelRegistry, ModelVersion
 
-FLOW_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # shared.flows.model.NAME_RE
 TRIGGER_KINDS = ("blob", "schedule", "azure_devops", "manual")
 RUNS_SCANNED = 1000  # the runs page reads the newest 1000 runs once; filters and counts work on them
 PAGE_SIZE = 25
@@ -210,7 +210,8 @@ def trigger_facts(run: Run) -> list[tuple[str, str]]:
 def step_links(step: StepRun) -> list[tuple[str, str]]:
     """Links to the remote service's page for the step (Batch job, Databricks run, Azure ML job)."""
     links: list[tuple[str, str]] = []
-    for label, url in (("remote job", step.remote_url), ("run page", step.outputs.get("run_page_url"))):
+    remote = None if step.kind == "deploy" else step.remote_url  # a deploy's URL is the scoring POST endpoint
+    for label, url in (("remote job", remote), ("run page", step.outputs.get("run_page_url"))):
         href = web_link(url)
         if href and all(href != h for _, h in links):
             links.append((label, href))
@@ -304,7 +305,9 @@ def lineage(run: Run) -> list[Link]:
         if step.kind == "deploy" and out.get("endpoint"):
             serving = out.get("serving_version")
             detail = f"serving v{serving}" if serving else "nothing serving"
-            chain.append(Link("endpoint", str(out["endpoint"]), detail, href=web_link(out.get("scoring_url"))))
+            if out.get("scoring_url"):
+                detail += f" at {out['scoring_url']}"
+            chain.append(Link("endpoint", str(out["endpoint"]), detail))
     return chain
 
 

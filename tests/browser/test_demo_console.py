@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -37,7 +38,7 @@ def wait_for_host(url: str, timeout: float) -> None:
 
 
 def test_demo_console_shows_the_run_live_then_the_model(
-    own_azurite_settings: Settings, open_page: Any, chromium: Any
+    own_azurite_settings: Settings, open_page: Any, chromium: Any, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -93,6 +94,7 @@ def test_demo_console_shows_the_run_live_then_the_model(
             expect(page.locator(f'g.node[data-node="{name}"]')).to_have_attribute("data-state", "succeeded")
         expect(page.locator("#gate")).to_contain_text("promoted")
         expect(page.locator("#gantt svg.gantt rect.attempt-succeeded")).to_have_count(5)
+        page.screenshot(path=str(tmp_path / "console-demo-run.png"), full_page=True)  # the README's picture
 
         assert lingering.wait(timeout=120), buf.getvalue()[-3000:]
         page.locator("ol.chain a", has_text=re.compile(r"sales-forecaster v\d+")).click()
