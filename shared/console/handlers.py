@@ -21,12 +21,12 @@ it on, so browsing works behind function-key auth.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mimetypes
 import re
 from collections.abc import Callable
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -122,17 +122,9 @@ class Console:
             self._sources = ConsoleSources.from_services(self.services)
         return self._sources
 
-    @cached_property
+    @property
     def env(self) -> Environment:
-        from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
-        return Environment(
-            loader=FileSystemLoader(str(HERE / "templates")),
-            autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
+        return template_environment()
 
     # ------------------------------------------------------------ entry point
     def handle(self, req: HttpRequest, base: str = "", *, secure: bool = False) -> HttpResponse:
@@ -374,6 +366,20 @@ class _Page:
         headers = self.headers(ctype)
         headers["Cache-Control"] = "public, max-age=300"
         return HttpResponse(status=200, body=path.read_bytes(), headers=headers)
+
+
+@functools.cache
+def template_environment() -> Environment:
+    """One Jinja2 environment per process (templates compile once; a Function App builds a Console per call)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=FileSystemLoader(str(HERE / "templates")),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 STATIC_TYPES = {
