@@ -104,6 +104,7 @@ def test_demo_console_shows_the_run_live_then_the_model(
         expect(plot.locator("g.point.champion")).to_have_count(1)
         expect(page.locator("#champion")).to_have_text(re.compile(r"^v\d+$"))
         expect(page.locator(f'a[href="/runs/{run_id}"]')).to_be_visible()  # the run that produced it
+        page.screenshot(path=str(tmp_path / "console-model.png"), full_page=True)
     finally:
         browser_done.set()
         thread.join(timeout=120)
