@@ -50,3 +50,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.functional)
         elif "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        elif "browser" in parts:
+            item.add_marker(pytest.mark.browser)
