@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from bench.common import report, unique
@@ -59,9 +60,14 @@ class TimedStore(RunStore):
         return self.inner.save(run)
 
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
-        return self.inner.list_runs(flow, statuses, limit)
+        return self.inner.list_runs(flow, statuses, limit, created_before=created_before)
 
 
 class TimedQueue(WorkQueue):
@@ -296,7 +302,12 @@ class _NullStore(RunStore):
         raise NotImplementedError
 
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
         return []
 

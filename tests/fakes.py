@@ -11,12 +11,13 @@ import itertools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.engine.model import Message, Run, RunStatus
-from shared.errors import ConcurrencyError, NotFoundError
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.queue.base import Received, WorkQueue
-from shared.store.base import RunStore
+from shared.store.base import PurgeReport, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -56,13 +57,40 @@ class MemoryRunStore(RunStore):
         return saved
 
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
         wanted = set(statuses) if statuses is not None else None
         runs = [self.get(rid) for rid in self.rows]
         runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]
+        runs = [r for r in runs if created_before is None or r.created_at < created_before]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return runs[:limit]
+
+    def purge(
+        self,
+        created_before: datetime,
+        statuses: Iterable[RunStatus],
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+    ) -> PurgeReport:
+        wanted = [RunStatus(s) for s in statuses]
+        if any(not s.terminal for s in wanted):
+            raise ValidationError("only finished runs can be purged", field="status")
+        report = PurgeReport(created_before=created_before, statuses=[s.value for s in wanted], dry_run=dry_run)
+        matched = self.list_runs(statuses=wanted, limit=limit or len(self.rows) or 1, created_before=created_before)
+        report.matched = len(matched)
+        report.run_ids = [r.run_id for r in matched]
+        if not dry_run:
+            for r in matched:
+                del self.rows[r.run_id]
+            report.deleted = len(matched)
+        return report
 
 
 @dataclass
