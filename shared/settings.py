@@ -34,6 +34,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValidationError(f"must be an integer, got {raw!r}", field=name) from exc
 
 
+def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ValidationError(f"must be 0 (off) or more, got {value}", field=name)
+    return value
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated setting as its non-empty items, in order, without repeats."""
+    return tuple(dict.fromkeys(part.strip() for part in (raw or "").split(",") if part.strip()))
+
+
 @dataclass(frozen=True)
 class IdentityConnection:
     """An identity-based connection as Functions defines them (``<Name>__serviceUri`` etc.).
@@ -192,6 +204,14 @@ class Settings:
     appinsights_connection_string: str | None = None
     appinsights_authentication_string: str | None = None  # "Authorization=AAD[;ClientId=<guid>]"
     sweeper_pending_seconds: int = 300
+    # lifecycle events out (shared.events): an Event Grid custom topic (identity-based) and/or webhooks
+    events_topic_endpoint: str | None = None
+    events_webhooks: tuple[str, ...] = ()
+    website_hostname: str | None = None  # set by App Service/Functions; the webhook handshake's origin
+    # retention (shared.ops.retention): 0 days = off
+    retention_days: int = 30
+    retention_statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+    retention_schedule: str = "0 0 3 * * *"
     adapters: Mapping[str, str] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -235,6 +255,12 @@ class Settings:
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
             appinsights_authentication_string=env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or None,
             sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
+            events_topic_endpoint=(env.get("CONVEYOR_EVENTS_TOPIC_ENDPOINT") or "").strip() or None,
+            events_webhooks=_list(env.get("CONVEYOR_EVENTS_WEBHOOKS")),
+            website_hostname=env.get("WEBSITE_HOSTNAME") or None,
+            retention_days=_non_negative(env, "CONVEYOR_RETENTION_DAYS", 30),
+            retention_statuses=_list(env.get("CONVEYOR_RETENTION_STATUSES")) or ("succeeded", "failed", "cancelled"),
+            retention_schedule=(env.get("CONVEYOR_RETENTION_SCHEDULE") or "").strip() or "0 0 3 * * *",
             adapters=adapters,
             azure=AzureSettings.read(env),
             env=env,
