@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from shared.cli_ops import register_ops
 from shared.errors import ConveyorError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -805,6 +806,10 @@ def demo(
 
     result = run_demo(demo_settings(load_settings()), fresh=not keep, timeout=timeout, out=console)
     raise typer.Exit(0 if result.ok else 1)
+
+
+# dlq list|replay, backfill, purge (shared/cli_ops.py)
+register_ops(app, friendly, storage, console, err_console)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from shared.queue.base import WorkQueue
 from shared.store.base import RunStore
 
 if TYPE_CHECKING:
+    from shared.events.publisher import LifecycleEvents
     from shared.telemetry.base import Span, Telemetry
     from shared.wiring import Services
 
@@ -100,6 +101,7 @@ class Executor:
         backend: Callable[[str], JobBackend],
         telemetry: Telemetry | None = None,
         clock: Clock = utcnow,
+        events: LifecycleEvents | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -107,10 +109,13 @@ class Executor:
         self.backend = backend
         self.telemetry = telemetry
         self.clock = clock
+        self.events = events  # lifecycle CloudEvents out (shared.events), fed from Emit
 
     @classmethod
     def from_services(cls, services: Services) -> Executor:
-        return cls(services.store, services.queue, services.flows, services.backend, services.telemetry)
+        return cls(
+            services.store, services.queue, services.flows, services.backend, services.telemetry, events=services.events
+        )
 
     # -------------------------------------------------------------- entry points
 
@@ -128,6 +133,8 @@ class Executor:
             self._fan_out(message, delivery_count)
             return
         redelivered = delivery_count > 1
+        if redelivered and self.events is not None:
+            self._reconcile_events(message.run_id)
         events: deque[Observation | None] = deque([None])
         handled = 0
         latest: Run | None = None  # the run as last loaded or saved, with its ETag
@@ -328,9 +335,19 @@ class Executor:
         except Exception:
             log.warning("run %s step %s: cancelling %s failed", run.run_id, cmd.step, cmd.remote_id, exc_info=True)
 
+    def _reconcile_events(self, run_id: str) -> None:
+        """A redelivery may follow a crash between a save and its Emits: re-record those events."""
+        assert self.events is not None
+        try:
+            self.events.reconcile(self.store.get(run_id))
+        except Exception:  # lifecycle events never fail the message
+            log.debug("run %s: lifecycle events not reconciled", run_id, exc_info=True)
+
     def _emit(self, run: Run, cmd: Emit) -> None:
         level = logging.WARNING if cmd.name in ("step.failed", "step.retrying") else logging.INFO
         log.log(level, "%s %s", cmd.name, cmd.attributes)
+        if self.events is not None:
+            self.events.on_emit(run, cmd.name, cmd.attributes)  # never raises
         if self.telemetry is None:
             return
         try:

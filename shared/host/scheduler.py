@@ -4,7 +4,9 @@ In Azure the ``schedules`` blueprint's timer calls ``IngestService.fire_schedule
 the sweeper; locally this thread does the same every few seconds. Both are idempotent (a
 schedule's run id is a hash of flow + fire time), so firing twice starts nothing new.
 The daily retention purge (``CONVEYOR_RETENTION_SCHEDULE``, the ``retention`` timer in
-Azure) runs here too, first at the schedule's next fire after the host started.
+Azure) runs here too, first at the schedule's next fire after the host started, and so does
+a delivery pass over the lifecycle-event outbox with each sweep (the ``lifecycle_events``
+timer in Azure).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class Scheduler:
 
         return sweep(self.services, now or self.clock(), self.resume_stalled_seconds)
 
+    def deliver_events(self) -> Any:
+        """A delivery pass over the lifecycle-event outbox (what a stopped host left, retries)."""
+        events = self.services.events
+        return events.deliver_due() if events is not None else None
+
     def retention(self, now: datetime) -> Any:
         """Purge at each fire of ``CONVEYOR_RETENTION_SCHEDULE`` (not for a fire before the start)."""
         from shared.flows.cron import Cron
@@ -92,6 +99,10 @@ class Scheduler:
                 self.sweep(now)
             except Exception:
                 log.exception("scheduler: sweeping pending runs failed")
+            try:
+                self.deliver_events()
+            except Exception:
+                log.exception("scheduler: delivering lifecycle events failed")
 
     def start(self) -> Scheduler:
         if self._thread is None:

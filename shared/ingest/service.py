@@ -312,9 +312,11 @@ class IngestService:
 
     # ------------------------------------------------------------ blobs
 
-    def _blob_plans(self, ev: BlobEvent, now: datetime) -> list[_Plan]:
+    def _blob_plans(self, ev: BlobEvent, now: datetime, only: str | None = None) -> list[_Plan]:
         plans: list[_Plan] = []
         for flow_name in sorted(self.flows.flows):
+            if only is not None and flow_name != only:
+                continue
             flow = self.flows.flows[flow_name]
             for trig in flow.triggers:
                 if not isinstance(trig, BlobTrigger):
@@ -354,11 +356,14 @@ class IngestService:
         """The folder's URL: the manifest's URL without its last ``manifest``-many path segments."""
         return ev.url.rsplit("/", manifest.count("/") + 1)[0] + "/"
 
-    def ingest_blob_events(self, events: Sequence[BlobEvent | Mapping[str, Any]]) -> list[IngestResult]:
+    def ingest_blob_events(
+        self, events: Sequence[BlobEvent | Mapping[str, Any]], *, flow: str | None = None
+    ) -> list[IngestResult]:
         """Start every flow whose blob trigger matches each event. See the module docstring.
 
         ``events`` are :class:`BlobEvent` objects, or raw event objects of either Event Grid
-        schema (validated here first; other event types are skipped).
+        schema (validated here first; other event types are skipped). ``flow`` limits the
+        flows considered to that one (a backfill of one flow).
         """
         raw = [e for e in events if not isinstance(e, BlobEvent)]
         parsed: list[BlobEvent] = [e for e in events if isinstance(e, BlobEvent)]
@@ -368,11 +373,26 @@ class IngestService:
         now = self.clock()
         plans: list[_Plan] = []
         for ev in parsed:
-            matched = self._blob_plans(ev, now)
+            matched = self._blob_plans(ev, now, flow)
             if not matched:
                 self._emit("trigger.unmatched", traceparent=new_traceparent(), kind="blob", source=ev.url)
             plans.extend(matched)
         return self._submit(plans)
+
+    def plan_blob_events(self, events: Sequence[BlobEvent], *, flow: str | None = None) -> list[IngestResult]:
+        """What :meth:`ingest_blob_events` would do, creating and sending nothing: per matching
+        flow ``created`` False and status ``new`` (no run yet), ``duplicate`` or ``ignored``."""
+        now = self.clock()
+        out: list[IngestResult] = []
+        for ev in events:
+            for p in self._blob_plans(ev, now, flow):
+                if p.run is None:
+                    out.append(IngestResult(p.flow, "", False, p.status or "ignored", p.reason))
+                elif self._has_run(p.run.run_id):
+                    out.append(IngestResult(p.flow, p.run.run_id, False, "duplicate", "run already exists"))
+                else:
+                    out.append(IngestResult(p.flow, p.run.run_id, False, "new", ev.url))
+        return out
 
     def ingest_eventgrid(self, body: bytes | str, headers: Mapping[str, str]) -> EventGridOutcome:
         delivery = parse_delivery(body, headers)

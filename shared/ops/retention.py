@@ -2,7 +2,8 @@
 
 :func:`purge_runs` asks the RunStore to delete finished runs created before ``now - age``
 whose status is one of ``statuses`` (it reads the time index, never the whole table), then
-removes each purged run's local telemetry file (``<home>/telemetry/<run>.jsonl``).
+removes each purged run's local telemetry file (``<home>/telemetry/<run>.jsonl``) and the
+lifecycle-event outbox's delivered/expired records of the same age.
 :func:`apply_retention` is what the Functions timer (``functions/operations.py``,
 ``CONVEYOR_RETENTION_SCHEDULE``) and the local host's scheduler run: ``CONVEYOR_RETENTION_DAYS``
 (0 = off) and ``CONVEYOR_RETENTION_STATUSES``. Blobs, registered models and deployments are
@@ -49,6 +50,12 @@ def purge_runs(
     services: Services, older_than: timedelta, statuses: Iterable[RunStatus], now: datetime, *, dry_run: bool = False
 ) -> PurgeReport:
     report = services.store.purge(now - older_than, list(statuses), dry_run=dry_run)
+    events = services.events
+    if not dry_run and events is not None:  # delivered/expired lifecycle events of the same age
+        try:
+            events.outbox.purge(report.created_before)
+        except Exception:
+            log.warning("retention: old lifecycle events not purged", exc_info=True)
     if not dry_run and report.run_ids:
         telemetry = services.settings.home / "telemetry"
         for run_id in report.run_ids:

@@ -65,9 +65,12 @@ def test_app_indexes_every_function_with_its_trigger(indexed: dict[str, Any]) ->
     assert kinds == {
         "blob_created": "eventGridTrigger",
         "schedule_tick": "timerTrigger",
+        "retention": "timerTrigger",
+        "lifecycle_events": "timerTrigger",
         "orchestrator": "serviceBusTrigger",
         **{name: "httpTrigger" for name in ("devops_hook", "start_run", "list_runs", "get_run")},
         **{name: "httpTrigger" for name in ("cancel_run", "rerun", "eventgrid_webhook")},
+        **{name: "httpTrigger" for name in ("dead_letters", "replay_dead_letters")},
     }
 
 
