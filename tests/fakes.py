@@ -245,7 +245,9 @@ class MemoryOutbox(Outbox):
         self.expired: dict[str, str] = {}
         self.fail_adds = 0  # the next add calls that raise (the table is down)
 
-    def add(self, events: list[CloudEventJson], sinks: list[str], *, skip_delivered: bool = False) -> list[bool]:
+    def add(
+        self, events: list[CloudEventJson], sinks: list[str], now: datetime, *, skip_delivered: bool = False
+    ) -> list[bool]:
         if self.fail_adds:
             self.fail_adds -= 1
             raise ConnectionError("outbox table unavailable")
@@ -255,7 +257,6 @@ class MemoryOutbox(Outbox):
             if eid in self.rows or (skip_delivered and eid in self.delivered):
                 out.append(False)
                 continue
-            now = datetime.fromisoformat(str(e["time"]).replace("Z", "+00:00"))
             self.rows[eid] = OutboxEntry(dict(e), list(sinks), 0, now, now, handle=0)
             self.versions[eid] = 0
             out.append(True)

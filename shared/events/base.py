@@ -61,9 +61,12 @@ class Outbox(ABC):
     """Durable storage of events until delivered (and of which were delivered, for a while)."""
 
     @abstractmethod
-    def add(self, events: list[CloudEventJson], sinks: list[str], *, skip_delivered: bool = False) -> list[bool]:
-        """Keep each event for ``sinks`` unless it is already kept (same id); with
-        ``skip_delivered`` also unless it was delivered already. True where this call added it."""
+    def add(
+        self, events: list[CloudEventJson], sinks: list[str], now: datetime, *, skip_delivered: bool = False
+    ) -> list[bool]:
+        """Keep each event for ``sinks`` (first attempt due at ``now``) unless it is already
+        kept (same id); with ``skip_delivered`` also unless it was delivered already. True
+        where this call added it."""
 
     @abstractmethod
     def due(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:

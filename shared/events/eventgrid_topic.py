@@ -4,10 +4,12 @@
 *EventGrid Data Sender* on the topic; ``shared.azure_identity.get_credential``), publishing
 ``azure.core.messaging.CloudEvent`` objects built from the outbox's JSON, in batches under
 the service's 1 MB request limit. The client is injected in tests (the real one, against a
-loopback fake of the publish API). Errors are mapped once here: 429/5xx, timeouts and
-refused connections are retried by the outbox; a batch refused with 400/413 is sent one
-event at a time so only the offending event is dropped; 401/403/404 are retried (a role
-assignment or the topic may still be on its way) until the event expires.
+loopback fake of the publish API). The SDK's own retry policy retries 408/429/5xx and
+connection errors within a call (the call runs on the deliverer, never in a run's path);
+errors are mapped once here: what the SDK gave up on is retried by the outbox, including
+401/403/404 (a role assignment or the topic may still be on its way) until the event
+expires; a batch refused with 400/413 is sent one event at a time so only the offending
+event is dropped.
 """
 
 from __future__ import annotations

@@ -111,12 +111,14 @@ class TableOutbox(Outbox):
 
     # -- Outbox ----------------------------------------------------------------------------
 
-    def add(self, events: list[CloudEventJson], sinks: list[str], *, skip_delivered: bool = False) -> list[bool]:
+    def add(
+        self, events: list[CloudEventJson], sinks: list[str], now: datetime, *, skip_delivered: bool = False
+    ) -> list[bool]:
         from azure.core.exceptions import ResourceExistsError
 
         self._ensure()
         added: list[bool] = []
-        now = _iso(datetime.now(UTC))
+        at = _iso(now)
         for event in events:
             if skip_delivered and self._delivered(event):
                 added.append(False)
@@ -132,8 +134,8 @@ class TableOutbox(Outbox):
                 "event": text,
                 "pending": json.dumps(list(sinks)),
                 "attempts": 0,
-                "first_at": now,
-                "next_at": now,
+                "first_at": at,
+                "next_at": at,
                 "state": "pending",
                 "last_error": "",
             }

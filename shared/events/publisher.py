@@ -129,7 +129,7 @@ class LifecycleEvents:
 
     def _record(self, events: list[CloudEventJson], *, skip_delivered: bool) -> None:
         try:
-            self.outbox.add(events, list(self.sinks), skip_delivered=skip_delivered)
+            self.outbox.add(events, list(self.sinks), self.clock(), skip_delivered=skip_delivered)
         except Exception as exc:
             log.warning("outbox unavailable (%s): %d lifecycle events held in memory", exc, len(events))
             with self._lock:
@@ -142,7 +142,7 @@ class LifecycleEvents:
         if not held:
             return
         try:
-            self.outbox.add(held, list(self.sinks), skip_delivered=True)
+            self.outbox.add(held, list(self.sinks), self.clock(), skip_delivered=True)
         except Exception:
             with self._lock:
                 self._unsaved[:0] = held

@@ -237,7 +237,7 @@ def test_retries_back_off_permanent_refusals_drop_one_sink_and_old_events_expire
     outbox = MemoryOutbox()
     events = LifecycleEvents(outbox, [flaky, refusing, steady], clock=lambda: clock[0], background=False)
     event = {"id": "e1", "type": "conveyor.run.started", "time": lifecycle.iso(T0), "data": {}}
-    outbox.add([event], ["flaky", "refusing", "steady", "removed"])
+    outbox.add([event], ["flaky", "refusing", "steady", "removed"], T0)
     report = events.deliver_due()
     assert report.retrying == 1 and [d[1] for d in report.dropped] == ["refusing", "removed"]
     assert outbox.rows["e1"].pending == ["flaky"] and outbox.rows["e1"].next_at == T0 + timedelta(seconds=1)
@@ -252,7 +252,7 @@ def test_retries_back_off_permanent_refusals_drop_one_sink_and_old_events_expire
     # an event no sink takes for a day is kept as expired
     down = RecordingSink("down", Failure("timeout"), times=10**6)
     old = LifecycleEvents(MemoryOutbox(), [down], clock=lambda: clock[0], background=False)
-    old.outbox.add([{**event, "id": "e2"}], ["down"])
+    old.outbox.add([{**event, "id": "e2"}], ["down"], clock[0])
     clock[0] += MAX_AGE
     assert old.deliver_due().expired == 1
 

@@ -94,6 +94,10 @@ def test_lifecycle_events_timer_delivers_the_outbox(world: World) -> None:
     sink = RecordingSink("log")
     outbox = MemoryOutbox()
     world.services.__dict__["events"] = LifecycleEvents(outbox, [sink], background=False)
-    outbox.add([{"id": "e1", "type": "conveyor.run.started", "time": "2026-01-01T00:00:00Z", "data": {}}], ["log"])
+    outbox.add(
+        [{"id": "e1", "type": "conveyor.run.started", "time": "2026-01-01T00:00:00Z", "data": {}}],
+        ["log"],
+        datetime.now(UTC),
+    )
     user_function(operations.lifecycle_events)(TimerRequest(past_due=False))
     assert [e["id"] for e in sink.got] == ["e1"] and outbox.rows == {}
