@@ -5,9 +5,11 @@ Table ``<runs table>events``:
 * pending rows: ``PartitionKey`` = ``"p"`` + the first hex digit of the event id (16
   buckets), ``RowKey`` = event id; ``event`` (the CloudEvent JSON), ``pending`` (JSON list of
   sink names still to take it), ``attempts``, ``first_at``, ``next_at`` (ISO UTC, which sort),
-  ``state`` (``pending`` | ``expired``), ``last_error``. A deliverer leases a row by moving
-  its ``next_at`` forward with If-Match on the row's ETag, so two deliverers never send the
-  same row at the same time (a deliverer that dies loses its lease when ``next_at`` passes).
+  ``state`` (``pending`` | ``expired``), ``last_error``, ``seq`` (the order of the events one
+  transition produced: they share ``first_at``, and ``due`` returns them in that order).
+  A deliverer leases a row by moving its ``next_at`` forward with If-Match on the row's
+  ETag, so two deliverers never send the same row at the same time (a deliverer that dies
+  loses its lease when ``next_at`` passes).
 * delivered rows (tombstones): ``PartitionKey`` = ``"d"`` + the event's day (``YYYYMMDD``),
   ``RowKey`` = event id, so a re-derived event that was already delivered is not sent again
   (:meth:`TableOutbox.add` with ``skip_delivered``), and old ones are purged by day.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,16 @@ def _day(event: CloudEventJson) -> str:
     except ValueError:
         when = datetime.now(UTC)
     return when.astimezone(UTC).strftime("%Y%m%d")
+
+
+@dataclass
+class _Row:
+    """Where an entry's row is and the ETag it was read or last written with."""
+
+    pk: str
+    rk: str
+    etag: str | None
+    seq: int = 0
 
 
 class TableOutbox(Outbox):
@@ -119,7 +132,7 @@ class TableOutbox(Outbox):
         self._ensure()
         added: list[bool] = []
         at = _iso(now)
-        for event in events:
+        for seq, event in enumerate(events):
             if skip_delivered and self._delivered(event):
                 added.append(False)
                 continue
@@ -134,6 +147,7 @@ class TableOutbox(Outbox):
                 "event": text,
                 "pending": json.dumps(list(sinks)),
                 "attempts": 0,
+                "seq": seq,  # order within one recording (events of one transition share first_at)
                 "first_at": at,
                 "next_at": at,
                 "state": "pending",
@@ -161,7 +175,7 @@ class TableOutbox(Outbox):
                     break
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
-        entries.sort(key=lambda e: e.first_at)
+        entries.sort(key=lambda e: (e.first_at, e.handle.seq))
         return entries
 
     @staticmethod
@@ -173,7 +187,7 @@ class TableOutbox(Outbox):
             first_at=datetime.fromisoformat(row["first_at"]),
             next_at=datetime.fromisoformat(row["next_at"]),
             last_error=str(row.get("last_error") or ""),
-            handle=(row["PartitionKey"], row["RowKey"], row.metadata.get("etag")),  # type: ignore[attr-defined]
+            handle=_Row(row["PartitionKey"], row["RowKey"], row.metadata.get("etag"), int(row.get("seq") or 0)),  # type: ignore[attr-defined]
         )
 
     def _update(self, entry: OutboxEntry, changes: dict[str, Any]) -> str | None:
@@ -182,7 +196,7 @@ class TableOutbox(Outbox):
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        pk, rk, etag = entry.handle
+        pk, rk, etag = entry.handle.pk, entry.handle.rk, entry.handle.etag
         try:
             meta = self._client.update_entity(
                 {"PartitionKey": pk, "RowKey": rk, **changes},
@@ -204,8 +218,7 @@ class TableOutbox(Outbox):
         etag = self._update(entry, {"next_at": _iso(until)})
         if etag is None:
             return None
-        pk, rk, _ = entry.handle
-        entry.handle = (pk, rk, etag)
+        entry.handle.etag = etag
         entry.next_at = until
         return entry
 
@@ -220,14 +233,14 @@ class TableOutbox(Outbox):
             },
         )
         if etag is not None:
-            entry.handle = (*entry.handle[:2], etag)
+            entry.handle.etag = etag
 
     def done(self, entry: OutboxEntry) -> None:
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        pk, rk, etag = entry.handle
+        pk, rk, etag = entry.handle.pk, entry.handle.rk, entry.handle.etag
         tombstone = {"PartitionKey": "d" + _day(entry.event), "RowKey": rk, "delivered_at": _iso(datetime.now(UTC))}
         try:
             self._client.upsert_entity(tombstone, mode=UpdateMode.REPLACE)
