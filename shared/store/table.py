@@ -10,9 +10,9 @@ Entity layout (table ``settings.runs_table``):
 * ``flow``, ``status``, ``created_at``/``updated_at`` (ISO 8601 UTC strings, which sort
   lexicographically), ``version``, and the run JSON in ``doc`` — split across ``doc``,
   ``doc1``, ``doc2``… when it exceeds one string property (64 KiB of UTF-16).
-* next to each run row, in the same partition, its time-index row (``shared.store.time_index``):
-  created in the same transaction as the run, moved when the run's status changes, read by
-  ``list_runs`` and ``purge`` so neither scans the table.
+* for each run a time-index row (``shared.store.time_index``, partitions ``~a<day>`` and
+  ``~d<day>``): written before the run row is created, moved when the run's status changes,
+  read by ``list_runs`` and ``purge`` so neither scans the table.
 
 Concurrency: ``save`` replaces the entity only if its ETag still matches (If-Match).
 """
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.azure_errors import map_azure_error
 from shared.engine.model import Run, RunStatus
-from shared.errors import BadRequestError, ConcurrencyError, NotFoundError, ValidationError
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.store.base import PurgeReport, RunStore
 from shared.store.time_index import ACTIVE, DONE, IndexRow, TimeIndex, index_entity, index_key, run_class
 from shared.transport import transport_kwargs
@@ -236,7 +236,7 @@ class TableRunStore(RunStore):
     @staticmethod
     def index_of(entity: Mapping[str, Any], run: Run) -> dict[str, Any]:
         """The time-index row of the run row ``entity`` (see shared.store.time_index)."""
-        return index_entity(entity["PartitionKey"], run, entity["created_at"])
+        return index_entity(run, entity["created_at"])
 
     @staticmethod
     def from_entity(entity: Mapping[str, Any], etag: str | None) -> Run:
@@ -256,22 +256,21 @@ class TableRunStore(RunStore):
     def create_if_absent(self, run: Run) -> bool:
         entity = self.to_entity(run)
         self._ensure_table()
+        self._index.upsert(self.index_of(entity, run))  # first: a run is never without its index row
         return self._create_one(run, entity)
 
     def _create_one(self, run: Run, entity: dict[str, Any]) -> bool:
-        """The run row and its index row in one transaction: both exist, or neither."""
-        outcome = self._submit_creates([entity, self.index_of(entity, run)])
-        if outcome.etags is not None:
-            run.etag = outcome.etags[0]
-            self._remember(run)
-            return True
-        if outcome.status == 409:
-            return bool(outcome.maybe_applied and self._is_ours(run))
-        raise BadRequestError(
-            f"run {run.run_id} was refused by the table service ({outcome.status})",
-            service=SERVICE,
-            status=outcome.status,
-        )
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            metadata = self._client.create_entity(entity)
+        except ResourceExistsError:
+            return False  # our index row, if its created_at differs, is repaired when read
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        run.etag = self._etag_of(metadata)
+        self._remember(run)
+        return True
 
     def get(self, run_id: str) -> Run:
         check_run_id(run_id)
@@ -331,8 +330,8 @@ class TableRunStore(RunStore):
         for _ in range(3):
             try:
                 self._index.upsert(new)
-                if old is not None and old != new["RowKey"]:
-                    self._index.delete(entity["PartitionKey"], old)
+                if old is not None and old != (new["PartitionKey"], new["RowKey"]):
+                    self._index.delete(*old)
                 return
             except Exception as exc:
                 last = exc
@@ -408,8 +407,9 @@ class TableRunStore(RunStore):
         if run is None:
             self._index.repair(row, None, None)
             return
-        expected = index_entity(row.partition, run, _iso(run.created_at))
-        if expected["RowKey"] != row.row_key or row.status != run.status.value or row.flow != run.flow:
+        expected = index_entity(run, _iso(run.created_at))
+        moved = (expected["PartitionKey"], expected["RowKey"]) != (row.partition, row.row_key)
+        if moved or row.status != run.status.value or row.flow != run.flow:
             self._index.repair(row, run, _iso(run.created_at))
 
     def purge(
@@ -454,19 +454,24 @@ class TableRunStore(RunStore):
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+        home = partition_for(row.run_id)
         try:
-            stored = self._client.get_entity(row.partition, row.run_id, select=["status", "created_at"])
+            stored = self._client.get_entity(home, row.run_id, select=["status", "created_at"])
         except ResourceNotFoundError:
             self._index.delete(row.partition, row.row_key)  # an orphan index row
             return False
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         status = str(stored.get("status") or "")
-        if status not in {s.value for s in wanted} or str(stored.get("created_at") or "") >= _iso(created_before):
+        created = str(stored.get("created_at") or "")
+        if created != row.created_at:
+            self._index.delete(row.partition, row.row_key)  # a duplicate create's index row: not this run's
+            return False
+        if status not in {s.value for s in wanted} or created >= _iso(created_before):
             return False  # rerun, or not what the index says: left alone (and repaired when listed)
         try:
             self._client.delete_entity(
-                row.partition,
+                home,
                 row.run_id,
                 etag=self._etag_of(stored.metadata),
                 match_condition=MatchConditions.IfNotModified,
@@ -497,15 +502,16 @@ class TableRunStore(RunStore):
             return list(pool.map(self._get_or_none, run_ids))
 
     def create_many(self, runs: list[Run]) -> list[bool]:
-        """Bulk create-once: entity group transactions of up to 50 runs (100 rows: each run
-        with its index row) per partition, chunks in parallel. A chunk refused because some
-        ids exist is submitted again without them (see ``_create_chunk``); one refused for
-        another reason (a duplicate id in the input) falls back to one create per run. Each
-        result says whether this call created."""
+        """Bulk create-once: first the runs' index rows (transactions per day partition), then
+        the runs in entity group transactions of up to 100 creates per partition, chunks in
+        parallel. A chunk refused because some ids exist is submitted again without them (see
+        ``_create_chunk``); one refused for another reason (a duplicate id in the input) falls
+        back to one create per entity. Each result says whether this call created."""
         if not runs:
             return []
         entities = [self.to_entity(r) for r in runs]
         self._ensure_table()
+        self._index_many([self.index_of(e, r) for e, r in zip(entities, runs, strict=True)])
         results: list[bool] = [False] * len(runs)
         by_partition: dict[str, list[int]] = defaultdict(list)
         for i, entity in enumerate(entities):
@@ -516,8 +522,7 @@ class TableRunStore(RunStore):
             units = 0
             for i in indexes:
                 size = sum(len(v) for k, v in entities[i].items() if k.startswith("doc"))
-                # two rows per run: the run and its index row
-                if chunk and (len(chunk) >= _TX_SIZE // 2 or units + size > _TX_MAX_UNITS):
+                if chunk and (len(chunk) >= _TX_SIZE or units + size > _TX_MAX_UNITS):
                     chunks.append(chunk)
                     chunk, units = [], 0
                 chunk.append(i)
@@ -537,6 +542,29 @@ class TableRunStore(RunStore):
                 list(pool.map(run_chunk, chunks))
         return results
 
+    def _index_many(self, rows: list[dict[str, Any]]) -> None:
+        """Index rows of new runs: inserted 100 per transaction per partition; a transaction refused
+        (a row already there: the same run's retried create) is written row by row (upserts)."""
+        by_partition: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for row in rows:
+            by_partition[row["PartitionKey"]][row["RowKey"]] = row
+        chunks = []
+        for same in by_partition.values():
+            unique_rows = list(same.values())
+            chunks += [unique_rows[i : i + _TX_SIZE] for i in range(0, len(unique_rows), _TX_SIZE)]
+
+        def one(chunk: list[dict[str, Any]]) -> None:
+            if len(chunk) > 1 and self._submit_creates(chunk).etags is not None:
+                return
+            for row in chunk:
+                self._index.upsert(row)
+
+        if len(chunks) == 1:
+            one(chunks[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
+            list(pool.map(one, chunks))
+
     def _create_chunk(self, runs: list[Run], entities: list[dict[str, Any]]) -> list[bool]:
         """Creates of one partition: one transaction; when it is refused because some ids exist
         (a redelivered drop), look the chunk's ids up (a few queries), leave the existing ones
@@ -546,10 +574,9 @@ class TableRunStore(RunStore):
         for _ in range(_TX_ROUNDS):
             if len(pending) == 1:
                 break
-            pairs = [e for i in pending for e in (entities[i], self.index_of(entities[i], runs[i]))]
-            outcome = self._submit_creates(pairs)
+            outcome = self._submit_creates([entities[i] for i in pending])
             if outcome.etags is not None:
-                for i, etag in zip(pending, outcome.etags[::2], strict=True):  # run rows; index rows between
+                for i, etag in zip(pending, outcome.etags, strict=True):
                     runs[i].etag = etag
                     results[i] = True
                     self._remember(runs[i])

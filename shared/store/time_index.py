@@ -1,23 +1,31 @@
-"""The runs table's time index: one small row per run, ordered newest first, in the run's partition.
+"""The runs table's time index: one small row per run, in partitions per class and day, newest first.
 
 Table Storage has no secondary indexes: a filter on a property that is not a key scans every
 entity. So that listing runs (``conveyor runs``, ``GET /api/runs``), the sweeper and the
 retention purge stay fast with 100,000 runs in the table, each run also has one *index row*:
 
-* ``PartitionKey`` = the run's own partition (``"r"`` + a hex digit of its id), so the run
-  row and its index row are created in one entity group transaction, and the writes stay
-  spread over 16 partitions (one partition per day would put every write of the day into
-  one partition, which Azure serves at ~2,000 entities/s);
-* ``RowKey`` = ``"~"`` + class + inverted ``created_at`` (16 digits of microseconds) + ``":"``
-  + run id. The class is ``a`` (active: pending, queued, running) or ``d`` (done: succeeded,
-  failed, cancelled); the inverted time makes ascending keys newest first, so "the 50
-  newest runs" is a key-range read of each partition, and "done before T" one range too.
-  Run ids never start with ``~`` (``check_run_id``), so index rows sort after run rows.
+* ``PartitionKey`` = ``"~"`` + class + the inverted UTC day of ``created_at`` (8 digits):
+  a partition per class and day. The class is ``a`` (active: pending, queued, running) or
+  ``d`` (done: succeeded, failed, cancelled). Inverted, newer days sort first.
+* ``RowKey`` = the inverted ``created_at`` (16 digits of microseconds) + ``":"`` + run id,
+  so ascending keys are newest first within a day, and across days too.
 * properties ``run_id``, ``flow``, ``status``, ``created_at`` for server-side filters.
 
-The run row stays the truth. Readers always load the run documents the index points at and
-check them again; an index row that disagrees with its run (a crash between the run's save
-and the index update) is repaired when it is read (:meth:`TimeIndex.repair`).
+So "the 50 newest runs" is one key-range query per class (``~a...`` and ``~d...``, merged),
+the sweeper's pending/running/queued runs one query over the small ``~a`` partitions, and
+"finished before T" (retention) one range of ``~d``. Few queries matter on Azurite too: it
+evaluates every query against the whole table, so the number of queries per listing, not
+their key ranges, is what its time grows with. Run ids never start with ``~``
+(``check_run_id``), so index rows never mix with run rows (``"r"`` + hex partitions).
+
+The run row stays the truth. The index row of a new run is written *before* the run row
+(a run is never without its index row, which the sweeper relies on to find runs left
+pending); a duplicate create leaves an index row whose run has another ``created_at``.
+Readers always load the run documents the index points at and check them again: an index
+row that disagrees with its run (that duplicate, or a crash between a status change's save
+and its index update) is repaired when it is read (:meth:`TimeIndex.repair`). The price of a
+partition per day: in Azure one partition serves about 2,000 entities/s, so the day's
+partition bounds the index writes of a sustained ingest at about that rate.
 
 Runs written before the index existed get their rows once per table: the first store that
 finds no ``~meta``/``time-index`` marker row scans the run rows' keys, writes their index
@@ -32,7 +40,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.azure_errors import map_azure_error
@@ -47,10 +55,9 @@ SERVICE = "table"
 PREFIX = "~"
 ACTIVE = "a"
 DONE = "d"
-BUCKETS = "0123456789abcdef"
-MARKER_PARTITION = "~meta"
+MARKER_PARTITION = "~meta"  # sorts after every "~a…"/"~d…" partition
 MARKER_ROW = "time-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_MICROS = 10**16 - 1  # 16 digits: until the year 2286
 _SELECT = ["PartitionKey", "RowKey", "run_id", "flow", "status", "created_at"]
@@ -72,14 +79,22 @@ def _inverted(when: datetime) -> int:
     return min(max(_MAX_MICROS - _micros(when), 0), _MAX_MICROS)
 
 
-def index_key(run_id: str, created_at: datetime, cls: str) -> str:
-    return f"{PREFIX}{cls}{_inverted(created_at):016d}:{run_id}"
+def _day(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.astimezone(UTC).strftime("%Y%m%d"))
 
 
-def index_entity(partition: str, run: Run, created_iso: str) -> dict[str, Any]:
+def index_key(run_id: str, created_at: datetime, cls: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a run's index row."""
+    return f"{PREFIX}{cls}{99_999_999 - _day(created_at):08d}", f"{_inverted(created_at):016d}:{run_id}"
+
+
+def index_entity(run: Run, created_iso: str) -> dict[str, Any]:
+    pk, rk = index_key(run.run_id, run.created_at, run_class(run.status))
     return {
-        "PartitionKey": partition,
-        "RowKey": index_key(run.run_id, run.created_at, run_class(run.status)),
+        "PartitionKey": pk,
+        "RowKey": rk,
         "run_id": run.run_id,
         "flow": run.flow,
         "status": run.status.value,
@@ -98,12 +113,12 @@ class IndexRow:
 
     @property
     def cls(self) -> str:
-        return self.row_key[len(PREFIX)]
+        return self.partition[len(PREFIX)]
 
     @property
     def order(self) -> str:
-        """Inverted time + run id: ascending is newest first, across classes and partitions."""
-        return self.row_key[len(PREFIX) + 1 :]
+        """Inverted time + run id: ascending is newest first, across classes and days."""
+        return self.row_key
 
     @classmethod
     def of(cls, entity: Mapping[str, Any]) -> IndexRow:
@@ -150,10 +165,11 @@ class TimeIndex:
                 self.delete(row.partition, row.row_key)
                 return
             assert created_iso is not None
-            entity = index_entity(row.partition, run, created_iso)
-            if entity["RowKey"] != row.row_key or row.status != run.status.value or row.flow != run.flow:
+            entity = index_entity(run, created_iso)
+            moved = (entity["PartitionKey"], entity["RowKey"]) != (row.partition, row.row_key)
+            if moved or row.status != run.status.value or row.flow != run.flow:
                 self.upsert(entity)
-                if entity["RowKey"] != row.row_key:
+                if moved:
                     self.delete(row.partition, row.row_key)
         except Exception:  # a repair is an optimisation of later reads: never fail the read
             log.warning("index row %s of run %s not repaired", row.row_key, row.run_id, exc_info=True)
@@ -169,33 +185,28 @@ class TimeIndex:
         created_before: datetime | None = None,
         page: int = 100,
     ) -> Iterator[IndexRow]:
-        """Index rows of every partition, newest first (merged), filtered on the server.
-
-        The first page of each partition is read in parallel; later pages as the merge needs them.
-        """
-        streams: list[Iterator[IndexRow]] = []
+        """Index rows of the classes, newest first (one query per class, merged), filtered on the
+        server. The first page of each is read in parallel; later pages as the merge needs them."""
         wanted = list(dict.fromkeys(statuses)) if statuses is not None else None
-        for cls in classes:
-            for bucket in BUCKETS:
-                streams.append(self._stream("r" + bucket, cls, flow, wanted, created_before, page))
-        with ThreadPoolExecutor(max_workers=_PARALLEL) as pool:
+        streams = [self._stream(cls, flow, wanted, created_before, page) for cls in classes]
+        if len(streams) == 1:
+            yield from streams[0]
+            return
+        with ThreadPoolExecutor(max_workers=len(streams)) as pool:
             primed = list(pool.map(_prime, streams))
         yield from heapq.merge(*primed, key=lambda row: row.order)
 
     def _stream(
-        self,
-        partition: str,
-        cls: str,
-        flow: str | None,
-        statuses: list[str] | None,
-        created_before: datetime | None,
-        page: int,
+        self, cls: str, flow: str | None, statuses: list[str] | None, created_before: datetime | None, page: int
     ) -> Iterator[IndexRow]:
-        low = f"{PREFIX}{cls}"
+        params: dict[str, Any] = {"lo": f"{PREFIX}{cls}", "hi": f"{PREFIX}{chr(ord(cls) + 1)}"}
+        clauses = ["PartitionKey ge @lo", "PartitionKey lt @hi"]
         if created_before is not None:
-            low = f"{PREFIX}{cls}{_inverted(created_before) + 1:016d}"
-        params: dict[str, Any] = {"pk": partition, "lo": low, "hi": f"{PREFIX}{chr(ord(cls) + 1)}"}
-        clauses = ["PartitionKey eq @pk", "RowKey ge @lo", "RowKey lt @hi"]
+            # strictly before: later days sort first, so "before" is the cutoff day's partition
+            # from just after the cutoff's key, and every partition after it
+            pk, rk = index_key("", created_before - timedelta(microseconds=1), cls)
+            params.update(pkc=pk, rkc=rk)
+            clauses.append("( PartitionKey gt @pkc or ( PartitionKey eq @pkc and RowKey ge @rkc ) )")
         if flow is not None:
             clauses.append("flow eq @flow")
             params["flow"] = flow
@@ -236,7 +247,7 @@ class TimeIndex:
         try:
             rows = list(
                 self._client.query_entities(
-                    "RowKey lt @tilde", parameters={"tilde": PREFIX}, select=select, results_per_page=1000
+                    "PartitionKey lt @tilde", parameters={"tilde": PREFIX}, select=select, results_per_page=1000
                 )
             )
         except Exception as exc:
@@ -251,10 +262,11 @@ class TimeIndex:
                 log.warning("run row %s has no readable created_at/status; not indexed", row.get("RowKey"))
                 continue
             run_id = str(row["RowKey"])
+            pk, rk = index_key(run_id, created_at, run_class(status))
             entities.append(
                 {
-                    "PartitionKey": str(row["PartitionKey"]),
-                    "RowKey": index_key(run_id, created_at, run_class(status)),
+                    "PartitionKey": pk,
+                    "RowKey": rk,
                     "run_id": run_id,
                     "flow": str(row.get("flow") or ""),
                     "status": status.value,

@@ -1,6 +1,6 @@
 """The runs table's time index on Azurite: listing and purging read index rows, not the table.
 
-Covers: every create writes its index row in the same transaction; a status change moves it;
+Covers: every create writes its index row (before the run); a status change moves it;
 listing is newest first across both classes; a stale or orphan index row is repaired when read;
 runs written before the index are indexed once by the next store; purge deletes only finished
 runs in the time range, leaves reruns alone, and refuses active statuses.
@@ -27,23 +27,26 @@ def store(storage_settings: Settings) -> TableRunStore:
 
 
 def index_rows(store: TableRunStore) -> list[dict[str, Any]]:
-    return list(store._client.query_entities("RowKey ge '~' and RowKey lt '~~'"))
+    return list(store._client.query_entities("PartitionKey ge '~a' and PartitionKey lt '~e'"))
+
+
+def keys(store: TableRunStore) -> list[tuple[str, str]]:
+    return [(r["PartitionKey"], r["RowKey"]) for r in index_rows(store)]
 
 
 def test_each_run_has_one_index_row_that_follows_its_status(store: TableRunStore) -> None:
     run = make_run("r1", minutes=3)
     assert store.create_if_absent(run)
     rows = index_rows(store)
-    assert [r["RowKey"] for r in rows] == [index_key("r1", run.created_at, ACTIVE)]
-    assert rows[0]["PartitionKey"] == partition_for("r1") and rows[0]["status"] == "pending"
+    assert keys(store) == [index_key("r1", run.created_at, ACTIVE)]
+    assert rows[0]["PartitionKey"] == "~a" + str(99_999_999 - 20250101) and rows[0]["status"] == "pending"
     run.status = RunStatus.RUNNING
     run = store.save(run)
-    assert [(r["RowKey"], r["status"]) for r in index_rows(store)] == [
-        (index_key("r1", run.created_at, ACTIVE), "running")
-    ]
+    assert [r["status"] for r in index_rows(store)] == ["running"]
+    assert keys(store) == [index_key("r1", run.created_at, ACTIVE)]
     run.status = RunStatus.SUCCEEDED
     run = store.save(run)
-    assert [r["RowKey"] for r in index_rows(store)] == [index_key("r1", run.created_at, DONE)]
+    assert keys(store) == [index_key("r1", run.created_at, DONE)]
     run.steps[0].outputs = {"x": 1}  # same status: no index write
     upserts = count(store, "upsert_entity")
     store.save(run)
@@ -68,7 +71,7 @@ def test_a_store_that_did_not_load_the_run_still_moves_its_index_row(storage_set
     first.create_if_absent(run)
     run.status = RunStatus.FAILED
     second.save(run)  # never saw the run: reads its stored status first
-    assert [r["RowKey"] for r in index_rows(first)] == [index_key("r2", run.created_at, DONE)]
+    assert keys(first) == [index_key("r2", run.created_at, DONE)]
     assert [r.run_id for r in first.list_runs(statuses=[RunStatus.FAILED])] == ["r2"]
     assert first.list_runs(statuses=[RunStatus.PENDING]) == []
 
@@ -79,8 +82,9 @@ def test_listing_merges_classes_and_partitions_newest_first_and_before_a_time(st
         for i in range(40)
     ]
     assert all(store.create_many(runs))
-    assert len({partition_for(r.run_id) for r in runs}) > 8
-    assert [r.run_id for r in store.list_runs(limit=5)] == ["run39", "run38", "run37", "run36", "run35"]
+    runs.append(make_run("next-day", minutes=24 * 60 + 5, status=RunStatus.SUCCEEDED))  # another day's partition
+    assert store.create_if_absent(runs[-1])
+    assert [r.run_id for r in store.list_runs(limit=5)] == ["next-day", "run39", "run38", "run37", "run36"]
     before = store.list_runs(limit=3, created_before=T0 + timedelta(minutes=10))
     assert [r.run_id for r in before] == ["run09", "run08", "run07"]
     running = store.list_runs(statuses=[RunStatus.RUNNING], limit=100)
@@ -102,7 +106,7 @@ def test_a_stale_index_row_is_repaired_when_read(store: TableRunStore) -> None:
     assert store.list_runs(statuses=[RunStatus.SUCCEEDED]) == []  # the index still says running
     assert store.list_runs(statuses=[RunStatus.RUNNING]) == []  # read, checked against the run, repaired
     assert [r.run_id for r in store.list_runs(statuses=[RunStatus.SUCCEEDED])] == ["stale"]
-    assert [r["RowKey"] for r in index_rows(store)] == [index_key("stale", run.created_at, DONE)]
+    assert keys(store) == [index_key("stale", run.created_at, DONE)]
     # an index row whose run is gone is dropped when read
     store._client.delete_entity(partition_for("stale"), "stale")
     assert store.list_runs() == []
@@ -147,6 +151,24 @@ def test_purge_deletes_finished_runs_before_the_cutoff_only(store: TableRunStore
     with pytest.raises(ValidationError) as err:
         store.purge(cutoff, [RunStatus.RUNNING])
     assert err.value.field == "status"
+
+
+def test_a_duplicate_creates_index_row_is_not_the_runs(store: TableRunStore) -> None:
+    first = make_run("dup", minutes=1, status=RunStatus.SUCCEEDED)
+    assert store.create_if_absent(first)
+    again = make_run("dup", minutes=9, status=RunStatus.SUCCEEDED)  # a redelivered trigger, later
+    assert store.create_if_absent(again) is False
+    assert len(index_rows(store)) == 2  # the second index row was written before the create was refused
+    assert [(r.run_id, r.created_at) for r in store.list_runs()] == [("dup", first.created_at)]
+    assert keys(store) == [index_key("dup", first.created_at, DONE)]  # the stray row is gone
+    assert all(
+        store.create_many(
+            [make_run(f"b{i}", minutes=i) for i in range(3)] + [make_run("dup", minutes=30, status=RunStatus.SUCCEEDED)]
+        )[:3]
+    )
+    report = store.purge(T0 + timedelta(days=1), [RunStatus.SUCCEEDED])
+    assert report.run_ids == ["dup"] and report.skipped == 1  # the stray row of the bulk duplicate: not a run
+    assert sorted(r["run_id"] for r in index_rows(store)) == ["b0", "b1", "b2"]
 
 
 def test_purge_leaves_a_run_that_was_rerun_since_the_index_said_finished(storage_settings: Settings) -> None:
