@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from bench.common import report, unique
+from bench.common import NullQueue, report, unique
 from shared.engine.model import Message, Run, RunStatus
 from shared.errors import RetryableError
 from shared.flows.model import FlowsFile
@@ -179,7 +179,7 @@ def main(
     # Raw single inserts: same entity size as an ingested run, into their own table.
     raw = TableClient.from_connection_string(s.connection_string, table_name=unique("benchrawins"))
     raw.create_table()
-    probe_service = IngestService(_NullStore(), _NullQueue(), ingest_flows(), settings=s)
+    probe_service = IngestService(_NullStore(), NullQueue(), ingest_flows(), settings=s)
     probe_service.ingest_blob_events(events[:1])
     template = TableRunStore.to_entity(_NullStore.last)
 
@@ -310,20 +310,6 @@ class _NullStore(RunStore):
         created_before: datetime | None = None,
     ) -> list[Run]:
         return []
-
-
-class _NullQueue(WorkQueue):
-    def send(self, message: Message, delay_seconds: float = 0.0) -> None:
-        pass
-
-    def receive(self, max_messages: int = 16, visibility_timeout: float = 60.0) -> list[Received]:
-        return []
-
-    def complete(self, received: Received) -> None:
-        pass
-
-    def dead_letter(self, received: Received, reason: str, description: str) -> None:
-        pass
 
 
 if __name__ == "__main__":

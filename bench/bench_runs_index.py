@@ -24,30 +24,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from bench.common import interleaved, report, unique
-from shared.engine.model import Message, Run, RunStatus, StepRun, TriggerContext
+from bench.common import NullQueue, interleaved, report, unique
+from shared.engine.model import Run, RunStatus, StepRun, TriggerContext
 from shared.ingest.sweeper import sweep_pending
-from shared.queue.base import Received, WorkQueue
 from shared.settings import Settings
 from shared.store.table import TableRunStore, partition_for
 
 GOAL = 2.0
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 FLOWS = ("retrain", "nightly", "score", "etl")
-
-
-class _NullQueue(WorkQueue):
-    def send(self, message: Message, delay_seconds: float = 0.0) -> None:
-        pass
-
-    def receive(self, max_messages: int = 16, visibility_timeout: float = 60.0) -> list[Received]:
-        return []
-
-    def complete(self, received: Received) -> None:
-        pass
-
-    def dead_letter(self, received: Received, reason: str, description: str) -> None:
-        pass
 
 
 def _runs(n: int, prefix: str) -> list[Run]:
@@ -95,7 +80,7 @@ def _listing(store: TableRunStore) -> float:
 
 def _sweeper(store: TableRunStore) -> float:
     start = time.perf_counter()
-    resent = sweep_pending(store, _NullQueue(), NOW, older_than_seconds=300)
+    resent = sweep_pending(store, NullQueue(), NOW, older_than_seconds=300)
     assert len(resent) == 10, len(resent)
     running = store.list_runs(None, [RunStatus.RUNNING], limit=100)
     queued = store.list_runs(None, [RunStatus.QUEUED], limit=100)

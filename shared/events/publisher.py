@@ -134,7 +134,10 @@ class LifecycleEvents:
             log.warning("outbox unavailable (%s): %d lifecycle events held in memory", exc, len(events))
             with self._lock:
                 self._unsaved.extend(events)
-        self._kick()
+        try:
+            self._kick()
+        except Exception:  # e.g. no thread can be started: the periodic passes deliver them
+            log.warning("lifecycle event deliverer not started", exc_info=True)
 
     def _flush_unsaved(self) -> None:
         with self._lock:

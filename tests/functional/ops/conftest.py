@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from shared.settings import Settings
 from shared.wiring import Services
+from tests.conftest import cli_environment
 
 FLOWS = """\
 flows:
@@ -49,17 +50,7 @@ def ops_settings(storage_settings: Settings, tmp_path: Path, monkeypatch: pytest
     flows = tmp_path / "flows.yaml"
     flows.write_text(FLOWS.format(container=container_name(storage_settings)), encoding="utf-8")
     s = storage_settings.with_overrides(flows_file=flows)
-    env = {
-        "CONVEYOR_ROOT": str(s.root),
-        "CONVEYOR_HOME": str(s.home),
-        "CONVEYOR_FLOWS_FILE": str(flows),
-        "CONVEYOR_AZURITE_BLOB_PORT": str(s.azurite_blob_port),
-        "CONVEYOR_AZURITE_QUEUE_PORT": str(s.azurite_queue_port),
-        "CONVEYOR_AZURITE_TABLE_PORT": str(s.azurite_table_port),
-        "CONVEYOR_QUEUE_NAME": s.queue_name,
-        "CONVEYOR_RUNS_TABLE": s.runs_table,
-        "CI": "true",
-    }
+    env = cli_environment(s, flows)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return s
