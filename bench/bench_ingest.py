@@ -229,7 +229,8 @@ def main(
     t_again = time.perf_counter() - start
 
     runs_table = TableClient.from_connection_string(s.connection_string, table_name=s.runs_table)
-    rows = sum(1 for _ in runs_table.list_entities(select=["RowKey"], results_per_page=1000))
+    # run rows only: the time index's rows live in the "~..." partitions (shared.store.time_index)
+    rows = sum(1 for _ in runs_table.query_entities("PartitionKey lt '~'", select=["RowKey"], results_per_page=1000))
     depth = real_queue.depth()
     asked = started_run_ids(real_queue)
     dup_created = sum(1 for r in repeated if r.created)
