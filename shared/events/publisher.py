@@ -86,18 +86,27 @@ class LifecycleEvents:
         """The sinks the settings name (None when there are none): the Event Grid topic
         (``CONVEYOR_EVENTS_TOPIC_ENDPOINT``), each webhook (``CONVEYOR_EVENTS_WEBHOOKS``) and,
         in local mode, the event log under the data home."""
+        from shared.errors import ValidationError
         from shared.events.outbox_table import TableOutbox
 
         sinks: list[EventSink] = []
+        # A misconfigured sink is logged and left out: publishing must never stop the runs.
         if settings.events_topic_endpoint:
             from shared.events.eventgrid_topic import EventGridTopicSink
 
-            sinks.append(EventGridTopicSink.from_settings(settings))
+            try:
+                sinks.append(EventGridTopicSink.from_settings(settings))
+            except ValidationError as exc:
+                log.error("lifecycle events: no Event Grid topic: %s", exc)
         if settings.events_webhooks:
             from shared.events.webhooks import WebhookSink, default_origin
 
             origin = default_origin(settings.website_hostname)
-            sinks.extend(WebhookSink(url, origin) for url in settings.events_webhooks)
+            for url in settings.events_webhooks:
+                try:
+                    sinks.append(WebhookSink(url, origin))
+                except ValidationError as exc:
+                    log.error("lifecycle events: webhook left out: %s", exc)
         if settings.mode == "local":
             from shared.events.log import EventLogSink
 

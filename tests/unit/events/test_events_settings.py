@@ -36,6 +36,15 @@ def test_sinks_follow_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [h.url for h in hooks] == ["http://127.0.0.1:9/a", "https://example.test/b?sig=x"]
     assert {h.origin for h in hooks} == {"conveyor-app.azurewebsites.net"}
     assert len(set(events.sinks)) == 4  # stable, distinct names (the outbox remembers them)
+    bad = Settings.from_env(
+        {
+            "CONVEYOR_HOME": str(tmp_path),
+            "CONVEYOR_EVENTS_TOPIC_ENDPOINT": "http://plain.example/api/events",
+            "CONVEYOR_EVENTS_WEBHOOKS": "ftp://nope,http://127.0.0.1:9/ok",
+        }
+    )
+    kept = LifecycleEvents.from_settings(bad, background=False)  # logged and left out: runs go on
+    assert kept is not None and [type(s) for s in kept.sinks.values()] == [WebhookSink, EventLogSink]
     azure = Settings.from_env({"CONVEYOR_MODE": "azure", "CONVEYOR_STORAGE_CONNECTION": "UseDevelopmentStorage=true"})
     assert LifecycleEvents.from_settings(azure) is None  # no sink configured: no events
 
