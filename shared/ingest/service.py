@@ -357,13 +357,14 @@ class IngestService:
         return ev.url.rsplit("/", manifest.count("/") + 1)[0] + "/"
 
     def ingest_blob_events(
-        self, events: Sequence[BlobEvent | Mapping[str, Any]], *, flow: str | None = None
+        self, events: Sequence[BlobEvent | Mapping[str, Any]], *, flow: str | None = None, dry_run: bool = False
     ) -> list[IngestResult]:
         """Start every flow whose blob trigger matches each event. See the module docstring.
 
         ``events`` are :class:`BlobEvent` objects, or raw event objects of either Event Grid
         schema (validated here first; other event types are skipped). ``flow`` limits the
-        flows considered to that one (a backfill of one flow).
+        flows considered to that one (a backfill of one flow); ``dry_run`` creates and sends
+        nothing and says per run ``new`` (no run yet), ``duplicate`` or ``ignored``.
         """
         raw = [e for e in events if not isinstance(e, BlobEvent)]
         parsed: list[BlobEvent] = [e for e in events if isinstance(e, BlobEvent)]
@@ -377,21 +378,17 @@ class IngestService:
             if not matched:
                 self._emit("trigger.unmatched", traceparent=new_traceparent(), kind="blob", source=ev.url)
             plans.extend(matched)
-        return self._submit(plans)
+        return self._dry_run(plans) if dry_run else self._submit(plans)
 
-    def plan_blob_events(self, events: Sequence[BlobEvent], *, flow: str | None = None) -> list[IngestResult]:
-        """What :meth:`ingest_blob_events` would do, creating and sending nothing: per matching
-        flow ``created`` False and status ``new`` (no run yet), ``duplicate`` or ``ignored``."""
-        now = self.clock()
+    def _dry_run(self, plans: list[_Plan]) -> list[IngestResult]:
         out: list[IngestResult] = []
-        for ev in events:
-            for p in self._blob_plans(ev, now, flow):
-                if p.run is None:
-                    out.append(IngestResult(p.flow, "", False, p.status or "ignored", p.reason))
-                elif self._has_run(p.run.run_id):
-                    out.append(IngestResult(p.flow, p.run.run_id, False, "duplicate", "run already exists"))
-                else:
-                    out.append(IngestResult(p.flow, p.run.run_id, False, "new", ev.url))
+        for p in plans:
+            if p.run is None:
+                out.append(IngestResult(p.flow, "", False, p.status or "ignored", p.reason))
+            elif self._has_run(p.run.run_id):
+                out.append(IngestResult(p.flow, p.run.run_id, False, "duplicate", "run already exists"))
+            else:
+                out.append(IngestResult(p.flow, p.run.run_id, False, "new", p.run.trigger.source))
         return out
 
     def ingest_eventgrid(self, body: bytes | str, headers: Mapping[str, str]) -> EventGridOutcome:

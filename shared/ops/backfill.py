@@ -24,7 +24,6 @@ from shared.errors import ConveyorError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from shared.blobs.base import BlobInfo
-    from shared.ingest.eventgrid import BlobEvent
     from shared.ingest.service import IngestResult
     from shared.wiring import Services
 
@@ -118,10 +117,8 @@ def backfill(
     ingest = IngestService.from_services(services)
     chunks = [events[i : i + CHUNK] for i in range(0, len(events), CHUNK)]
 
-    def one(chunk: list[BlobEvent]) -> list[IngestResult]:
-        if dry_run:
-            return ingest.plan_blob_events(chunk, flow=flow)
-        return ingest.ingest_blob_events(chunk, flow=flow)
+    def one(chunk: list[dict[str, Any]]) -> list[IngestResult]:
+        return ingest.ingest_blob_events(chunk, flow=flow, dry_run=dry_run)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {pool.submit(one, c): len(c) for c in chunks}
@@ -139,14 +136,13 @@ def backfill(
     return report
 
 
-def _events(services: Services, blobs: list[BlobInfo]) -> list[BlobEvent]:
-    """Each blob as the BlobCreated event the watcher would deliver, parsed like a live one."""
+def _events(services: Services, blobs: list[BlobInfo]) -> list[dict[str, Any]]:
+    """Each blob as the BlobCreated event the watcher would deliver (ingest parses it as a live one)."""
     from shared.host.watcher import account_name
-    from shared.ingest.eventgrid import blob_created_event, parse_events
+    from shared.ingest.eventgrid import blob_created_event
 
     account = services.settings.azure.storage.account_name or account_name(services.settings)
-    parsed, _ignored = parse_events([blob_created_event(b, account) for b in blobs])
-    return parsed
+    return [blob_created_event(b, account) for b in blobs]
 
 
 def _count(report: BackfillReport, results: list[IngestResult]) -> None:
