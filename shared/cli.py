@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from shared.cli_ops import register_ops
 from shared.errors import ConveyorError, NotFoundError, ValidationError
 from shared.terminal import cell, line, log_to_console, make_console, say
 
@@ -1045,6 +1046,10 @@ def demo(
     linger = wait_for_enter(console) if serve else None
     result = run_demo(demo_settings(load_settings()), fresh=not keep, timeout=timeout, out=console, linger=linger)
     raise typer.Exit(0 if result.ok else 1)
+
+
+# dlq list|replay, backfill, purge (shared/cli_ops.py)
+register_ops(app, friendly, storage, console, err_console)
 
 
 def main(argv: list[str] | None = None) -> int:

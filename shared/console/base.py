@@ -3,8 +3,8 @@
 The pages never reach into a backend, a queue or a log directory themselves: they call the
 functions of :class:`ConsoleSources`. ``ConsoleSources.from_services`` wires the defaults — the
 run's graph (needs edges, fan-out instances from the instance rows), the backends' logs
-(``JobBackend.logs``, as ``conveyor logs`` reads them), the local telemetry JSONL, the local
-poison queue (read-only) — and a caller swaps any of them:
+(``JobBackend.logs``, as ``conveyor logs`` reads them), the local telemetry JSONL, the queue's
+dead letters and their replay (``WorkQueue.dead_letters`` / ``replay_dead_letters``) — and a caller swaps any of them:
 
 * ``graph(run) -> list[GraphNode]``: nodes with ``needs`` edges and fan-out instances (the run's
   graph as ``shared.runview.graph_view`` gives it; a chain: each step needs the one before),
@@ -106,7 +106,7 @@ class ConsoleSources:
 
     @classmethod
     def from_services(cls, services: Services) -> ConsoleSources:
-        from shared.console.deadletters import queue_dead_letters
+        from shared.console.deadletters import queue_dead_letters, queue_replay
         from shared.console.graph import dag_graph
         from shared.console.logs import step_logs
         from shared.telemetry.factory import exporter_name
@@ -131,5 +131,6 @@ class ConsoleSources:
             logs=logs,
             trace=trace,
             dead_letters=lambda: queue_dead_letters(services.queue),
+            replay=queue_replay(services.queue),
             trace_note=note,
         )

@@ -1,41 +1,50 @@
-"""Dead-lettered work messages for the console (the default ``dead_letters`` source), read-only.
+"""Dead-lettered work messages for the console: the queue port's ``dead_letters`` and replay.
 
-The local work queue (``shared.queue.storage_queue``) keeps ``<queue>-poison`` entries of
-``{"reason", "description", "message", "message_id", "dequeue_count", "dead_lettered_at"}``;
-``peek_poison`` reads the oldest 32 without taking them. A queue adapter without such a
-read (Service Bus until ``dlq list`` lands) answers a clear PermanentError, which the page shows.
+Both queues list them (``WorkQueue.dead_letters``: the local poison queue, the Service Bus
+dead-letter sub-queue) and replay them (``replay_dead_letters``: the original re-sent with its
+message id, removed only after the send) — the same calls ``conveyor dlq`` makes. The page
+shows each with its reason, description, delivery count and run; Replay is one message id.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 from shared.console.base import DeadLetter
-from shared.errors import PermanentError
+from shared.errors import ConflictError, NotFoundError
+
+LISTED = 200  # dead letters shown on the page (oldest first, as the queue lists them)
 
 
-def queue_dead_letters(queue: Any) -> list[DeadLetter]:
-    peek = getattr(queue, "peek_poison", None)
-    if not callable(peek):
-        raise PermanentError(
-            f"{type(queue).__name__} has no dead-letter listing yet (see `conveyor dlq list`)", service="queue"
-        )
-    return [dead_letter_of(entry) for entry in peek()]
-
-
-def dead_letter_of(entry: dict[str, Any]) -> DeadLetter:
-    """One poison-queue entry as a DeadLetter; whatever is missing or odd stays visible as text."""
-    message = entry.get("message")
-    doc = message if isinstance(message, dict) else {}
-    count = entry.get("dequeue_count")
+def dead_letter_of(entry: Any) -> DeadLetter:
+    """A queue's ``DeadLetter`` as the page shows it; whatever is odd stays visible as text."""
     return DeadLetter(
-        message_id=str(entry.get("message_id") or doc.get("message_id") or ""),
-        reason=str(entry.get("reason") or ""),
-        description=str(entry.get("description") or ""),
-        run_id=str(doc["run_id"]) if doc.get("run_id") else None,
-        kind=str(doc["kind"]) if doc.get("kind") else None,
-        dead_lettered_at=str(entry["dead_lettered_at"]) if entry.get("dead_lettered_at") else None,
-        delivery_count=count if isinstance(count, int) else None,
-        body=message if isinstance(message, str) else json.dumps(message, indent=2, default=str, sort_keys=True),
+        message_id=str(entry.message_id or entry.id),
+        reason=str(entry.reason or ""),
+        description=str(entry.description or ""),
+        run_id=entry.run_id,
+        kind=entry.kind,
+        dead_lettered_at=entry.dead_lettered_at.isoformat() if entry.dead_lettered_at else None,
+        delivery_count=entry.delivery_count,
+        body=str(entry.body),
     )
+
+
+def queue_dead_letters(queue: Any, limit: int = LISTED) -> list[DeadLetter]:
+    return [dead_letter_of(d) for d in queue.dead_letters(limit=limit)]
+
+
+def queue_replay(queue: Any) -> Callable[[str], Any]:
+    """Replay one dead letter by its message id; NotFoundError / ConflictError (kept, with why) otherwise."""
+
+    def replay(message_id: str) -> Any:
+        report = queue.replay_dead_letters([message_id])
+        if report.missing:
+            raise NotFoundError(f"no dead letter {message_id[:80]!r} (replayed already?)")
+        if report.kept:
+            _, why = report.kept[0]
+            raise ConflictError(f"dead letter {message_id[:80]!r} was kept: {why}")
+        return report
+
+    return replay

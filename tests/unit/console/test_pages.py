@@ -11,6 +11,8 @@ from shared.console.base import ConsoleSources, DeadLetter, GraphNode, Instance
 from shared.console.graph import chain_graph
 from shared.console.paths import is_console_path
 from shared.console.security import CSP
+from shared.engine.model import Message
+from shared.errors import PermanentError
 from tests.unit.console.support import (
     XSS_BLOB,
     XSS_ERROR,
@@ -317,6 +319,7 @@ def test_dead_letters_read_only_until_replay_is_wired(world: ConsoleWorld, tmp_p
     replayed: list[str] = []
     sources = ConsoleSources.from_services(world.services)
     sources.dead_letters = lambda: [letter]
+    sources.replay = None  # a queue that cannot replay: the page is read-only
     ro = ConsoleWorld(tmp_path / "ro", sources=sources)
     page = html(ro.get("/dead-letters"))
     assert "MaxDeliveryCountExceeded" in page and "&lt;i&gt;gave up&lt;/i&gt;" in page
@@ -335,9 +338,28 @@ def test_dead_letters_read_only_until_replay_is_wired(world: ConsoleWorld, tmp_p
     assert ok.status == 303 and replayed == ["m-1"]
 
 
-def test_dead_letters_of_a_queue_without_a_listing_say_so(world: ConsoleWorld) -> None:
-    page = html(world.get("/dead-letters"))  # MemoryQueue has no peek_poison
-    assert "has no dead-letter listing yet" in page
+def test_the_queue_s_dead_letters_are_listed_and_replayed(world: ConsoleWorld) -> None:
+    q = world.queue
+    q.send(Message(kind="tick", run_id="run-failed-1", flow="demo", step="train", attempt=1, tick=2))
+    (got,) = q.receive()
+    q.dead_letter(got, "MaxDeliveryCountExceeded", "delivered 6 times")
+    first = world.get("/dead-letters")
+    page = html(first)
+    assert "MaxDeliveryCountExceeded" in page and 'href="/runs/run-failed-1"' in page and "Replay" in page
+    form = {i["name"]: i["value"] for i in scan(first).inputs if i.get("name") in ("csrf", "message_id")}
+    ok = world.post("/dead-letters/replay", form, {**SAME_ORIGIN, "Cookie": cookie_of(first)})
+    assert ok.status == 303 and q.dead == []  # re-sent with its message id, then removed
+    assert q.sent[-1][0].message_id == got.message.message_id
+
+
+def test_dead_letters_of_a_queue_without_a_listing_say_so(world: ConsoleWorld, tmp_path: Path) -> None:
+    def unlisted() -> list[DeadLetter]:
+        raise PermanentError("the queue adapter lists no dead letters", service="queue")
+
+    sources = ConsoleSources.from_services(world.services)
+    sources.dead_letters = unlisted
+    page = html(ConsoleWorld(tmp_path / "x", sources=sources).get("/dead-letters"))
+    assert "lists no dead letters" in page
 
 
 def test_unknown_paths_and_methods(world: ConsoleWorld) -> None:

@@ -1,19 +1,23 @@
-"""The console's default sources: step log tails (through JobBackend.logs), poison-queue entries, the vendored htmx."""
+"""The console's default sources: step log tails (JobBackend.logs), dead letters (the queue port), htmx."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.backends.base import StepLog
-from shared.console.deadletters import dead_letter_of, queue_dead_letters
+from shared.console.deadletters import dead_letter_of, queue_dead_letters, queue_replay
 from shared.console.logs import step_logs
-from shared.engine.model import StepRun
-from shared.errors import PermanentError
+from shared.engine.model import Message, StepRun
+from shared.errors import ConflictError, NotFoundError
+from shared.queue.base import DeadLetter as QueueDeadLetter
+from shared.queue.base import ReplayReport
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -81,37 +85,58 @@ def test_no_logs_for_in_process_steps_or_steps_not_launched() -> None:
     assert step_logs(boom, StepRun(name="e", kind="databricks")) == []
 
 
-def test_poison_entries_become_dead_letters() -> None:
-    entry = {
+def letter(**kw: Any) -> QueueDeadLetter:
+    base = {
+        "id": "entry-1",
+        "message_id": "r-1:s:1:3",
         "reason": "MaxDeliveryCountExceeded",
         "description": "delivered 6 times",
-        "message": {"kind": "tick", "run_id": "r-1", "message_id": "r-1:s:1:3"},
-        "queue": "conveyor-work",
-        "message_id": "qm-9",
-        "dequeue_count": 6,
-        "dead_lettered_at": "2026-11-30T12:00:00+00:00",
+        "delivery_count": 6,
+        "body": '{"kind": "tick", "run_id": "r-1"}',
+        "dead_lettered_at": datetime(2026, 11, 30, 12, tzinfo=UTC),
+        "message": Message(kind="tick", run_id="r-1", step="s", attempt=1, tick=3),
     }
-    d = dead_letter_of(entry)
+    return QueueDeadLetter(**{**base, **kw})
+
+
+def test_queue_dead_letters_become_the_page_s_rows() -> None:
+    d = dead_letter_of(letter())
     assert (d.message_id, d.reason, d.run_id, d.kind, d.delivery_count) == (
-        "qm-9",
+        "r-1:s:1:3",
         "MaxDeliveryCountExceeded",
         "r-1",
         "tick",
         6,
     )
-    assert json.loads(d.body)["run_id"] == "r-1"
-    raw = dead_letter_of({"reason": "InvalidMessage", "message": "not json <b>"})
-    assert raw.body == "not json <b>" and raw.run_id is None and raw.message_id == ""
+    assert json.loads(d.body)["run_id"] == "r-1" and d.dead_lettered_at == "2026-11-30T12:00:00+00:00"
+    raw = dead_letter_of(letter(message=None, message_id="", body="not json <b>"))
+    assert raw.body == "not json <b>" and raw.run_id is None and raw.message_id == "entry-1"
 
 
-def test_queue_dead_letters_reads_the_poison_queue_or_says_why_not() -> None:
-    class Peeking:
-        def peek_poison(self) -> list[dict]:
-            return [{"reason": "InvalidMessage", "message": "x", "message_id": "1"}]
+class Letters:
+    """The two queue-port calls the console makes."""
 
-    assert [d.reason for d in queue_dead_letters(Peeking())] == ["InvalidMessage"]
-    with pytest.raises(PermanentError, match="no dead-letter listing"):
-        queue_dead_letters(object())
+    def __init__(self, report: ReplayReport) -> None:
+        self.report = report
+        self.asked: list[list[str] | None] = []
+
+    def dead_letters(self, limit: int = 100) -> list[QueueDeadLetter]:
+        return [letter()][:limit]
+
+    def replay_dead_letters(self, ids: list[str] | None, flow: str | None = None) -> ReplayReport:
+        self.asked.append(ids)
+        return self.report
+
+
+def test_replay_is_the_queue_s_replay_and_says_what_did_not_happen() -> None:
+    done = Letters(ReplayReport(replayed=[letter()]))
+    assert [d.reason for d in queue_dead_letters(done)] == ["MaxDeliveryCountExceeded"]
+    queue_replay(done)("r-1:s:1:3")
+    assert done.asked == [["r-1:s:1:3"]]
+    with pytest.raises(NotFoundError):
+        queue_replay(Letters(ReplayReport(missing=["x"])))("x")
+    with pytest.raises(ConflictError, match="duplicate-detection"):
+        queue_replay(Letters(ReplayReport(kept=[(letter(), "inside the duplicate-detection window")])))("r-1:s:1:3")
 
 
 def test_vendored_htmx_is_the_npm_pinned_copy() -> None:

@@ -66,10 +66,13 @@ def test_app_indexes_every_function_with_its_trigger(indexed: dict[str, Any]) ->
     assert kinds == {
         "blob_created": "eventGridTrigger",
         "schedule_tick": "timerTrigger",
+        "retention": "timerTrigger",
+        "lifecycle_events": "timerTrigger",
         "orchestrator": "serviceBusTrigger",
         **{name: "httpTrigger" for name in ("devops_hook", "start_run", "list_runs", "get_run", "list_instances")},
         **{name: "httpTrigger" for name in ("cancel_run", "rerun", "eventgrid_webhook", "openapi")},
         "console": "httpTrigger",  # the web console (functions/console.py)
+        **{name: "httpTrigger" for name in ("dead_letters", "replay_dead_letters")},
     }
 
 
