@@ -18,7 +18,6 @@ Table ``<runs table>events``:
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.azure_errors import map_azure_error
 from shared.events.base import CloudEventJson, Outbox, OutboxEntry
-from shared.store.table import check_table_name
+from shared.store.table import TableOnce, table_client
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -66,46 +65,15 @@ class _Row:
 class TableOutbox(Outbox):
     def __init__(self, client: TableClient) -> None:
         self._client = client
-        self._ready = False
-        self._lock = threading.Lock()
+        self._ensure = TableOnce(client)
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
     ) -> TableOutbox:
         """The same account as the run store (identity-based or connection string)."""
-        from azure.data.tables import TableClient
-
-        from shared.azure_identity import storage_clients
-
         name = outbox_table_name(settings.runs_table)
-        check_table_name(name)
-        make = storage_clients(
-            settings,
-            "table",
-            "store",
-            TableClient,
-            credential=credential,
-            client_kwargs=client_kwargs,
-            endpoint_arg="endpoint",
-        )
-        return cls(make(table_name=name))
-
-    def _ensure(self) -> None:
-        if self._ready:
-            return
-        with self._lock:
-            if self._ready:
-                return
-            from azure.core.exceptions import ResourceExistsError
-
-            try:
-                self._client.create_table()
-            except ResourceExistsError:
-                pass
-            except Exception as exc:
-                raise map_azure_error(exc, SERVICE) from exc
-            self._ready = True
+        return cls(table_client(settings, name, credential=credential, client_kwargs=client_kwargs))
 
     @staticmethod
     def _pending_key(event_id: str) -> tuple[str, str]:
