@@ -1,7 +1,7 @@
 """Service Bus message -> engine (one step of one run forward, then let go).
 
 The message is completed automatically when the function returns (host.json:
-``messageHandlerOptions.autoComplete: true``). Raising abandons it: Service Bus redelivers it
+``extensions.serviceBus.autoCompleteMessages: true``). Raising abandons it: Service Bus redelivers it
 and, after the queue's MaxDeliveryCount (``CONVEYOR_MAX_DELIVERY_COUNT``, default 5, set on
 the queue in infra/), moves it to the dead-letter queue with reason
 ``MaxDeliveryCountExceeded``. That is how Conveyor dead-letters on Functions:

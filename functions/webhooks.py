@@ -70,6 +70,12 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
     return _call("get_run", req)
 
 
+@bp.function_name("list_instances")
+@bp.route(route="runs/{run_id}/steps/{step}/instances", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def list_instances(req: func.HttpRequest) -> func.HttpResponse:
+    return _call("list_instances", req)
+
+
 @bp.function_name("cancel_run")
 @bp.route(route="runs/{run_id}/cancel", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def cancel_run(req: func.HttpRequest) -> func.HttpResponse:

@@ -66,6 +66,13 @@ param zoneRedundant bool = false
 @description('NCRONTAB (with seconds) of the schedule_tick timer: fires flow schedules and the pending-run sweeper.')
 param scheduleTick string = '0 * * * * *'
 
+@description('NCRONTAB (UTC) of the daily retention timer that purges finished runs older than retentionDays.')
+param retentionSchedule string = '0 0 3 * * *'
+
+@description('Finished runs older than this many days are purged daily (0 = keep forever).')
+@minValue(0)
+param retentionDays int = 30
+
 @description('A run left pending this long (create succeeded, send did not) has its start message re-sent by the sweeper.')
 param sweeperPendingSeconds int = 300
 
@@ -93,6 +100,9 @@ param defaultMessageTimeToLive string = 'P14D'
 // Storage
 @description('Table holding run state; also CONVEYOR_RUNS_TABLE.')
 param runsTableName string = 'conveyorruns'
+
+@description('Table holding the instances of for_each steps (outside the run documents); also CONVEYOR_INSTANCES_TABLE.')
+param instancesTableName string = 'conveyorrunsinstances'
 
 @description('Container where data drops land (watched by the Event Grid subscription).')
 param landingContainerName string = 'landing'
@@ -435,6 +445,11 @@ resource runsTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-
   name: runsTableName
 }
 
+resource instancesTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: dataTableService
+  name: instancesTableName
+}
+
 // Storage diagnostics to Log Analytics (read/write/delete logs of blob, queue and table).
 resource appBlobDiagnostics 'Microsoft.Insights/diagnosticSettings@2016-09-01' = {
   name: 'service'
@@ -690,9 +705,12 @@ var baseAppSettings = {
   CONVEYOR_MODE: 'azure'
   CONVEYOR_QUEUE_NAME: workQueue.name
   CONVEYOR_RUNS_TABLE: runsTable.name
+  CONVEYOR_INSTANCES_TABLE: instancesTable.name
   CONVEYOR_MAX_DELIVERY_COUNT: string(maxDeliveryCount)
   CONVEYOR_TELEMETRY_EXPORTER: 'opentelemetry'
   CONVEYOR_SCHEDULE_TICK: scheduleTick
+  CONVEYOR_RETENTION_SCHEDULE: retentionSchedule
+  CONVEYOR_RETENTION_DAYS: string(retentionDays)
   CONVEYOR_SWEEPER_PENDING_SECONDS: string(sweeperPendingSeconds)
   // The deployed package is read-only; local scratch state goes to the instance's /tmp.
   CONVEYOR_HOME: '/tmp/conveyor'
@@ -1279,6 +1297,7 @@ output dataStorageAccountName string = dataStorage.name
 output landingContainerName string = landingContainer.name
 output deadLetterContainerName string = deadLetterContainer.name
 output runsTableName string = runsTable.name
+output instancesTableName string = instancesTable.name
 output appInsightsName string = appInsights.name
 output appInsightsConnectionStringSetting string = 'APPLICATIONINSIGHTS_CONNECTION_STRING'
 output eventGridSystemTopicName string = systemTopic.name

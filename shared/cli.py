@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -27,12 +28,18 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import ProgressColumn
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
+from shared.cli_ops import register_ops
 from shared.errors import ConveyorError, NotFoundError, ValidationError
+from shared.terminal import cell, line, log_to_console, make_console, say
 
 if TYPE_CHECKING:
+    from rich.progress import Task
+
     from shared.engine.model import Run, StepRun
     from shared.settings import Settings
     from shared.wiring import Services
@@ -45,9 +52,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Without a terminal (CI, pipes) rich would wrap at 80 columns: URLs and ids read better wider.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+# Every value reaches these as text, never as markup (shared/terminal.py).
+console = make_console()
+err_console = make_console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,6 +67,7 @@ STATUS_STYLE = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "dim",
+    "skipped": "dim",
 }
 
 
@@ -67,7 +75,7 @@ STATUS_STYLE = {
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    say(err_console, ("error:", "red"), " ", message)
     raise typer.Exit(code)
 
 
@@ -94,14 +102,42 @@ def friendly(fn: F) -> F:
             from shared.flows.loader import FlowsFileError
 
             if isinstance(exc, FlowsFileError):
-                err_console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+                say(err_console, str(exc))
                 raise typer.Exit(1) from None
             fail(str(exc), exit_code_for(exc))
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            say(err_console, "interrupted")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("conveyor")
+    except PackageNotFoundError:
+        from shared import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        say(console, f"conveyor {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", help="print the version and exit", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Event-driven data and ML flows: local host, triggers, runs."""
 
 
 def load_settings() -> Settings:
@@ -132,9 +168,13 @@ def storage(settings: Settings | None = None) -> Iterator[Services]:
     if not storage_reachable(settings):
         from shared.local.azurite import ensure_azurite
 
-        err_console.print(
-            f"[dim]Azurite is not running on {settings.azurite_host}:{settings.azurite_blob_port}; "
-            "starting it for this command (`conveyor up` keeps one running)[/dim]"
+        where = f"{settings.azurite_host}:{settings.azurite_blob_port}"
+        say(
+            err_console,
+            (
+                f"Azurite is not running on {where}; starting it for this command (`conveyor up` keeps one running)",
+                "dim",
+            ),
         )
         azurite = ensure_azurite(settings)
     try:
@@ -241,8 +281,8 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{minutes}m{sec:02d}s"
 
 
-def styled(state: str) -> str:
-    return f"[{STATUS_STYLE.get(state, 'white')}]{state}[/]"
+def styled(state: str) -> Text:
+    return cell(state, STATUS_STYLE.get(state, "white"))
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -268,7 +308,7 @@ def model_of(run: Run) -> dict[str, Any] | None:
     return None
 
 
-def gate_lines(gate: dict[str, Any] | None) -> list[str]:
+def gate_lines(gate: dict[str, Any] | None) -> list[Text]:
     if not gate:
         return []
     decision = str(gate.get("decision") or ("promoted" if gate.get("promote") else "rejected"))
@@ -277,13 +317,15 @@ def gate_lines(gate: dict[str, Any] | None) -> list[str]:
     champ = gate.get("champion")
     champ_v = gate.get("champion_version")
     style = "green" if decision == "promoted" else "yellow"
-    lines = [f"gate: [{style}]{decision}[/] on {metric} ({gate.get('direction', 'maximize')})"]
+    lines = [line("gate: ", (decision, style), f" on {metric} ({gate.get('direction', 'maximize')})")]
     lines.append(
-        f"  candidate {metric}={_num(cand)}   champion {metric}={_num(champ)}"
-        + (f" (v{champ_v})" if champ_v else " (none yet)" if champ is None else "")
+        line(
+            f"  candidate {metric}={_num(cand)}   champion {metric}={_num(champ)}"
+            + (f" (v{champ_v})" if champ_v else " (none yet)" if champ is None else "")
+        )
     )
     if gate.get("reason"):
-        lines.append(f"  reason: {gate['reason']}")
+        lines.append(line(f"  reason: {gate['reason']}"))
     return lines
 
 
@@ -308,48 +350,105 @@ def steps_table(run: Run) -> Table:
     for step in run.steps:
         prog = f"{step.progress.get('done', 0)}/{step.progress.get('total', 0)}" if step.progress else "-"
         table.add_row(
-            step.name,
-            step.kind,
+            cell(step.name),
+            cell(step.kind),
             styled(step.state.value),
-            str(step.attempt),
-            fmt_seconds(step_duration(step)),
-            prog,
-            _short(step.remote_id or "-", 48),
+            cell(step.attempt),
+            cell(fmt_seconds(step_duration(step))),
+            cell(prog),
+            cell(_short(step.remote_id or "-", 48)),
         )
     return table
+
+
+def _when(iso: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(iso)) if iso else None
+    except ValueError:
+        return None
+
+
+def history_lines(run: Run) -> list[Text]:
+    """Finished attempts the steps table no longer shows (retries, and the runs before a rerun).
+
+    ``StepRun.history`` records every finished attempt; the table shows each step's current
+    one, so an entry is listed unless it is exactly what the table says (same attempt, same
+    state).
+    """
+    lines: list[Text] = []
+    for step in run.steps:
+        for entry in step.history:
+            outcome = str(entry.get("outcome") or "?")
+            if entry.get("attempt") == step.attempt and outcome == step.state.value:
+                continue
+            started, ended = _when(entry.get("started_at")), _when(entry.get("ended_at"))
+            took = fmt_seconds(duration(started, ended)) if started and ended else "-"
+            error = entry.get("error")
+            lines.append(
+                line(
+                    f"  {step.name:<12} attempt {entry.get('attempt')}  ",
+                    cell(f"{outcome:<9}", STATUS_STYLE.get(outcome, "white")),
+                    f"  {_dt(started)}  {took:>7}",
+                    f"  {entry.get('remote_id') or '-'}",
+                    ("  " + str(error), "red") if error else "",
+                )
+            )
+    if lines:
+        reruns = f" ({run.reruns} rerun{'s' if run.reruns != 1 else ''})" if run.reruns else ""
+        lines.insert(0, line(("earlier attempts", "bold"), reruns))
+    return lines
 
 
 def print_run(run: Run, out: Console | None = None, *, outputs: bool = True) -> None:
     out = out or console
     total = duration(run.started_at or run.created_at, run.ended_at)
-    out.print(f"[bold]run[/bold] {run.run_id}  flow [bold]{run.flow}[/bold]  {styled(run.status.value)}")
-    out.print(f"trigger: {run.trigger.kind}  {run.trigger.source}", highlight=False, soft_wrap=True)
-    out.print(
+    say(out, ("run", "bold"), f" {run.run_id}  flow ", (run.flow, "bold"), "  ", styled(run.status.value))
+    say(out, f"trigger: {run.trigger.kind}  {run.trigger.source}")
+    cancelling = run.cancel_requested and not run.status.terminal
+    say(
+        out,
         f"created {_dt(run.created_at)}  ended {_dt(run.ended_at)}  duration {fmt_seconds(total)}"
-        + (f"  reruns {run.reruns}" if run.reruns else "")
-        + ("  [yellow]cancel requested[/yellow]" if run.cancel_requested and not run.status.terminal else "")
+        + (f"  reruns {run.reruns}" if run.reruns else ""),
+        ("  cancel requested", "yellow") if cancelling else "",
     )
     out.print(steps_table(run))
+    for text in history_lines(run):
+        say(out, text)
     if outputs:
         for step in run.steps:
             if step.error:
-                out.print(f"  {step.name}: [red]{step.error}[/red]", highlight=False, soft_wrap=True)
+                say(out, f"  {step.name}: ", (step.error, "red"))
             shown = {k: v for k, v in step.outputs.items() if k != "gate"}
             for key, value in shown.items():
-                out.print(f"  {step.name}.{key} = {_short(value, 160)}", highlight=False, soft_wrap=True)
-    for line in gate_lines(run.gate):
-        out.print(line, highlight=False, soft_wrap=True)
+                say(out, f"  {step.name}.{key} = {_short(value, 160)}")
+    for text in gate_lines(run.gate):
+        say(out, text)
     model = model_of(run)
     if model:
-        out.print(f"model: {model['name']} version {model['version']}", highlight=False)
+        say(out, f"model: {model['name']} version {model['version']}")
     if run.error:
-        out.print(f"[red]error:[/red] {run.error}", highlight=False, soft_wrap=True)
+        say(out, ("error:", "red"), f" {run.error}")
 
 
 def run_json(run: Run) -> dict[str, Any]:
     doc = run.model_dump(mode="json")
     doc["durations"] = {s.name: step_duration(s) for s in run.steps}
     return doc
+
+
+class _TextField(ProgressColumn):
+    """A progress column showing ``task.fields[name]`` (a Text or str) as text, never as markup."""
+
+    def __init__(self, name: str, width: int) -> None:
+        super().__init__()
+        self.name = name
+        self.width = width
+
+    def render(self, task: Task) -> Text:
+        value = task.fields.get(self.name, "")
+        text = value.copy() if isinstance(value, Text) else cell(value)
+        text.truncate(self.width, pad=True)
+        return text
 
 
 class RunFollower:
@@ -372,8 +471,8 @@ class RunFollower:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("{task.fields[step]:<12}"),
-                TextColumn("{task.fields[state]:<22}"),
+                TextColumn("{task.fields[step]:<12}", markup=False),
+                _TextField("state", width=22),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -393,7 +492,7 @@ class RunFollower:
         if run.status.value != self._last_status:
             self._last_status = run.status.value
             if not self.interactive:
-                self.out.print(f"run {run.run_id[:12]} {run.status.value}", highlight=False)
+                say(self.out, f"run {run.run_id[:12]} {run.status.value}")
 
     def _steps(self, run: Run) -> None:
         for step in run.steps:
@@ -408,10 +507,10 @@ class RunFollower:
             elif step.state.value != "pending":
                 extra = f" {done}/{total}" if total else ""
                 attempt = f" (attempt {step.attempt})" if step.attempt > 1 else ""
-                self.out.print(f"  {step.name:<12} {step.state.value}{extra}{attempt}", highlight=False)
+                say(self.out, f"  {step.name:<12} {step.state.value}{extra}{attempt}")
 
     def _bar(self, step: StepRun, done: int, total: int) -> None:
-        state = styled(step.state.value) + (f" #{step.attempt}" if step.attempt > 1 else "")
+        state = line(styled(step.state.value), f" #{step.attempt}" if step.attempt > 1 else "")
         if step.name not in self._tasks:
             self._tasks[step.name] = self._progress.add_task(
                 "", step=step.name, state=state, total=total or 1, completed=0, start=step.state.value != "pending"
@@ -445,6 +544,7 @@ def up(
     own_process_group()
     host = LocalHost(settings, workers=workers)
     stop = threading.Event()
+    console_log = log_to_console()
 
     def _term(signum: int, frame: Any) -> None:
         stop.set()
@@ -461,8 +561,9 @@ def up(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        err_console.print("stopping…")
+        say(err_console, "stopping…")
         host.stop()
+        logging.getLogger("conveyor").removeHandler(console_log)
 
 
 def own_process_group() -> None:
@@ -487,7 +588,8 @@ def print_up_banner(host: Any) -> None:
     url = host.url
     containers = host.watcher.containers if host.watcher is not None else []
     flows = sorted(host.flows.flows) if host.flows is not None else []
-    console.print(f"[bold green]conveyor host running[/bold green] at {url}", highlight=False)
+    say(console, ("conveyor host running", "bold green"), f" at {url}")
+    say(console, f"  {'console':<18} {console_url(url)}")
     lines = [
         ("status", f"GET  {url}/admin/host/status"),
         ("start a run", f"POST {url}/api/flows/{{flow}}/runs"),
@@ -498,12 +600,14 @@ def print_up_banner(host: Any) -> None:
         ("Event Grid (HTTP)", f"POST {url}/api/events/blob"),
         ("blob storage", f"http://{s.azurite_host}:{s.azurite_blob_port}/devstoreaccount1"),
     ]
+    lines += [
+        ("flows", ", ".join(flows) or "-"),
+        ("watching", ", ".join(containers) or "(no blob triggers)"),
+        ("data home", str(s.home)),
+    ]
     for label, value in lines:
-        console.print(f"  {label:<18} {value}", highlight=False, soft_wrap=True)
-    console.print(f"  {'flows':<18} {', '.join(flows) or '-'}", highlight=False)
-    console.print(f"  {'watching':<18} {', '.join(containers) or '(no blob triggers)'}", highlight=False)
-    console.print(f"  {'data home':<18} {s.home}", highlight=False)
-    console.print("Ctrl-C to stop.")
+        say(console, f"  {label:<18} {value}")
+    say(console, "Ctrl-C to stop.")
 
 
 @app.command()
@@ -521,7 +625,7 @@ def validate(
     project = ProjectFiles(settings.root, python_files=settings.adapter("databricks") == "local")
     flows = load_flows(path, project=project)
     n = len(flows.flows)
-    console.print(f"{Path(path).name} is valid: {n} flow{'s' if n != 1 else ''}", highlight=False)
+    say(console, f"{Path(path).name} is valid: {n} flow{'s' if n != 1 else ''}")
 
 
 @app.command()
@@ -539,7 +643,7 @@ def schema(
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-    err_console.print(f"wrote {out}")
+    say(err_console, f"wrote {out}")
 
 
 @app.command()
@@ -548,6 +652,8 @@ def drop(
     file: Path = typer.Argument(..., help="local file to upload"),
     container: str = typer.Option("landing", "--container", "-c"),
     name: str | None = typer.Option(None, "--name", "-n", help="blob name (default: the file name)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="follow the run(s) this file starts until they end"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
     """Upload a file into a watched container (the host's watcher emits BlobCreated for it)."""
     if not file.is_file():
@@ -557,14 +663,34 @@ def drop(
     watched = _watching(settings, container)
     with storage(settings) as services:
         info = services.blobs.upload_file(container, blob_name, file)
-    console.print(f"uploaded {info.url}  etag {info.etag}  {info.size} bytes", highlight=False, soft_wrap=True)
+    say(console, f"uploaded {info.url}  etag {info.etag}  {info.size} bytes")
     if watched is not None and not watched:
-        err_console.print(f"[yellow]warning:[/yellow] no flow watches container {container!r}; nothing will start")
+        say(err_console, ("warning:", "yellow"), f" no flow watches container {container!r}; nothing will start")
     elif watched:
-        if host_running(settings):
-            console.print(f"flows watching it: {', '.join(watched)} (the running host will start them)")
-        else:
-            console.print(f"flows watching it: {', '.join(watched)}; start `conveyor up` to process it")
+        host_up = host_running(settings)
+        if host_up:
+            say(console, f"flows watching it: {', '.join(watched)} (the running host will start them)")
+        elif not follow:
+            say(console, f"flows watching it: {', '.join(watched)}; start `conveyor up` to process it")
+        if follow:
+            _follow_drop(settings, info, watched, timeout, host_up=host_up)
+
+
+def _follow_drop(settings: Settings, info: Any, flows: list[str], timeout: float, *, host_up: bool) -> None:
+    """Follow the run each watching flow starts for this blob version (url and eTag)."""
+    etag = str(info.etag).strip('"')
+    failed = False
+    for flow in flows:
+
+        def started_by_drop(run: Run, flow: str = flow) -> bool:
+            blob = run.trigger.blob or {}
+            return run.flow == flow and blob.get("url") == info.url and str(blob.get("etag") or "").strip('"') == etag
+
+        run = _follow(settings, started_by_drop, timeout, host_up=host_up)
+        print_run(run)
+        failed = failed or run.status.value != "succeeded"
+    if failed:
+        raise typer.Exit(1)
 
 
 def _watching(settings: Settings, container: str) -> list[str] | None:
@@ -574,7 +700,7 @@ def _watching(settings: Settings, container: str) -> list[str] | None:
     try:
         flows = load_flows(settings.flows_file)
     except FlowsFileError as exc:
-        err_console.print(f"[yellow]warning:[/yellow] flows.yaml is invalid ({len(getattr(exc, 'issues', []))} issues)")
+        say(err_console, ("warning:", "yellow"), f" flows.yaml is invalid ({len(getattr(exc, 'issues', []))} issues)")
         return None
     return sorted(
         name
@@ -627,14 +753,14 @@ def trigger(
         console.print_json(data=result)
         return
     what = "started" if result.get("created") else "already exists"
-    console.print(f"run {run_id} {what} ({result.get('status')}) for flow {flow}", highlight=False)
+    say(console, f"run {run_id} {what} ({result.get('status')}) for flow {flow}")
     if result.get("reason"):
-        console.print(f"  {result['reason']}", highlight=False)
+        say(console, f"  {result['reason']}")
     if not run_id:
         raise typer.Exit(1)
     if not follow:
         if via == "storage":
-            console.print("no host is running: the run starts when `conveyor up` consumes the queue")
+            say(console, "no host is running: the run starts when `conveyor up` consumes the queue")
         return
     run = _follow(settings, run_id, timeout, host_up=(via == "host"))
     print_run(run)
@@ -644,21 +770,34 @@ def trigger(
         raise typer.Exit(1)
 
 
-def _follow(settings: Settings, run_id: str, timeout: float, *, host_up: bool) -> Run:
-    """Follow a run to its end; without a running host, run one in this process meanwhile."""
+def _follow(
+    settings: Settings,
+    run_id: str | Callable[[Run], bool],
+    timeout: float,
+    *,
+    host_up: bool,
+    accept: Callable[[Run], bool] | None = None,
+) -> Run:
+    """Follow a run (its id, or the newest run a predicate picks) to its end (one ``accept``
+    agrees with); without a running host, run one in this process meanwhile."""
+    from shared.cli_graph import fanout_progress
     from shared.host.runtime import LocalHost, wait_for_run
 
     with contextlib.ExitStack() as stack:
         if host_up:
             services = stack.enter_context(storage(settings))
-            store = services.store
         else:
-            console.print("[dim]no host is running: starting one in this process to follow the run[/dim]")
+            say(console, ("no host is running: starting one in this process to follow the run", "dim"))
+            say(console, ("(it stops when the run ends; `conveyor up` keeps one running)", "dim"))
             host = stack.enter_context(LocalHost(settings))
             assert host.services is not None
-            store = host.services.store
+            services = host.services
+        store = services.store
+        enrich = fanout_progress(services.instances)
         with RunFollower() as follower:
-            return wait_for_run(store, run_id, timeout=timeout, on_progress=follower.update)
+            return wait_for_run(
+                store, run_id, timeout=timeout, on_progress=lambda r: follower.update(enrich(r)), accept=accept
+            )
     raise AssertionError("unreachable")
 
 
@@ -693,7 +832,7 @@ def runs(
         sys.stdout.write(json.dumps([run_summary(r) for r in found], default=str, indent=2) + "\n")
         return
     if not found:
-        console.print("no runs")
+        say(console, "no runs")
         return
     table = Table(show_header=True, header_style="bold")
     for col in ("run", "flow", "status", "trigger", "created", "duration", "step"):
@@ -701,13 +840,13 @@ def runs(
     for r in found:
         cur = r.current_step()
         table.add_row(
-            r.run_id[:12],
-            r.flow,
+            cell(r.run_id[:12]),
+            cell(r.flow),
             styled(r.status.value),
-            r.trigger.kind,
-            _dt(r.created_at),
-            fmt_seconds(duration(r.started_at or r.created_at, r.ended_at)),
-            "-" if r.status.terminal or cur is None else f"{cur.name} ({cur.state.value})",
+            cell(r.trigger.kind),
+            cell(_dt(r.created_at)),
+            cell(fmt_seconds(duration(r.started_at or r.created_at, r.ended_at))),
+            cell("-" if r.status.terminal or cur is None else f"{cur.name} ({cur.state.value})"),
         )
     console.print(table)
 
@@ -717,14 +856,37 @@ def runs(
 def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="run id (or a unique prefix)"),
     as_json: bool = typer.Option(False, "--json"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show progress until the run ends, then the run"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
-    """One run: steps, states, attempts, durations, outputs, progress, gate decision."""
-    with storage() as services:
+    """One run: its graph of steps, states, attempts (earlier ones too), durations, outputs, progress, gate."""
+    from shared.cli_graph import print_graph
+    from shared.runview import graph_view
+
+    settings = load_settings()
+
+    def graph_inputs(services: Services, run: Run) -> tuple[Any, dict[str, Any]]:
+        fanouts = services.instances.fanouts(run.run_id) if any(s.fanout for s in run.steps) else {}
+        return services.flows.flows.get(run.flow), fanouts
+
+    with storage(settings) as services:
         run = resolve_run(services, run_id)
+        following = follow and not run.status.terminal
+        if not following:
+            flow, fanouts = graph_inputs(services, run)
+    if following:
+        run = _follow(settings, run.run_id, timeout, host_up=host_running(settings))
+        with storage(settings) as services:
+            flow, fanouts = graph_inputs(services, run)
     if as_json:
-        sys.stdout.write(json.dumps(run_json(run), default=str, indent=2) + "\n")
-        return
-    print_run(run)
+        doc = run_json(run)
+        doc["graph"] = graph_view(run, flow, fanouts)
+        sys.stdout.write(json.dumps(doc, default=str, indent=2) + "\n")
+    else:
+        print_run(run)
+        print_graph(run, flow, fanouts, console)
+    if follow and run.status.value != "succeeded":
+        raise typer.Exit(1)
 
 
 TRACE_HIDDEN = frozenset({"run_id", "flow", "traceparent"})
@@ -740,17 +902,18 @@ def trace_tree(records: list[dict[str, Any]], title: str) -> Tree:
         children.setdefault(parent if parent in ids else None, []).append(rec)
     for items in children.values():
         items.sort(key=lambda r: str(r.get("ts") or ""))
-    root = Tree(title)
+    root = Tree(cell(title))
 
-    def label(rec: dict[str, Any]) -> str:
+    def label(rec: dict[str, Any]) -> Text:
         attrs = {k: v for k, v in (rec.get("attributes") or {}).items() if k not in TRACE_HIDDEN}
         shown = ", ".join(f"{k}={_short(v, 48)}" for k, v in list(attrs.items())[:6])
+        extra = ("  " + shown, "dim") if shown else ""
         if rec.get("type") == "span":
             ms = rec.get("duration_ms")
             dur = f"{ms / 1000:.2f}s" if isinstance(ms, int | float) and ms >= 1000 else f"{ms or 0:.1f}ms"
-            bad = " [red]ERROR[/red]" if rec.get("status") not in (None, "ok") else ""
-            return f"[bold]{rec.get('name')}[/bold] {dur}{bad}" + (f"  [dim]{shown}[/dim]" if shown else "")
-        return f"[cyan]• {rec.get('name')}[/cyan]" + (f"  [dim]{shown}[/dim]" if shown else "")
+            bad = (" ERROR", "red") if rec.get("status") not in (None, "ok") else ""
+            return line((str(rec.get("name")), "bold"), f" {dur}", bad, extra)
+        return line((f"• {rec.get('name')}", "cyan"), extra)
 
     def add(node: Tree, parent: str | None, depth: int) -> None:
         for rec in children.get(parent, []):
@@ -780,7 +943,34 @@ def trace(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
         fail(f"no telemetry for run {run_id!r} under {settings.home / 'telemetry'}", 2)
     trace_ids = sorted({str(r.get("trace_id")) for r in records if r.get("trace_id")})
     title = f"run {run_id}" + (f"  trace {trace_ids[0]}" if len(trace_ids) == 1 else "")
-    console.print(trace_tree(records, title))
+    from shared.cli_graph import instance_trace_tree
+
+    console.print(instance_trace_tree(records, title))
+
+
+@app.command()
+@friendly
+def logs(
+    run_id: str = typer.Argument(..., metavar="RUN", help="run id (or a unique prefix)"),
+    step: str | None = typer.Argument(None, metavar="[STEP]", help="one step (default: every launched step)"),
+    attempt: int | None = typer.Option(None, "--attempt", min=1, help="an earlier attempt of STEP (see `show`)"),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="print new lines as they are written, until the run ends"
+    ),
+    timeout: float = typer.Option(3600.0, "--timeout", help="seconds to follow before giving up"),
+) -> None:
+    """stdout/stderr of a run's steps: the local backends' files, what the Azure services keep."""
+    from shared.runlogs import follow_logs, print_logs
+
+    settings = load_settings()
+    with storage(settings) as services:
+        run = resolve_run(services, run_id)
+        if not follow:
+            print_logs(console, services, run, step, attempt)
+            return
+        if not run.status.terminal and not host_running(settings):
+            say(err_console, ("no host is running: nothing moves until `conveyor up` runs", "yellow"))
+        follow_logs(console, services, run.run_id, step, attempt, timeout=timeout)
 
 
 @app.command()
@@ -792,7 +982,7 @@ def cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
     with storage() as services:
         run = resolve_run(services, run_id)
         run = request_cancel(services.store, services.queue, run.run_id)
-    console.print(f"cancel requested for run {run.run_id} ({run.status.value})", highlight=False)
+    say(console, f"cancel requested for run {run.run_id} ({run.status.value})")
 
 
 @app.command()
@@ -800,6 +990,8 @@ def cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
 def rerun(
     run_id: str = typer.Argument(..., metavar="RUN"),
     from_step: str | None = typer.Option(None, "--from", help="restart at this step (default: the first failed)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show progress until the rerun ends, then the run"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to follow before giving up"),
 ) -> None:
     """Run a finished run again from a step, keeping earlier steps' outputs."""
     from shared.engine.control import request_rerun
@@ -809,9 +1001,50 @@ def rerun(
         run = resolve_run(services, run_id)
         run = request_rerun(services.store, services.queue, services.flows, run.run_id, from_step)
     where = f"from {from_step}" if from_step else ""
-    console.print(f"rerun requested for run {run.run_id} {where}".rstrip(), highlight=False)
+    say(console, f"rerun requested for run {run.run_id} {where}".rstrip())
+    host_up = host_running(settings)
+    if not follow:
+        if not host_up:
+            say(console, "no host is running: the rerun starts when `conveyor up` consumes the queue")
+        return
+    before = run.reruns
+    run = _follow(settings, run.run_id, timeout, host_up=host_up, accept=lambda r: r.reruns > before)
+    print_run(run)
+    if run.status.value != "succeeded":
+        raise typer.Exit(1)
+
+
+def console_url(base_url: str, run_id: str | None = None) -> str:
+    """The web console's page for the host at ``base_url``: the runs, or one run."""
+    from urllib.parse import quote
+
+    return f"{base_url}/" if run_id is None else f"{base_url}/runs/{quote(run_id, safe='')}"
+
+
+@app.command("open")
+@friendly
+def open_page(
+    run_id: str | None = typer.Argument(None, metavar="[RUN]", help="run id (or a unique prefix); none: the runs"),
+    print_only: bool = typer.Option(False, "--print", help="only print the URL"),
+) -> None:
+    """Open the web console (or one run's page) in a browser; print the URL when there is no browser."""
+    import webbrowser
+
+    settings = load_settings()
+    target = None
+    if run_id is not None:
+        with storage(settings) as services:
+            target = resolve_run(services, run_id).run_id
+    url = console_url(host_url(settings), target)
     if not host_running(settings):
-        console.print("no host is running: the rerun starts when `conveyor up` consumes the queue")
+        say(err_console, ("no host is running here: start `conveyor up` to serve the console", "yellow"))
+    opened = False
+    if not print_only:
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+    console.print(url if not opened else f"opened {url}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -819,17 +1052,26 @@ def rerun(
 def demo(
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the run"),
     keep: bool = typer.Option(False, "--keep", help="keep the previous demo data instead of starting fresh"),
+    serve: bool | None = typer.Option(
+        None, "--serve/--no-serve", help="keep the console up after the run until Enter (default: a terminal, not CI)"
+    ),
 ) -> None:
     """Drop sample data, follow one run to a deployed model, and ask it for a prediction."""
-    from shared.demo import demo_settings, run_demo
+    from shared.demo import demo_settings, run_demo, wait_for_enter
 
-    result = run_demo(demo_settings(load_settings()), fresh=not keep, timeout=timeout, out=console)
+    if serve is None:
+        serve = sys.stdin.isatty() and not os.environ.get("CI")
+    linger = wait_for_enter(console) if serve else None
+    result = run_demo(demo_settings(load_settings()), fresh=not keep, timeout=timeout, out=console, linger=linger)
     raise typer.Exit(0 if result.ok else 1)
+
+
+# dlq list|replay, backfill, purge (shared/cli_ops.py)
+register_ops(app, friendly, storage, console, err_console)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``conveyor = shared.cli:main``)."""
-    import logging
 
     # MLflow logs its database migrations at INFO on first use: noise in a terminal
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

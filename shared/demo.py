@@ -2,9 +2,10 @@
 
 With a fresh data home (``<home>/demo`` by default) the demo starts the local host in this
 process (Azurite, HTTP routes, blob watcher, scheduler, queue workers), generates the sample
-sales data, uploads the batch app to ``apps/batch_app/score_file.py``, drops one CSV into
-``landing`` -- the watcher sees it and delivers a real Event Grid BlobCreated event to the
-host, which ingests it into a run -- follows the run with progress bars, prints the summary
+sales data and drops one CSV into ``landing`` -- the watcher sees it and delivers a real
+Event Grid BlobCreated event to the host, which ingests it into a run; the batch app is a
+project file the host stages itself, as for any ``conveyor drop`` -- follows the run with
+progress bars, prints the summary
 (every step with state and duration, the gate decision with both metrics, the model name and
 version) and POSTs sample rows to the deployed scoring URL. It always stops what it started
 (host, Azurite, scoring server). Exit 0 only when the run succeeded and a prediction came back.
@@ -12,6 +13,7 @@ version) and POSTs sample rows to the deployed scoring URL. It always stops what
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -19,6 +21,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +36,12 @@ if TYPE_CHECKING:
 
 FLOW = "retrain"
 LANDING = "landing"
-APPS = "apps"
-BATCH_APP = ("samples/batch_app/score_file.py", "batch_app/score_file.py")
 TARGET_COLUMNS = ("revenue", "target", "label", "y", "sales")  # never sent to the scoring endpoint
 SAMPLE_ROWS = 3
+
+
+# Called with the finished demo's result and the console URL, before the host stops.
+Linger = Callable[["DemoResult", str], None]
 
 
 @dataclass
@@ -186,15 +191,19 @@ def run_demo(
     timeout: float = 600.0,
     out: Console | None = None,
     workers: int = 2,
+    linger: Linger | None = None,
 ) -> DemoResult:
-    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result."""
-    from rich.console import Console
+    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result.
 
+    ``linger(result, console_url)``, when given, runs after the run (and the prediction) and
+    before the host stops: the console keeps serving until it returns.
+    """
     from shared.cli import RunFollower, model_of, print_run
     from shared.deploy.local_endpoint import stop_server
     from shared.host.runtime import LocalHost
+    from shared.terminal import make_console, say
 
-    out = out or Console()
+    out = out or make_console()
     started = time.monotonic()
     result = DemoResult(ok=False)
     host: LocalHost | None = None
@@ -205,24 +214,22 @@ def run_demo(
     try:
         if fresh:
             _fresh_home(settings)
-        out.print(f"[bold]conveyor demo[/bold]  data home {settings.home}", highlight=False)
+        say(out, ("conveyor demo", "bold"), f"  data home {settings.home}")
         t = time.monotonic()
         host = LocalHost(settings, workers=workers)
         host.start()
         assert host.services is not None
         services = host.services
         mark("host_start", t)
-        out.print(f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
+        say(out, f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
+        print_console_url(out, host.url)
 
         t = time.monotonic()
         drop = generate_data(settings, settings.home / "sample-data")
-        src, dest = BATCH_APP
-        services.blobs.upload_file(APPS, dest, settings.root / src)
-        out.print(f"uploaded the batch app to {APPS}/{dest}", highlight=False)
         info = services.blobs.upload_file(LANDING, drop.name, drop)
         mark("data", t)
-        out.print(f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})", highlight=False)
-        out.print("waiting for the BlobCreated event and following the run…")
+        say(out, f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})")
+        say(out, "waiting for the BlobCreated event and following the run…")
 
         def ours(run: Run) -> bool:
             blob = run.trigger.blob or {}
@@ -258,9 +265,9 @@ def run_demo(
         preds = score(url, rows)
         mark("score", t)
         result.prediction = preds
-        out.print(f"scoring url: {url}", highlight=False)
-        out.print(f"rows: {json.dumps(rows)}", highlight=False, soft_wrap=True)
-        out.print(f"prediction: {json.dumps(preds)}", highlight=False, soft_wrap=True)
+        say(out, f"scoring url: {url}")
+        say(out, f"rows: {json.dumps(rows)}")
+        say(out, f"prediction: {json.dumps(preds)}")
         numeric = bool(preds) and all(isinstance(p, int | float) and not isinstance(p, bool) for p in preds)
         result.ok = numeric
         if not numeric:
@@ -271,19 +278,43 @@ def run_demo(
         return result
     except BaseException as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+        linger = None  # interrupted: stop at once
         raise
     finally:
         if host is not None:
+            if linger is not None:
+                from shared.cli import console_url
+
+                linger(result, console_url(host.url))
             host.stop()
         stop_server(settings.home)
         result.seconds = round(time.monotonic() - started, 1)
         if result.ok:
-            out.print(f"[green]demo succeeded[/green] in {result.seconds:.0f}s", highlight=False)
+            say(out, ("demo succeeded", "green"), f" in {result.seconds:.0f}s")
         else:
-            out.print(f"[red]demo failed[/red] after {result.seconds:.0f}s: {result.error}", highlight=False)
+            say(out, ("demo failed", "red"), f" after {result.seconds:.0f}s: {result.error}")
         if result.run is not None:
-            out.print(
+            say(
+                out,
                 f"inspect later: CONVEYOR_HOME={settings.home} conveyor show {result.run.run_id[:12]}"
                 f"  |  conveyor trace {result.run.run_id[:12]}",
-                highlight=False,
             )
+
+
+def print_console_url(out: Console, host_url: str) -> None:
+    """The web console's URL, printed as soon as the host is up (the run shows there live)."""
+    from shared.cli import console_url
+
+    out.print(f"console: {console_url(host_url)}  (the run shows there live)", highlight=False)
+
+
+def wait_for_enter(out: Console) -> Linger:
+    """A ``linger`` for a terminal: keep the console up until the user presses Enter."""
+
+    def linger(result: DemoResult, url: str) -> None:
+        where = f"{url}runs/{result.run.run_id}" if result.run is not None else url
+        out.print(f"the console stays up at {where} (the model: {url}models); press Enter to stop", highlight=False)
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            input()
+
+    return linger

@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.errors import ThrottledError, TransientError, ValidationError
 
 if TYPE_CHECKING:
@@ -198,6 +198,9 @@ class FaultyBackend(JobBackend):
 
     def cancel(self, remote_id: str) -> None:
         self._fault("cancel", self.inner.cancel, remote_id)
+
+    def logs(self, remote_id: str) -> list[StepLog]:  # reading logs (the console) is not a faulted call
+        return self.inner.logs(remote_id)
 
     def __getattr__(self, name: str) -> Any:  # close(), from_settings'd attributes: the inner backend's
         return getattr(self.inner, name)

@@ -6,6 +6,7 @@ settings). ``local.settings.sample.json`` lists and explains each one; keep them
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,31 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 # Port names that can be switched between adapters one by one (CONVEYOR_ADAPTER_<PORT>).
 PORTS = ("queue", "store", "blobs", "batch", "databricks", "azureml", "registry", "deployer", "telemetry")
+
+
+log = logging.getLogger("conveyor.settings")
+
+# What App Service hands an app for a Key Vault reference it could not resolve (missing secret,
+# no "Key Vault Secrets User" role yet, firewall): the reference text itself.
+UNRESOLVED_KEY_VAULT = "@Microsoft.KeyVault("
+
+
+def without_unresolved_references(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without settings whose value is an unresolved Key Vault reference, each logged as an
+    error naming it: such a value must never act as the secret (a DevOps hook secret equal to
+    the reference text would be guessable), so the setting counts as not set (hooks refused,
+    Databricks auth failing with its own clear error)."""
+    out = {}
+    for name, value in env.items():
+        if value.strip().startswith(UNRESOLVED_KEY_VAULT):
+            log.error(
+                "setting %s is an unresolved Key Vault reference; treating it as not set "
+                "(check the secret exists and the app's identity is Key Vault Secrets User)",
+                name,
+            )
+            continue
+        out[name] = value
+    return out
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -45,6 +71,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValidationError(f"must be a finite number, got {raw!r}", field=name)
     return value
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ValidationError(f"must be 0 (off) or more, got {value}", field=name)
+    return value
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated setting as its non-empty items, in order, without repeats."""
+    return tuple(dict.fromkeys(part.strip() for part in (raw or "").split(",") if part.strip()))
 
 
 @dataclass(frozen=True)
@@ -187,6 +225,7 @@ class Settings:
     azurite_table_port: int = 10002
     queue_name: str = "conveyor-work"
     runs_table: str = "conveyorruns"
+    instances_table: str = ""  # "" = runs_table + "instances"
     max_delivery_count: int = 5
     # local host
     host_port: int = 7071
@@ -208,13 +247,22 @@ class Settings:
     # fault injection (shared/faults.py): this share of storage and backend calls fail on purpose
     fault_rate: float = 0.0
     fault_seed: int | None = None
+
+    # lifecycle events out (shared.events): an Event Grid custom topic (identity-based) and/or webhooks
+    events_topic_endpoint: str | None = None
+    events_webhooks: tuple[str, ...] = ()
+    website_hostname: str | None = None  # set by App Service/Functions; the webhook handshake's origin
+    # retention (shared.ops.retention): 0 days = off
+    retention_days: int = 30
+    retention_statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+    retention_schedule: str = "0 0 3 * * *"
     adapters: Mapping[str, str] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
+        env = without_unresolved_references(os.environ if env is None else env)
         root = Path(env.get("CONVEYOR_ROOT") or Path.cwd()).resolve()
         home = Path(env.get("CONVEYOR_HOME") or root / ".conveyor").resolve()
         mode = env.get("CONVEYOR_MODE", "local").strip().lower()
@@ -237,6 +285,7 @@ class Settings:
             azurite_table_port=_int(env, "CONVEYOR_AZURITE_TABLE_PORT", 10002),
             queue_name=env.get("CONVEYOR_QUEUE_NAME", "conveyor-work"),
             runs_table=env.get("CONVEYOR_RUNS_TABLE", "conveyorruns"),
+            instances_table=env.get("CONVEYOR_INSTANCES_TABLE", "").strip(),
             max_delivery_count=_int(env, "CONVEYOR_MAX_DELIVERY_COUNT", 5),
             host_port=_int(env, "CONVEYOR_HOST_PORT", 7071),
             scoring_port=_int(env, "CONVEYOR_SCORING_PORT", 5088),
@@ -253,10 +302,21 @@ class Settings:
             sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
             fault_rate=_float(env, "CONVEYOR_FAULT_RATE", 0.0),
             fault_seed=_int(env, "CONVEYOR_FAULT_SEED", -1) if env.get("CONVEYOR_FAULT_SEED") else None,
+            events_topic_endpoint=(env.get("CONVEYOR_EVENTS_TOPIC_ENDPOINT") or "").strip() or None,
+            events_webhooks=_list(env.get("CONVEYOR_EVENTS_WEBHOOKS")),
+            website_hostname=env.get("WEBSITE_HOSTNAME") or None,
+            retention_days=_non_negative(env, "CONVEYOR_RETENTION_DAYS", 30),
+            retention_statuses=_list(env.get("CONVEYOR_RETENTION_STATUSES")) or ("succeeded", "failed", "cancelled"),
+            retention_schedule=(env.get("CONVEYOR_RETENTION_SCHEDULE") or "").strip() or "0 0 3 * * *",
             adapters=adapters,
             azure=AzureSettings.read(env),
             env=env,
         )
+
+    @property
+    def instances_table_name(self) -> str:
+        """The table of for_each instances: CONVEYOR_INSTANCES_TABLE, else the runs table's name + ``instances``."""
+        return self.instances_table or (self.runs_table + "instances")[:63]
 
     def adapter(self, port: str) -> str:
         """Which adapter serves ``port``: the per-port override, else the mode."""

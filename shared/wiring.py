@@ -17,10 +17,11 @@ if TYPE_CHECKING:
     from shared.backends.base import JobBackend
     from shared.blobs.base import BlobStore
     from shared.deploy.base import Deployer
+    from shared.events.publisher import LifecycleEvents
     from shared.flows.model import FlowsFile
     from shared.queue.base import WorkQueue
     from shared.registry.base import ModelRegistry
-    from shared.store.base import RunStore
+    from shared.store.base import InstanceStore, RunStore
     from shared.telemetry.base import Telemetry
 
 
@@ -66,6 +67,13 @@ class Services:
         return TableRunStore.from_settings(self.settings)
 
     @cached_property
+    def instances(self) -> InstanceStore:
+        """The fan-outs of for_each steps, in the same storage account as the runs."""
+        from shared.store.table_instances import TableInstanceStore
+
+        return TableInstanceStore.from_settings(self.settings)
+
+    @cached_property
     def blobs(self) -> BlobStore:
         from shared.blobs.storage import AzureBlobStore
 
@@ -102,6 +110,19 @@ class Services:
 
             return AzureMLOnlineDeployer.from_settings(self.settings)
         raise self._unsupported("deployer")
+
+    @cached_property
+    def events(self) -> LifecycleEvents | None:
+        """Lifecycle events out, or None when no sink is configured. The outbox lives in the
+        run store's account, so a Services handed its own run store (a test double) gets
+        none unless it is handed ``events`` too."""
+        from shared.store.table import TableRunStore
+
+        if not isinstance(self.store, TableRunStore):
+            return None
+        from shared.events.publisher import LifecycleEvents
+
+        return LifecycleEvents.from_settings(self.settings)
 
     @cached_property
     def telemetry(self) -> Telemetry:

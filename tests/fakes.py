@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
-from shared.engine.model import Message, Run, RunStatus
-from shared.errors import ConcurrencyError, NotFoundError
-from shared.queue.base import Received, WorkQueue
-from shared.store.base import RunStore
+from shared.engine.model import FanOut, InstanceRun, Message, Run, RunStatus, StepState
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.events.base import CloudEventJson, Outbox, OutboxEntry
+from shared.queue.base import DeadLetter, Received, ReplayReport, WorkQueue, wanted
+from shared.store.base import MAX_INSTANCES_PER_SAVE, InstanceStore, PurgeReport, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -56,13 +59,127 @@ class MemoryRunStore(RunStore):
         return saved
 
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
         wanted = set(statuses) if statuses is not None else None
         runs = [self.get(rid) for rid in self.rows]
         runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]
+        runs = [r for r in runs if created_before is None or r.created_at < created_before]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return runs[:limit]
+
+    def purge(
+        self,
+        created_before: datetime,
+        statuses: Iterable[RunStatus],
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+    ) -> PurgeReport:
+        wanted = [RunStatus(s) for s in statuses]
+        if any(not s.terminal for s in wanted):
+            raise ValidationError("only finished runs can be purged", field="status")
+        report = PurgeReport(created_before=created_before, statuses=[s.value for s in wanted], dry_run=dry_run)
+        matched = self.list_runs(statuses=wanted, limit=limit or len(self.rows) or 1, created_before=created_before)
+        report.matched = len(matched)
+        report.run_ids = [r.run_id for r in matched]
+        if not dry_run:
+            for r in matched:
+                del self.rows[r.run_id]
+            report.deleted = len(matched)
+        return report
+
+
+class MemoryInstanceStore(InstanceStore):
+    """Fan-out rows in dicts, with the port's all-or-nothing ETag save."""
+
+    def __init__(self) -> None:
+        self.heads: dict[tuple[str, str], tuple[str, str]] = {}  # (run, step) -> (etag, json)
+        self.rows: dict[tuple[str, str, int, int], tuple[str, str]] = {}  # (run, step, epoch, index)
+        self.item_lists: dict[tuple[str, str, int], list[Any]] = {}
+        self.saves = 0
+
+    def fanouts(self, run_id: str) -> dict[str, FanOut]:
+        out = {}
+        for (rid, step), (etag, doc) in self.heads.items():
+            if rid == run_id:
+                out[step] = FanOut.model_validate_json(doc)
+                out[step].etag = etag
+        return out
+
+    def instance(self, run_id: str, step: str, epoch: int, index: int) -> InstanceRun | None:
+        got = self.rows.get((run_id, step, epoch, index))
+        if got is None:
+            return None
+        inst = InstanceRun.model_validate_json(got[1])
+        inst.etag = got[0]
+        return inst
+
+    def instances(
+        self,
+        run_id: str,
+        step: str,
+        epoch: int,
+        *,
+        states: Iterable[StepState] | None = None,
+        start: int = 0,
+        limit: int = 100,
+    ) -> list[InstanceRun]:
+        wanted = set(states) if states is not None else None
+        keys = sorted(k for k in self.rows if k[:3] == (run_id, step, epoch) and k[3] >= start)
+        out = []
+        for k in keys:
+            inst = self.instance(*k)
+            assert inst is not None
+            if wanted is None or inst.state in wanted:
+                out.append(inst)
+            if len(out) >= limit:
+                break
+        return out
+
+    def save(self, fanout: FanOut, instances: Iterable[InstanceRun] = ()) -> tuple[FanOut, list[InstanceRun]]:
+        rows = list(instances)
+        head_key = (fanout.run_id, fanout.step)
+        current = self.heads.get(head_key)
+        if (current[0] if current else None) != fanout.etag:
+            raise ConcurrencyError(f"fan-out {fanout.step} of run {fanout.run_id} changed")
+        self._check(fanout.run_id, rows)
+        head = fanout.model_copy(update={"etag": uuid.uuid4().hex})
+        self.heads[head_key] = (head.etag or "", fanout.model_dump_json())
+        return head, self._write(fanout.run_id, rows)
+
+    def save_instances(self, run_id: str, instances: Iterable[InstanceRun]) -> tuple[None, list[InstanceRun]]:
+        rows = list(instances)
+        self._check(run_id, rows)
+        return None, self._write(run_id, rows)
+
+    def _check(self, run_id: str, rows: list[InstanceRun]) -> None:
+        if len(rows) > MAX_INSTANCES_PER_SAVE:
+            raise ValidationError(f"at most {MAX_INSTANCES_PER_SAVE} instances per save", field="instances")
+        for inst in rows:
+            got = self.rows.get((run_id, inst.name, inst.epoch, inst.index))
+            if (got[0] if got else None) != inst.etag:
+                raise ConcurrencyError(f"instance {inst.name}[{inst.index}] of run {run_id} changed")
+
+    def _write(self, run_id: str, rows: list[InstanceRun]) -> list[InstanceRun]:
+        saved = []
+        for inst in rows:
+            new = inst.model_copy(update={"etag": uuid.uuid4().hex})
+            self.rows[(run_id, inst.name, inst.epoch, inst.index)] = (new.etag or "", inst.model_dump_json())
+            saved.append(new)
+        self.saves += 1
+        return saved
+
+    def put_items(self, run_id: str, step: str, epoch: int, items: list[Any]) -> None:
+        self.item_lists[(run_id, step, epoch)] = list(items)
+
+    def items(self, run_id: str, step: str, epoch: int, start: int, count: int) -> list[Any]:
+        return list(self.item_lists.get((run_id, step, epoch), [])[start : start + count])
 
 
 @dataclass
@@ -109,6 +226,38 @@ class MemoryQueue(WorkQueue):
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
+    def _dead_entries(self) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                id=str(i),
+                message_id=m.message_id,
+                reason=reason,
+                description=description,
+                delivery_count=0,
+                body=m.model_dump_json(),
+                message=m,
+            )
+            for i, (m, reason, description) in enumerate(self.dead)
+        ]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return self._dead_entries()[:limit]
+
+    def replay_dead_letters(self, ids: Collection[str] | None = None, flow: str | None = None) -> ReplayReport:
+        report = ReplayReport()
+        keep = []
+        seen: set[str] = set()
+        for entry, dead in zip(self._dead_entries(), self.dead, strict=True):
+            if wanted(entry, ids, flow) and entry.message is not None:
+                seen.update((entry.id, entry.message_id))
+                self.send(entry.message)
+                report.replayed.append(entry)
+            else:
+                keep.append(dead)
+        self.dead = keep
+        report.missing = sorted(set(ids or ()) - seen)
+        return report
+
     def next_visible_in(self) -> float | None:
         if not self.items:
             return None
@@ -129,7 +278,9 @@ class ScriptedBackend(JobBackend):
     """Runs nothing: each launched job finishes after ``polls`` polls with a scripted outcome.
 
     ``outcomes`` maps (step, attempt) to a StepStatus; default is success with
-    ``{"result": f"{step}-{attempt}"}`` (a databricks step's output) as outputs. Counts launches per key.
+    ``{"result": f"{step}-{attempt}"}`` (a databricks step's output) as outputs. An instance of a for_each step looks in
+    ``instance_outcomes`` at (step, index, attempt) first; its default outputs are
+    ``{"result": f"{step}[{index}]-{attempt}", "item": item}``. Counts launches per key.
     """
 
     kind: str = "scripted"
@@ -138,6 +289,8 @@ class ScriptedBackend(JobBackend):
     launch_errors: dict[tuple[str, int], Exception] = field(default_factory=dict)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     launches: list[str] = field(default_factory=list)  # keys, one per *new* job
+    instance_outcomes: dict[tuple[str, int, int], StepStatus] = field(default_factory=dict)
+    cancelled: list[str] = field(default_factory=list)  # keys, in the order they were cancelled
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
         err = self.launch_errors.get((request.step, request.attempt))
@@ -145,10 +298,19 @@ class ScriptedBackend(JobBackend):
             raise err
         if request.key in self.jobs:
             return LaunchResult(remote_id=request.key, reattached=True)
-        outcome = self.outcomes.get(
-            (request.step, request.attempt),
-            StepStatus("succeeded", outputs={"result": f"{request.step}-{request.attempt}"}),
-        )
+        if request.index is not None:
+            outcome = self.instance_outcomes.get(
+                (request.step, request.index, request.attempt),
+                StepStatus(
+                    "succeeded",
+                    outputs={"result": f"{request.step}[{request.index}]-{request.attempt}", "item": request.item},
+                ),
+            )
+        else:
+            outcome = self.outcomes.get(
+                (request.step, request.attempt),
+                StepStatus("succeeded", outputs={"result": f"{request.step}-{request.attempt}"}),
+            )
         self.jobs[request.key] = FakeJob(request.key, request, self.polls, outcome)
         self.launches.append(request.key)
         return LaunchResult(remote_id=request.key)
@@ -163,8 +325,9 @@ class ScriptedBackend(JobBackend):
         return job.outcome
 
     def cancel(self, remote_id: str) -> None:
-        if remote_id in self.jobs:
+        if remote_id in self.jobs and not self.jobs[remote_id].cancelled:
             self.jobs[remote_id].cancelled = True
+            self.cancelled.append(remote_id)
 
     def launches_per_step(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -172,3 +335,71 @@ class ScriptedBackend(JobBackend):
             step = self.jobs[key].request.step
             counts[step] = counts.get(step, 0) + 1
         return counts
+
+
+class MemoryOutbox(Outbox):
+    """The outbox contract in memory: insert-if-absent by id, tombstones, leases by version."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, OutboxEntry] = {}
+        self.versions: dict[str, int] = {}
+        self.delivered: set[str] = set()
+        self.expired: dict[str, str] = {}
+        self.fail_adds = 0  # the next add calls that raise (the table is down)
+
+    def add(
+        self, events: list[CloudEventJson], sinks: list[str], now: datetime, *, skip_delivered: bool = False
+    ) -> list[bool]:
+        if self.fail_adds:
+            self.fail_adds -= 1
+            raise ConnectionError("outbox table unavailable")
+        out = []
+        for e in events:
+            eid = str(e["id"])
+            if eid in self.rows or (skip_delivered and eid in self.delivered):
+                out.append(False)
+                continue
+            self.rows[eid] = OutboxEntry(dict(e), list(sinks), 0, now, now, handle=0)
+            self.versions[eid] = 0
+            out.append(True)
+        return out
+
+    def due(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        due = [e for i, e in self.rows.items() if i not in self.expired and e.next_at <= now]
+        return [
+            OutboxEntry(dict(e.event), list(e.pending), e.attempts, e.first_at, e.next_at, e.last_error, e.handle)
+            for e in sorted(due, key=lambda e: e.first_at)[:limit]
+        ]
+
+    def _bump(self, entry: OutboxEntry) -> bool:
+        if self.versions.get(entry.id) != entry.handle:
+            return False
+        self.versions[entry.id] += 1
+        entry.handle = self.versions[entry.id]
+        return True
+
+    def claim(self, entry: OutboxEntry, until: datetime) -> OutboxEntry | None:
+        if not self._bump(entry):
+            return None
+        entry.next_at = until
+        self.rows[entry.id] = entry
+        return entry
+
+    def retry(self, entry: OutboxEntry, pending: list[str], next_at: datetime, error: str) -> None:
+        if self._bump(entry):
+            entry.pending, entry.next_at, entry.last_error = list(pending), next_at, error
+            entry.attempts += 1
+            self.rows[entry.id] = entry
+
+    def done(self, entry: OutboxEntry) -> None:
+        self.delivered.add(entry.id)
+        if self.versions.get(entry.id) == entry.handle:
+            self.rows.pop(entry.id, None)
+
+    def expire(self, entry: OutboxEntry, error: str) -> None:
+        self.expired[entry.id] = error
+
+    def purge(self, before: datetime) -> int:
+        n = len(self.delivered)
+        self.delivered.clear()
+        return n

@@ -4,7 +4,7 @@ bronze  the raw CSV as it arrived (all columns as text) + where it came from
 silver  typed, de-duplicated, no missing values, no outliers
 gold    one row per store and day with the model's features
 
-    python medallion.py --input <blob URL or local path> --lake <dir>
+    python medallion.py --input <blob URL or local path> --lake <dbfs:/ URI or dir>
 
 Tables are Delta tables written with the ``deltalake`` package (no Spark needed), so the same
 file runs as a Databricks job and locally. Blob URLs are read with azure-storage-blob using
@@ -12,6 +12,10 @@ the read SAS in CONVEYOR_TASK_STORAGE_SAS when set (what a local run gets; a Dat
 cluster reads through its own identity). The job ends with
 ``dbutils.notebook.exit(json)`` (``{"bronze", "silver", "gold", "rows"}``); where there is no
 ``dbutils`` (plain python) the JSON is printed instead.
+
+``--lake dbfs:/conveyor/lake/<run>`` is written through the cluster's ``/dbfs`` mount and
+reported as ``dbfs:/`` URIs; Conveyor's local Databricks backend hands the script the
+matching directory under its data home instead, so locally the paths are local ones.
 """
 
 from __future__ import annotations
@@ -91,16 +95,26 @@ def gold(clean: Any, lake: Path) -> Any:
     return features
 
 
+DBFS = "dbfs:/"
+DBFS_MOUNT = Path("/dbfs")  # where a Databricks cluster mounts DBFS for file APIs
+
+
 def run(source: str, lake: str | Path) -> dict[str, Any]:
-    lake = Path(lake).resolve()
-    lake.mkdir(parents=True, exist_ok=True)
-    raw = bronze(source, lake)
-    clean = silver(raw, lake)
-    features = gold(clean, lake)
+    given = str(lake)
+    if given.startswith(DBFS):  # on a Databricks cluster DBFS is mounted at /dbfs
+        where = DBFS_MOUNT / given[len(DBFS) :].strip("/")
+        name = given.rstrip("/") + "/{}"
+    else:
+        where = Path(given).resolve()
+        name = str(where / "{}")
+    where.mkdir(parents=True, exist_ok=True)
+    raw = bronze(source, where)
+    clean = silver(raw, where)
+    features = gold(clean, where)
     return {
-        "bronze": str(lake / "bronze"),
-        "silver": str(lake / "silver"),
-        "gold": str(lake / "gold"),
+        "bronze": name.format("bronze"),
+        "silver": name.format("silver"),
+        "gold": name.format("gold"),
         "rows": {"bronze": len(raw), "silver": len(clean), "gold": len(features)},
     }
 
@@ -108,7 +122,7 @@ def run(source: str, lake: str | Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bronze -> silver -> gold for one sales file")
     parser.add_argument("--input", required=True, help="blob URL or local path of a sales CSV")
-    parser.add_argument("--lake", required=True, help="directory holding the bronze/silver/gold Delta tables")
+    parser.add_argument("--lake", required=True, help="dbfs:/ URI or directory of the bronze/silver/gold Delta tables")
     args = parser.parse_args(argv)
     result = json.dumps(run(args.input, args.lake))
     dbutils = globals().get("dbutils") or getattr(builtins, "dbutils", None)

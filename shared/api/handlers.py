@@ -13,13 +13,22 @@ method  path                           handler     answer
 POST    /api/hooks/azure-devops        devops_hook 202 runs created / 200 nothing new; 401
 POST    /api/flows/{flow}/runs         start_run   202 + Location: /api/runs/<id>; 404 flow
 GET     /api/runs                      list_runs   200 ?flow=&status=a,b&limit= (1-1000, 50)
-GET     /api/runs/{run_id}             get_run     200 the run (steps, outputs, gate); 404
+GET     /api/runs/{run_id}             get_run     200 the run (steps, outputs, gate, graph); 404
+GET     /api/runs/{run_id}/steps/      list_       200 a page of a for_each step's instances
+        {step}/instances               instances   ?start=&limit=&state=a,b; 404
 POST    /api/runs/{run_id}/cancel      cancel_run  202; 409 when already finished
 POST    /api/runs/{run_id}/rerun       rerun       202 body {"from_step": "..."} (optional)
 POST    /api/events/blob               eventgrid   Event Grid webhook: 200 handshake or 202
 OPTIONS /api/events/blob               eventgrid   CloudEvents abuse-protection handshake
 GET     /api/openapi.json              openapi     200 the OpenAPI 3.1 document (shared.api.openapi)
 ======= ============================== =========== ==========================================
+
+Dead letters (handlers ``dead_letters`` and ``replay_dead_letters``):
+``GET /api/deadletters?limit=`` (1-5000, default 100) lists the work queue's dead letters;
+``POST /api/deadletters/replay`` with a ``ReplayBody`` (``{"ids": [...]}`` or ``{"all": true}``,
+optional ``"flow"``) answers 200 with what was replayed, kept (and why) and not found.
+Request bodies of these routes are pydantic models: unknown fields and wrong types are a
+400 naming the field.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
 from shared.api.guard import STATE_CHANGING, media_type_refusal
 from shared.api.http import (
     HttpRequest,
@@ -43,7 +55,10 @@ from shared.api.http import (
 from shared.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
-    from shared.engine.model import Run
+    from collections.abc import Mapping
+
+    from shared.engine.model import FanOut, Run
+    from shared.flows.model import Flow
     from shared.ingest.service import IngestResult
     from shared.wiring import Services
 
@@ -56,6 +71,7 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")  # visible ASCII, no spaces
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
+MAX_DEAD_LETTERS = 5000
 
 
 class Route(NamedTuple):
@@ -74,12 +90,36 @@ ROUTES: list[Route] = [
     Route("POST", "/api/flows/{flow}/runs", "start_run"),
     Route("GET", "/api/runs", "list_runs"),
     Route("GET", "/api/runs/{run_id}", "get_run"),
+    Route("GET", "/api/runs/{run_id}/steps/{step}/instances", "list_instances"),
     Route("POST", "/api/runs/{run_id}/cancel", "cancel_run"),
     Route("POST", "/api/runs/{run_id}/rerun", "rerun"),
     Route("POST", "/api/events/blob", "eventgrid"),
     Route("OPTIONS", "/api/events/blob", "eventgrid"),
     Route("GET", "/api/openapi.json", "openapi"),
+    Route("GET", "/api/deadletters", "dead_letters"),
+    Route("POST", "/api/deadletters/replay", "replay_dead_letters"),
 ]
+
+
+class ReplayBody(BaseModel):
+    """``POST /api/deadletters/replay``: entry (or message) ids, or ``all``; optionally one flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = Field(default=None, min_length=1, max_length=1000, description="ids from the list")
+    all: bool = Field(default=False, description="replay every dead letter (of flow, if given)")
+    flow: str | None = Field(default=None, pattern=FLOW_RE.pattern, description="only messages of this flow")
+
+
+def parse_body(req: HttpRequest, model: type[BaseModel]) -> Any:
+    """The JSON body validated by ``model``; the first problem is a ValidationError naming its field."""
+    data = req.json()
+    try:
+        return model.model_validate({} if data is None else data)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        raise ValidationError(str(err.get("msg", "invalid")), field=where) from None
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -262,7 +302,78 @@ class Api:
     @_guarded
     def get_run(self, req: HttpRequest) -> HttpResponse:
         run = self.services.store.get(_run_id(req))
-        return json_response(200, run_document(run))
+        flow = self.services.flows.flows.get(run.flow)
+        fanouts = self.services.instances.fanouts(run.run_id) if _fans_out(run, flow) else {}
+        return json_response(200, run_document(run, flow, fanouts))
+
+    @_guarded
+    def list_instances(self, req: HttpRequest) -> HttpResponse:
+        """A page of a for_each step's instances, by index; ``state`` filters (``pending``: not begun)."""
+        from shared.engine.model import StepState
+        from shared.runview import instance_counts, instance_view, instances_url, pending_view, summary_text
+
+        run = self.services.store.get(_run_id(req))
+        name = req.route_params.get("step", "")
+        step = next((s for s in run.steps if s.name == name), None) if STEP_RE.match(name) else None
+        if step is None:
+            raise NotFoundError(f"run {run.run_id} has no step {name[:64]!r}")
+        start = _nonnegative(req.query.get("start"), "start")
+        limit = _limit(req.query.get("limit"))
+        wanted: list[StepState] | None = None
+        if (req.query.get("state") or "").strip():
+            wanted = []
+            for part in (req.query.get("state") or "").split(","):
+                try:
+                    wanted.append(StepState(part.strip().lower()))
+                except ValueError:
+                    allowed = ", ".join(s.value for s in StepState)
+                    raise ValidationError(f"unknown state {part.strip()!r}; one of {allowed}", field="state") from None
+        store = self.services.instances
+        fanouts = store.fanouts(run.run_id) if step.fanout is not None else {}
+        total, counts = instance_counts(step, fanouts)
+        body: dict[str, Any] = {
+            "run_id": run.run_id,
+            "step": step.name,
+            "epoch": step.fanout.epoch if step.fanout is not None else 0,
+            "total": total,
+            "counts": counts,
+            "summary": summary_text(total, counts) if step.fanout is not None else "not started",
+            "start": start,
+            "limit": limit,
+            "instances": [],
+            "next": None,
+        }
+        if step.fanout is None or not total:
+            return json_response(200, body)
+        epoch = step.fanout.epoch
+        head = fanouts.get(step.name)
+        begun = head.next if head is not None and head.epoch == epoch else total
+        rows: dict[int, Any] = {}
+        indexes: list[int]
+        if wanted is None:
+            indexes = list(range(start, min(total, start + limit)))
+            rows = {r.index: r for r in store.instances(run.run_id, step.name, epoch, start=start, limit=limit)}
+        else:
+            states = [s for s in wanted if s is not StepState.PENDING]
+            found = (
+                store.instances(run.run_id, step.name, epoch, states=states, start=start, limit=limit) if states else []
+            )
+            rows = {r.index: r for r in found}
+            indexes = sorted(rows)
+            if StepState.PENDING in wanted:
+                indexes += list(range(max(start, begun), total))[: limit - len(indexes)]
+        if indexes:
+            items = store.items(run.run_id, step.name, epoch, indexes[0], indexes[-1] - indexes[0] + 1)
+            item = {indexes[0] + i: v for i, v in enumerate(items)}
+            body["instances"] = [
+                instance_view(rows[i], item.get(i)) if i in rows else pending_view(i, item.get(i)) for i in indexes
+            ]
+            if len(indexes) >= limit and indexes[-1] + 1 < total:
+                query = f"?start={indexes[-1] + 1}&limit={limit}"
+                if wanted is not None:
+                    query += "&state=" + ",".join(s.value for s in wanted)
+                body["next"] = instances_url(run.run_id, step.name) + query
+        return json_response(200, body)
 
     @_guarded
     def cancel_run(self, req: HttpRequest) -> HttpResponse:
@@ -289,6 +400,31 @@ class Api:
         # from_step null: the engine restarts at the run's first step that did not succeed.
         body = {**_run_ref(run), "from_step": from_step}
         return json_response(202, body, {"Location": status_url(run.run_id)})
+
+    # ------------------------------------------------------------ dead letters
+    @_guarded
+    def dead_letters(self, req: HttpRequest) -> HttpResponse:
+        raw = req.query.get("limit")
+        limit = 100
+        if raw is not None and raw.strip():
+            try:
+                limit = int(raw)
+            except ValueError:
+                raise ValidationError(f"must be an integer, got {raw[:20]!r}", field="limit") from None
+            if not 1 <= limit <= MAX_DEAD_LETTERS:
+                raise ValidationError(f"must be between 1 and {MAX_DEAD_LETTERS}", field="limit")
+        entries = self.services.queue.dead_letters(limit=limit)
+        return json_response(200, {"dead_letters": [d.as_json() for d in entries], "count": len(entries)})
+
+    @_guarded
+    def replay_dead_letters(self, req: HttpRequest) -> HttpResponse:
+        body = parse_body(req, ReplayBody)
+        if (body.ids is None) == (not body.all):
+            raise ValidationError("give ids or all: true (not both)", field="ids")
+        if any(not isinstance(i, str) or not 0 < len(i) <= 200 or not i.isprintable() for i in body.ids or []):
+            raise ValidationError("each id must be 1-200 printable characters", field="ids")
+        report = self.services.queue.replay_dead_letters(None if body.all else body.ids, flow=body.flow)
+        return json_response(200, report.as_json())
 
 
 # ---------------------------------------------------------------- request parsing
@@ -334,6 +470,24 @@ def _start_body(req: HttpRequest) -> tuple[dict[str, Any], str | None]:
             raise ValidationError("differs from the Idempotency-Key header", field="idempotency_key")
         key = header_key
     return params, key
+
+
+def _fans_out(run: Run, flow: Any) -> bool:
+    return any(s.fanout is not None for s in run.steps) or (
+        flow is not None and any(s.for_each is not None for s in flow.steps)
+    )
+
+
+def _nonnegative(raw: str | None, field: str) -> int:
+    if raw is None or raw.strip() == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"must be an integer, got {raw[:20]!r}", field=field) from None
+    if not 0 <= value <= 1_000_000:
+        raise ValidationError("must be between 0 and 1000000", field=field)
+    return value
 
 
 def _limit(raw: str | None) -> int:
@@ -389,8 +543,12 @@ def run_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def run_document(run: Run) -> dict[str, Any]:
-    """``GET /api/runs/{id}``: the whole run (steps, outputs, gate) plus its URL."""
+def run_document(run: Run, flow: Flow | None = None, fanouts: Mapping[str, FanOut] | None = None) -> dict[str, Any]:
+    """``GET /api/runs/{id}``: the whole run (steps, outputs, gate), its URL and its graph (steps
+    with needs edges, skipped steps, instance summaries and the URL paging each step's instances)."""
+    from shared.runview import graph_view
+
     doc = run.model_dump(mode="json")
     doc["status_url"] = status_url(run.run_id)
+    doc["graph"] = graph_view(run, flow, fanouts)
     return doc

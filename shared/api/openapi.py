@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.api.handlers import FLOW_RE, IDEMPOTENCY_KEY_RE, MAX_LIMIT, ROUTES, RUN_ID_RE, STEP_RE
+from shared.api.handlers import FLOW_RE, IDEMPOTENCY_KEY_RE, MAX_DEAD_LETTERS, MAX_LIMIT, ROUTES, RUN_ID_RE, STEP_RE
 
 JSON = "application/json"
 TITLE = "Conveyor"
@@ -66,6 +66,85 @@ HANDWRITTEN_SCHEMAS: dict[str, dict[str, Any]] = {
             "current_step": nullable(STRING),
             "cancel_requested": {"type": "boolean"},
             "error": nullable(STRING),
+        },
+    },
+    "RunGraph": {
+        "type": "object",
+        "required": ["nodes", "edges"],
+        "properties": {
+            "nodes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "kind", "state", "needs"],
+                    "properties": {
+                        "name": STRING,
+                        "kind": STRING,
+                        "state": STRING,
+                        "needs": {"type": "array", "items": STRING},
+                        "instances": {"type": ["object", "null"], "description": "a for_each step's summary"},
+                    },
+                },
+            },
+            "edges": {
+                "type": "array",
+                "items": {"type": "object", "required": ["from", "to"], "properties": {"from": STRING, "to": STRING}},
+            },
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "required": ["id", "message_id", "reason", "description", "delivery_count", "replayable", "body"],
+        "properties": {
+            "id": STRING,
+            "message_id": STRING,
+            "reason": STRING,
+            "description": STRING,
+            "delivery_count": {"type": "integer"},
+            "run_id": {"type": ["string", "null"]},
+            "flow": {"type": ["string", "null"]},
+            "kind": {"type": ["string", "null"]},
+            "enqueued_at": {"type": ["string", "null"]},
+            "dead_lettered_at": {"type": ["string", "null"]},
+            "replayable": {"type": "boolean"},
+            "body": STRING,
+        },
+    },
+    "DeadLetterList": {
+        "type": "object",
+        "required": ["dead_letters", "count"],
+        "properties": {"dead_letters": {"type": "array", "items": ref("DeadLetter")}, "count": {"type": "integer"}},
+    },
+    "ReplayReport": {
+        "type": "object",
+        "required": ["replayed", "kept", "missing"],
+        "properties": {
+            "replayed": {"type": "array", "items": ref("DeadLetter")},
+            "kept": {"type": "array", "items": {"allOf": [ref("DeadLetter")], "required": ["why"]}},
+            "missing": {"type": "array", "items": STRING},
+        },
+    },
+    "InstancePage": {
+        "type": "object",
+        "required": ["run_id", "step", "epoch", "total", "counts", "summary", "start", "limit", "instances", "next"],
+        "properties": {
+            "run_id": STRING,
+            "step": STRING,
+            "epoch": {"type": "integer"},
+            "total": {"type": ["integer", "null"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "summary": STRING,
+            "start": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "instances": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "state", "attempt"],
+                    "properties": {"index": {"type": "integer"}, "state": STRING, "attempt": {"type": "integer"}},
+                },
+            },
+            "next": {"type": ["string", "null"], "description": "the URL of the next page"},
         },
     },
     "RunList": {
@@ -232,7 +311,7 @@ def _path_param(name: str, pattern: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}}
 
 
-PATH_PARAMS = {"flow": FLOW_RE.pattern, "run_id": RUN_ID_RE.pattern}
+PATH_PARAMS = {"flow": FLOW_RE.pattern, "run_id": RUN_ID_RE.pattern, "step": STEP_RE.pattern}
 LOCATION = {"Location": {"description": "the run's status URL", "schema": STRING}}
 EVENTGRID_HEADERS = (
     {
@@ -269,7 +348,19 @@ ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
         ),
     ),
-    ("GET", "get_run"): RouteDoc("One run: steps, outputs, gate", {200: ("the run", "RunDocument")}, errors=(404,)),
+    ("GET", "get_run"): RouteDoc(
+        "One run: steps, outputs, gate and its graph", {200: ("the run", "RunDocument")}, errors=(404,)
+    ),
+    ("GET", "list_instances"): RouteDoc(
+        "A page of a for_each step's instances, by index",
+        {200: ("the page", "InstancePage")},
+        query=(
+            {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+            {"name": "state", "in": "query", "schema": STRING, "description": "comma-separated states"},
+        ),
+        errors=(404,),
+    ),
     ("POST", "cancel_run"): RouteDoc(
         "Ask a run to cancel",
         {202: ("cancel requested", "CancelAccepted")},
@@ -298,6 +389,21 @@ ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
         headers=({"name": "WebHook-Request-Origin", "in": "header", "schema": STRING},),
         tags=("triggers",),
         response_headers={200: {"WebHook-Allowed-Origin": {"schema": STRING}}},
+    ),
+    ("GET", "dead_letters"): RouteDoc(
+        "Messages the work queue gave up on (local poison queue / Service Bus dead-letter sub-queue)",
+        {200: ("the dead letters", "DeadLetterList")},
+        query=(
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEAD_LETTERS}},
+        ),
+        tags=("operations",),
+    ),
+    ("POST", "replay_dead_letters"): RouteDoc(
+        "Re-send dead letters (message id intact); each is removed only after its send succeeded",
+        {200: ("what was replayed, kept (with why) and not found", "ReplayReport")},
+        request="ReplayRequest",
+        request_required=True,
+        tags=("operations",),
     ),
     ("GET", "openapi"): RouteDoc(
         "This document", {200: ("the OpenAPI document", "OpenApiDocument")}, tags=("meta",), security=()
@@ -381,10 +487,14 @@ def _model_schemas() -> dict[str, Any]:
     schema.pop("title", None)
     document = {  # GET /api/runs/{run_id}: the run plus its URL (run_document)
         **schema,
-        "properties": {**schema["properties"], "status_url": STRING},
-        "required": [*schema.get("required", []), "status_url"],
+        "properties": {**schema["properties"], "status_url": STRING, "graph": ref("RunGraph")},
+        "required": [*schema.get("required", []), "status_url", "graph"],
     }
-    return {**defs, "Run": schema, "RunDocument": document}
+    from shared.api.handlers import ReplayBody
+
+    replay = ReplayBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    replay.pop("title", None)
+    return {**defs, "Run": schema, "RunDocument": document, "ReplayRequest": replay}
 
 
 @functools.cache

@@ -33,10 +33,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.backends.commandline import local_file_name, validation_error
+from shared.backends.resource_files import resolve as resolve_resources
 from shared.errors import (
     AuthError,
     BadRequestError,
@@ -68,6 +70,8 @@ _RETRY_METHODS = frozenset(["HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", 
 _THROTTLE_CODES = {"ServerBusy", "TooManyRequests"}
 _TRANSIENT_CODES = {"OperationTimedOut", "InternalError"}
 _FAILED_DETAIL = 5
+MAX_LOG_TASKS = 50  # tasks whose stdout/stderr `conveyor logs` fetches (failed ones first)
+MAX_LOG_BYTES = 256 * 1024  # the end of a longer file is kept
 _META_TASKS = "conveyor-tasks"
 
 # Default client options for from_settings (callers override any of them).
@@ -171,6 +175,7 @@ class AzureBatchBackend(JobBackend):
         add_concurrency: int = 4,
         add_rounds: int = 3,
         terminate_polling_interval: int = 5,
+        root: Path | None = None,
     ) -> None:
         """``output_container_url``: a function container -> URL, or the blob endpoint
         (``https://<account>.blob.core.windows.net``) the container name is appended to;
@@ -186,6 +191,7 @@ class AzureBatchBackend(JobBackend):
         self.add_concurrency = max(1, add_concurrency)
         self.add_rounds = max(1, add_rounds)
         self.terminate_polling_interval = terminate_polling_interval
+        self.root = root  # the deployed project: ./path resource files are staged from it
 
     @classmethod
     def from_settings(
@@ -211,6 +217,7 @@ class AzureBatchBackend(JobBackend):
             resource_identity=az.batch_resource_identity,
             output_container_url=az.storage.service_uri("blob"),
             account_url=account_url,
+            root=settings.root,
         )
 
     # ------------------------------------------------------------ helpers
@@ -280,6 +287,7 @@ class AzureBatchBackend(JobBackend):
             models.BatchMetadataItem(name="step", value=request.step),
             models.BatchMetadataItem(name="output_container", value=params.output_container),
             models.BatchMetadataItem(name=_META_TASKS, value=str(len(tasks))),
+            *(models.BatchMetadataItem(name=k, value=v) for k, v in request.index_tags("").items()),
         ]
         env = [models.EnvironmentSetting(name=k, value=v) for k, v in request.env.items()]
         if request.traceparent:  # one trace from the trigger to the tasks (env) and the job (metadata)
@@ -287,7 +295,7 @@ class AzureBatchBackend(JobBackend):
             env.append(models.EnvironmentSetting(name="TRACEPARENT", value=request.traceparent))
         job = models.BatchJobCreateOptions(
             id=key,
-            display_name=f"{request.flow}/{request.step} attempt {request.attempt}"[:1024],
+            display_name=f"{request.flow}/{request.unit} attempt {request.attempt}"[:1024],
             pool_info=models.BatchPoolInfo(pool_id=pool),
             uses_task_dependencies=False,
             all_tasks_complete_mode=models.BatchAllTasksCompleteMode.NO_ACTION,
@@ -323,21 +331,8 @@ class AzureBatchBackend(JobBackend):
         return LaunchResult(remote_id=key, url=self._job_url(key), reattached=reattached)
 
     def _resources(self, refs: list[str]) -> list[tuple[str, str]]:
-        """[(http url, local file name)] for params.resource_files (URLs or container/name)."""
-        out = []
-        for i, ref in enumerate(refs):
-            fld = f"params.resource_files[{i}]"
-            ref = ref.strip()
-            if "://" in ref:
-                container, name = self.blobs.parse_url(ref)
-                url = ref
-            else:
-                container, _, name = ref.partition("/")
-                if not container or not name:
-                    raise ValidationError(f"not a blob URL nor container/name: {ref!r}", field=fld)
-                url = self.blobs.url(container, name)
-            out.append((url, local_file_name(name, field=fld)))
-        return out
+        """[(http url, local file name)] for params.resource_files (shared/backends/resource_files.py)."""
+        return [(r.url, r.local) for r in resolve_resources(refs, self.blobs, self.root)]
 
     def _expand_inputs(self, inputs: str | list[str]) -> list[_Input]:
         items = [inputs] if isinstance(inputs, str) else list(inputs)
@@ -583,6 +578,40 @@ class AzureBatchBackend(JobBackend):
             outputs["outputs_truncated"] = True
             outputs["outputs_count"] = len(urls)
         return outputs
+
+    # ------------------------------------------------------------ logs
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """``stdout.txt``/``stderr.txt`` of the job's tasks from their nodes (Batch's file API),
+        failed tasks first, at most ``MAX_LOG_TASKS`` of them. A task's files live on its
+        node: once the node is gone (pool scaled down) Batch answers 404 and the log says so."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._check_key(remote_id)
+        try:
+            tasks = list(self._call(self.client.list_tasks, remote_id, select=["id", "executionInfo"]))
+        except ConveyorError:
+            raise
+        except Exception as exc:  # paging happens while iterating
+            raise map_batch_error(exc) from exc
+        tasks.sort(key=lambda t: (_value(getattr(t.execution_info, "result", None)) != "failure", t.id))
+        found: list[StepLog] = []
+        for task in tasks[:MAX_LOG_TASKS]:
+            for name in ("stdout.txt", "stderr.txt"):
+                try:
+                    data = b"".join(self.client.download_task_file(remote_id, task.id, name))
+                except ResourceNotFoundError:
+                    note = "not on a node (the task has not run, or its node is gone)"
+                    found.append(StepLog(f"{task.id}/{name}", note=note))
+                    continue
+                except Exception as exc:
+                    raise map_batch_error(exc) from exc
+                cut = len(data) > MAX_LOG_BYTES
+                text = data[-MAX_LOG_BYTES:].decode("utf-8", "replace")
+                found.append(StepLog(f"{task.id}/{name}", text=text, note="last 256 KiB" if cut else ""))
+        if len(tasks) > MAX_LOG_TASKS:
+            found.append(StepLog("tasks", note=f"{len(tasks) - MAX_LOG_TASKS} more tasks not shown"))
+        return found or [StepLog("tasks", note="the job has no tasks yet")]
 
     # ------------------------------------------------------------ cancel
 

@@ -41,7 +41,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shared.azure_errors import ErrorRule, first_rule
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.errors import (
     AuthError,
     BadRequestError,
@@ -371,7 +371,7 @@ class DatabricksJobsBackend(JobBackend):
                 )
             ]
         return self.client.jobs.submit(
-            run_name=f"conveyor-{request.flow}-{request.step}-{request.run_id}",
+            run_name=f"conveyor-{request.flow}-{request.unit}-{request.run_id}",
             idempotency_token=request.key,
             tasks=[task],
             environments=environments,
@@ -424,6 +424,38 @@ class DatabricksJobsBackend(JobBackend):
                 raise err from exc
             log.warning("databricks get-output of run %s failed: %s", task_run_id, err)
             return None
+
+    # ---------------------------------------------------------------- logs
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """Each task run's ``jobs/runs/get-output``: its logs (stdout of a Python task, as far
+        as Databricks keeps it), error and error trace. Cluster driver logs stay in the
+        workspace (the run page)."""
+        run_id = _run_id(remote_id)
+        try:
+            run = self.client.jobs.get_run(run_id)
+        except Exception as exc:
+            raise map_databricks_error(exc) from exc
+        found: list[StepLog] = []
+        for task in run.tasks or []:
+            if not task.run_id:
+                continue
+            try:
+                output = self.client.jobs.get_run_output(task.run_id)
+            except Exception as exc:
+                found.append(StepLog(f"{task.task_key}/output", note=f"not fetched: {map_databricks_error(exc)}"))
+                continue
+            parts = [output.logs or ""]
+            if output.logs_truncated:
+                parts.append("[Databricks truncated these logs; the run page has them all]")
+            if output.error:
+                parts.append(f"error: {output.error}")
+            if output.error_trace:
+                parts.append(output.error_trace)
+            text = "\n".join(p for p in parts if p)
+            found.append(StepLog(f"{task.task_key}/output", text=text or None, note="" if text else "no output yet"))
+        page = f" (driver and cluster logs: {run.run_page_url})" if run.run_page_url else ""
+        return found or [StepLog("run", note=f"no task run has output yet{page}")]
 
     # ---------------------------------------------------------------- cancel
 

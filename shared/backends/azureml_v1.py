@@ -63,7 +63,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from shared.azureml_common import workspace_ids
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.errors import (
     AuthError,
     BadRequestError,
@@ -512,6 +512,7 @@ class AzureMLv1Backend(AzureMLv1Workspace, JobBackend):
             "conveyor.run_id": request.run_id,
             "conveyor.flow": request.flow,
             "conveyor.step": request.step,
+            **request.index_tags(),
         }
         tags = {k: v for k, v in tags.items() if v}
         last: ConveyorError | None = None
@@ -542,6 +543,16 @@ class AzureMLv1Backend(AzureMLv1Workspace, JobBackend):
         return str(url) if url else None
 
     # ------------------------------------------------------------ poll / cancel
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """Not fetched: the pipeline run's logs stay in the workspace (its portal page)."""
+        return [
+            StepLog(
+                "run",
+                note=f"Azure ML (v1) keeps the logs of pipeline run {remote_id} in the workspace; they are not "
+                "fetched here: open the run's portal page (the step's remote url)",
+            )
+        ]
 
     def poll(self, remote_id: str) -> StepStatus:
         run = self._run(remote_id)

@@ -47,7 +47,7 @@ from shared.azureml_common import (
     map_azureml_error,
     pipeline_params,
 )
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.errors import (
     ConveyorError,
     NotFoundError,
@@ -212,6 +212,7 @@ class AzureMLv2Backend(JobBackend):
                 "conveyor.step": request.step,
                 "conveyor.key": request.key,
                 "traceparent": request.traceparent,
+                **request.index_tags(),
             }
         )
         job.tags = {k: v for k, v in tags.items() if v}
@@ -246,6 +247,17 @@ class AzureMLv2Backend(JobBackend):
         return LaunchResult(remote_id=name, url=_studio_url(created), reattached=False)
 
     # ------------------------------------------------------------ poll
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """Not fetched: Azure ML keeps a pipeline job's logs (one folder per child job) in the
+        workspace; downloading them is a separate artifact transfer, so this says where they are."""
+        return [
+            StepLog(
+                "job",
+                note=f"Azure ML keeps the logs of pipeline job {remote_id} in the workspace; they are not "
+                f"fetched here: `az ml job download --name {remote_id} --all`, or the job's studio page",
+            )
+        ]
 
     def poll(self, remote_id: str) -> StepStatus:
         with azureml_errors(f"get job {remote_id}"):

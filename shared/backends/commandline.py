@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, RemoteState, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, RemoteState, StepLog, StepStatus
 from shared.backends.task_env import base_env
 from shared.errors import NotFoundError, ValidationError
 
@@ -579,6 +579,23 @@ class LocalRunBackend(JobBackend):
         raise NotImplementedError
 
     # port
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """The run's ``stdout.txt``/``stderr.txt``, then each pipeline job's (``<job>/stdout.txt``)."""
+        rdir = job_dir(self.home, self.kind, remote_id)
+        if not (rdir / "run.json").exists():
+            raise NotFoundError(f"no local {self.kind} run {remote_id!r}", service=self.kind)
+        order = [
+            str(j.get("name")) for j in (read_json(rdir / "run.json") or {}).get("jobs") or [] if isinstance(j, dict)
+        ]
+        dirs = [rdir, *(rdir / n for n in order if n and "/" not in n and n not in (".", ".."))]
+        found = [
+            StepLog(str(p.relative_to(rdir)), path=p)
+            for d in dirs
+            for p in (d / "stdout.txt", d / "stderr.txt")
+            if p.is_file()
+        ]
+        return found or [StepLog(self.kind, note="nothing has been written yet")]
+
     def launch(self, request: LaunchRequest) -> LaunchResult:
         rdir = job_dir(self.home, self.kind, request.key)
         if (rdir / "run.json").exists():

@@ -136,6 +136,7 @@ class LocalAzureMLBackend(LocalRunBackend):
             "run_id": request.run_id,
             "step": request.step,
             "traceparent": request.traceparent,
+            "index": request.index,
             "experiment": params.experiment,
             "pipeline": str(yaml_path),
             "inputs": inputs,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.backends.commandline import (
     MARKER_ENV,
     JobLock,
@@ -53,6 +53,7 @@ from shared.backends.commandline import (
     validation_error,
     wait_for_record,
 )
+from shared.backends.resource_files import resolve as resolve_resources
 from shared.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -122,9 +123,12 @@ class LocalBatchBackend(JobBackend):
 
     kind = "batch"
 
-    def __init__(self, blobs: BlobStore, home: Path, max_workers: int, *, resume: bool = True) -> None:
+    def __init__(
+        self, blobs: BlobStore, home: Path, max_workers: int, *, resume: bool = True, root: Path | None = None
+    ) -> None:
         self.blobs = blobs
         self.home = Path(home)
+        self.root = root  # the project: ./path resource files are staged from it
         self.max_workers = max_workers
         self.resume = resume  # take over jobs whose host is gone (off for read-only users)
         self._pool = WorkerPool(max_workers, name="conveyor-batch")
@@ -143,7 +147,22 @@ class LocalBatchBackend(JobBackend):
 
     @classmethod
     def from_settings(cls, settings: Settings, blobs: BlobStore) -> LocalBatchBackend:
-        return cls(blobs, settings.home, settings.batch_max_workers)
+        return cls(blobs, settings.home, settings.batch_max_workers, root=settings.root)
+
+    # ------------------------------------------------------------ logs
+
+    def logs(self, remote_id: str) -> list[StepLog]:
+        """Each task's ``stdout.txt`` and ``stderr.txt`` under the job directory, task by task."""
+        jdir = job_dir(self.home, "batch", remote_id)
+        if not (jdir / "job.json").exists():
+            raise NotFoundError(f"no local batch job {remote_id!r}", service="batch")
+        tasks = jdir / "tasks"
+        found = []
+        for tdir in sorted(tasks.iterdir()) if tasks.is_dir() else []:
+            for name in ("stdout.txt", "stderr.txt"):
+                if (tdir / name).is_file():
+                    found.append(StepLog(f"{tdir.name}/{name}", path=tdir / name))
+        return found or [StepLog("tasks", note="no task has started yet")]
 
     # ------------------------------------------------------------ launch
 
@@ -161,16 +180,9 @@ class LocalBatchBackend(JobBackend):
         except Exception as exc:
             raise validation_error(exc) from exc
         command = parse_command(params.command)
-        resources = []
-        for i, ref in enumerate(params.resource_files):
-            fld = f"params.resource_files[{i}]"
-            if "://" in ref:
-                container, name = self.blobs.parse_url(ref)
-            else:  # container/name in this storage account
-                container, _, name = ref.strip().partition("/")
-                if not container or not name:
-                    raise ValidationError(f"not a blob URL nor container/name: {ref!r}", field=fld)
-            resources.append([container, name, local_file_name(name, field=fld)])
+        resources = [
+            [r.container, r.name, r.local] for r in resolve_resources(params.resource_files, self.blobs, self.root)
+        ]
         tasks, error = self._expand_inputs(params.inputs)
         for index, task in enumerate(tasks):  # [task_id, container, blob, url, local] + its argv
             task.append(command.argv(request.scope, _task_values(jdir, index, task)))
@@ -181,6 +193,7 @@ class LocalBatchBackend(JobBackend):
             "step": request.step,
             "attempt": request.attempt,
             "traceparent": request.traceparent,
+            "index": request.index,
             "command": params.command,
             "env": dict(request.env),
             "output_container": params.output_container,

@@ -9,6 +9,12 @@ never the host's connection string. A ``dbutils`` builtin
 (``shared/backends/dbutils_shim``) gives notebook-style code ``dbutils.notebook.exit`` and
 ``dbutils.widgets.get``; the exit value becomes the step's ``result`` output.
 
+DBFS: a parameter that is a ``dbfs:/`` URI (``dbfs:/conveyor/lake/<run>``) reaches the script
+as the local directory ``<home>/dbfs/conveyor/lake/<run>``, the way a Databricks cluster
+makes DBFS reachable to file APIs under ``/dbfs``: what a job writes there stays under the
+data home (never ``..`` out of it), and the paths it reports are local ones the next local
+step can read. In azure mode the same ``dbfs:/`` URI goes to the workspace unchanged.
+
 Run directory ``<home>/databricks/<key>/``: run.json, lock, stdout.txt, stderr.txt,
 exit_value.txt, status.json (see LocalRunBackend). A script a dead host started is not run
 again: the restarted host waits for it and adopts its exit code and exit value.
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 SHIM_DIR = Path(__file__).resolve().parent / "dbutils_shim"
+DBFS = "dbfs:/"
 
 
 class LocalDatabricksBackend(LocalRunBackend):
@@ -40,6 +47,7 @@ class LocalDatabricksBackend(LocalRunBackend):
     def __init__(self, home: Path, root: Path, storage_connection: str, *, resume: bool = True) -> None:
         super().__init__(home, resume=resume)
         self.root = Path(root).resolve()
+        self.dbfs_root = self.home.resolve() / "dbfs"
         self.storage_connection = storage_connection
 
     @classmethod
@@ -69,10 +77,20 @@ class LocalDatabricksBackend(LocalRunBackend):
             "run_id": request.run_id,
             "step": request.step,
             "traceparent": request.traceparent,
+            "index": request.index,
             "python_file": str(script),
-            "parameters": [str(p) for p in params.parameters],
+            "parameters": [self.dbfs_path(str(p), f"params.parameters[{i}]") for i, p in enumerate(params.parameters)],
             "env": dict(request.env),
         }
+
+    def dbfs_path(self, value: str, field: str) -> str:
+        """A ``dbfs:/...`` parameter as its directory under ``<home>/dbfs``; anything else as is."""
+        if not value.startswith(DBFS):
+            return value
+        rest = value[len(DBFS) :].strip("/")
+        if not rest:
+            return str(self.dbfs_root)
+        return str(safe_join(self.dbfs_root, rest, field=field))
 
     def _execute(self, run: LocalRun) -> dict[str, Any]:
         spec = run.spec

@@ -10,6 +10,7 @@ message. Locally the same work runs in its own process (shared.backends.local_mo
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, TypeVar
 
@@ -82,6 +83,10 @@ def lineage_tags(request: LaunchRequest) -> dict[str, str]:
         remote_id = step.get("remote_id") if isinstance(step, dict) else None
         if remote_id:
             tags[f"step.{name}.remote_id"] = str(remote_id)
+    if request.index is not None:  # an instance of a for_each step: which one, and its item
+        tags["conveyor.index"] = str(request.index)
+        item = request.item if isinstance(request.item, str) else json.dumps(request.item, default=str)
+        tags["conveyor.item"] = item
     return {k: v[:_TAG_VALUE_MAX] for k, v in tags.items() if v}
 
 

@@ -1,36 +1,78 @@
 """The engine's rules, as one pure function.
 
-``decide(run, flow, event, now) -> Decision`` takes a run, the flow it belongs to, one event
-(a queue message or an observation the executor made while performing a command) and the
-current time, and returns the next run and the commands to perform. It does no I/O, reads
-no clock, draws no random numbers and never mutates its arguments, so every rule (next
-step, retry, timeout, fail, finish, cancel, rerun, concurrency) is unit-testable alone.
+``decide(run, flow, event, now, fanouts=None) -> Decision`` takes a run, the flow it belongs
+to, one event (a queue message or an observation the executor made while performing a
+command), the current time and, for flows with for_each steps, what the executor loaded of
+their fan-outs; it returns the next run (or the next fan-out rows) and the commands to
+perform. It does no I/O, reads no clock, draws no random numbers and never mutates its
+arguments, so every rule is unit-testable alone:
+
+* the graph: every step whose needs are done starts (all of them at once), ``run_if`` and
+  ``if`` skip steps (shared.engine.scheduling), ``on_failure`` decides what a failure stops;
+* a step's attempts: launch, poll with backoff, retry, timeout (shared.engine.attempts);
+* fan-outs: for_each instances with their own attempts and keys, ``max_parallel``, fan-in
+  once every instance is done (shared.engine.fanout, which this module builds on);
+* cancel, rerun (a step and its descendants), ``max_concurrent_runs``.
 
 Safety against duplicated, reordered and redelivered messages:
 
-* a ``tick`` acts only when its (step, attempt, tick) are the step's current values, and
-  every state change that schedules a tick bumps ``step.tick``: a duplicate or stale tick
-  does nothing;
+* a ``tick`` acts only when its (step, attempt, tick) — and index, for an instance — are the
+  current values, and every state change that schedules a tick bumps it: a duplicate or
+  stale tick does nothing;
 * observations (``Launched``, ``Polled``...) act only on the attempt and state they were
   made for;
 * a new attempt is only begun from PENDING or RETRY_WAIT, and its idempotency key is saved
   before the launch, so a launch repeated after a crash reattaches to the same remote job;
+* a decision changes either the run or one fan-out, never both; the other side catches up
+  from state it can read (``Recheck``);
 * a message delivered again after a crash (``Incoming.redelivered``) that no longer
-  matches the run *resumes* it: it re-issues the side effect the run's current state is
-  waiting on (re-launch the same key, re-send the current tick, release a queued run),
+  matches the run *resumes* it: it re-issues the side effects the run's current state is
+  waiting on (re-launch the same keys, re-send the current ticks, release a queued run),
   which would otherwise have been lost with the crashed handler.
+
+Deadline-based stall recovery (a run whose messages were all lost) belongs in ``_resume``
+and ``Recheck``: both re-derive everything from state.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from shared.backends.base import LaunchResult, StepStatus
-from shared.engine.commands import Cancel, Command, Emit, Launch, Poll, Send, StartQueued
-from shared.engine.model import Message, Run, RunStatus, StepRun, StepState, idempotency_key
+from shared.engine import attempts, scheduling
+from shared.engine.commands import (
+    Cancel,
+    Command,
+    CreateFanOut,
+    FollowUp,
+    Launch,
+    LoadInstances,
+    Poll,
+    Resolve,
+    Send,
+    StartQueued,
+)
+from shared.engine.fanout import ACTIVE, PAGE, FanOutRules, FanOuts, FanOutWrite, run_message
+from shared.engine.model import (
+    FanOut,
+    FanOutRef,
+    InstanceRun,
+    Message,
+    Run,
+    RunStatus,
+    StepRun,
+    StepState,
+    idempotency_key,
+)
+from shared.engine.scope import fanout_refs, template_scope
 from shared.flows.model import Flow
+
+# An item is stored in pages of ITEMS_PER_PAGE (shared.store.base) outside the run; this keeps a
+# page far below a Table entity's 1 MiB.
+MAX_ITEM_CHARS = 8_000
 
 # ---------------------------------------------------------------- events
 
@@ -54,6 +96,7 @@ class Launched:
     step: str
     attempt: int
     result: LaunchResult
+    index: int | None = None  # the instance of a for_each step
 
 
 @dataclass(frozen=True)
@@ -62,6 +105,7 @@ class LaunchFailed:
     attempt: int
     error: str
     retryable: bool
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +113,7 @@ class Polled:
     step: str
     attempt: int
     status: StepStatus
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,57 +122,90 @@ class PollFailed:
     attempt: int
     error: str
     retryable: bool
+    index: int | None = None
 
 
-Event = Incoming | Launched | LaunchFailed | Polled | PollFailed
-Observation = Launched | LaunchFailed | Polled | PollFailed
+@dataclass(frozen=True)
+class Resolved:
+    """The outputs of the for_each steps a step's for_each list reads (``Resolve``)."""
+
+    step: str
+    epoch: int
+    values: dict[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class FanOutCreated:
+    """``CreateFanOut`` stored the items and the new FanOut row (now among the loaded heads)."""
+
+    step: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class InstancesLoaded:
+    """Instance rows ``LoadInstances`` asked for."""
+
+    step: str
+    epoch: int
+    instances: list[InstanceRun]
+    limit: int = PAGE
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """Decide from the current state alone (after ``FollowUp`` or a lost race on a fan-out)."""
+
+
+Event = Incoming | Launched | LaunchFailed | Polled | PollFailed | Resolved | FanOutCreated | InstancesLoaded | Recheck
+Observation = Launched | LaunchFailed | Polled | PollFailed | Resolved | FanOutCreated | InstancesLoaded | Recheck
 
 
 @dataclass
 class Decision:
-    """The next run, the commands to perform (in order) and whether the run must be saved."""
+    """The next run, the commands to perform (in order), whether the run must be saved and the
+    fan-out rows to save instead (never both)."""
 
     run: Run
     commands: list[Command] = field(default_factory=list)
     changed: bool = False
+    fanout: FanOutWrite | None = None
 
 
 # ---------------------------------------------------------------- decide
 
 
-def decide(run: Run, flow: Flow, event: Event, now: datetime) -> Decision:
+def decide(run: Run, flow: Flow, event: Event, now: datetime, fanouts: FanOuts | None = None) -> Decision:
     """Apply one event to a copy of ``run``; see the module docstring for the guarantees."""
-    d = _Decider(run.model_copy(deep=True), flow, now)
+    d = _Decider(run.model_copy(deep=True), flow, now, fanouts)
     d.apply(event)
+    if d.write is not None and not d.write.instances and d.write.fanout is None:
+        d.write = None
+    assert not (d.changed and d.write is not None), "a decision writes the run or one fan-out"
     if d.changed:
         d.run.updated_at = now
-    return Decision(run=d.run, commands=d.commands, changed=d.changed)
+    followups = [i for i, c in enumerate(d.commands) if isinstance(c, FollowUp)]
+    commands = [c for i, c in enumerate(d.commands) if not isinstance(c, FollowUp) or i == followups[-1]]
+    return Decision(run=d.run, commands=commands, changed=d.changed, fanout=d.write)
 
 
 def tick_message(run: Run, step: StepRun) -> Message:
     """The one tick message ``step`` currently waits for."""
-    return Message(
-        kind="tick",
-        run_id=run.run_id,
-        flow=run.flow,
-        step=step.name,
-        attempt=step.attempt,
-        tick=step.tick,
-        traceparent=run.traceparent,
-    ).with_id()
+    return run_message(run, "tick", step.name, step.attempt, step.tick)
 
 
 def start_message(run: Run) -> Message:
     return Message(kind="start", run_id=run.run_id, flow=run.flow, traceparent=run.traceparent).with_id()
 
 
-class _Decider:
-    def __init__(self, run: Run, flow: Flow, now: datetime) -> None:
-        self.run = run
-        self.flow = flow
-        self.now = now
-        self.commands: list[Command] = []
-        self.changed = False
+def fan_out_steps(flow: Flow) -> set[str]:
+    return {s.name for s in flow.steps if s.for_each is not None}
+
+
+class _Decider(FanOutRules):
+    def __init__(self, run: Run, flow: Flow, now: datetime, fanouts: FanOuts | None) -> None:
+        super().__init__(run, flow, now, fanouts)
+        self.failed_now = False  # a step failed in this decision (fail_fast stops what follows)
 
     # -------------------------------------------------------------- dispatch
 
@@ -135,10 +213,16 @@ class _Decider:
         run = self.run
         rerun = isinstance(event, Incoming) and event.message.kind == "rerun"
         if run.cancel_requested and not run.status.terminal and not rerun:
-            # A cancel recorded on the run (by control.request_cancel) wins over anything else.
+            # A cancel recorded on the run (by control.request_cancel) wins over anything else;
+            # the fan-outs' instances are cancelled by the FollowUp it sends.
             self._cancel()
+            if isinstance(event, Launched) and event.index is None:
+                self._launched(event)  # a launch that landed meanwhile: stop its job
+            return
         if isinstance(event, Incoming):
             self._incoming(event)
+        elif isinstance(event, Launched | LaunchFailed | Polled | PollFailed) and event.index is not None:
+            self._instance_observation(event)
         elif isinstance(event, Launched):
             self._launched(event)
         elif isinstance(event, LaunchFailed):
@@ -147,6 +231,14 @@ class _Decider:
             self._polled(event)
         elif isinstance(event, PollFailed):
             self._poll_failed(event)
+        elif isinstance(event, Resolved):
+            self._resolved(event)
+        elif isinstance(event, FanOutCreated):
+            self.on_fanout_created(event.step, event.epoch)
+        elif isinstance(event, InstancesLoaded):
+            self.on_instances_loaded(event.step, event.epoch, event.instances, event.limit)
+        elif isinstance(event, Recheck):
+            self._recheck()
 
     def _incoming(self, ev: Incoming) -> None:
         msg = ev.message
@@ -155,14 +247,29 @@ class _Decider:
         acted = False
         if msg.kind == "start":
             acted = self._start(ev)
+        elif msg.kind == "tick" and msg.index is not None:
+            acted = self.on_instance_tick(msg)  # an instance of a fan-out no longer live is cancelled
         elif msg.kind == "tick":
             acted = self._tick(msg)
+        elif msg.kind == "fanout":
+            acted = self.on_fanout_message(msg)
         elif msg.kind == "cancel":
             acted = self._cancel_message(msg)
         elif msg.kind == "rerun":
             acted = self._rerun(ev)
         if not acted and ev.redelivered:
             self._resume()
+
+    def _instance_observation(self, ev: Launched | LaunchFailed | Polled | PollFailed) -> None:
+        assert ev.index is not None
+        if isinstance(ev, Launched):
+            self.on_instance_launched(ev.step, ev.index, ev.attempt, ev.result)
+        elif isinstance(ev, LaunchFailed):
+            self.on_instance_launch_failed(ev.step, ev.index, ev.attempt, ev.error, ev.retryable)
+        elif isinstance(ev, Polled):
+            self.on_instance_polled(ev.step, ev.index, ev.attempt, ev.status)
+        else:
+            self.on_instance_poll_failed(ev.step, ev.index, ev.attempt, ev.error, ev.retryable)
 
     # -------------------------------------------------------------- messages
 
@@ -184,11 +291,14 @@ class _Decider:
             self._advance()
             return True
         if run.status is RunStatus.RUNNING:
-            step = run.current_step()
-            if step is not None and step.state is StepState.LAUNCHING and step.key:
-                # The launch may have crashed before its result was saved: the same key reattaches.
-                self.commands.append(Launch(step.name, step.attempt, step.key))
+            if ev.redelivered:
+                self._resume()  # the crashed handler may have lost more than launches
                 return True
+            launching = [s for s in run.steps if s.state is StepState.LAUNCHING and s.key]
+            for step in launching:
+                # The launch may have crashed before its result was saved: the same key reattaches.
+                self.commands.append(Launch(step.name, step.attempt, step.key or ""))
+            return bool(launching)
         return False
 
     def _tick(self, msg: Message) -> bool:
@@ -196,7 +306,7 @@ class _Decider:
         if run.status is not RunStatus.RUNNING or msg.step is None:
             return False
         step = _find(run, msg.step)
-        if step is None or (msg.attempt, msg.tick) != (step.attempt, step.tick):
+        if step is None or step.fanout is not None or (msg.attempt, msg.tick) != (step.attempt, step.tick):
             return False
         if step.state is StepState.RUNNING and step.remote_id:
             self.commands.append(Poll(step.name, step.attempt, step.remote_id))
@@ -224,20 +334,19 @@ class _Decider:
             return False
         if msg.tick is not None and msg.tick != run.reruns:
             return False  # a duplicate of a rerun that already happened
-        from_step = msg.from_step
-        if from_step is None:
-            cur = run.current_step()
-            from_step = cur.name if cur is not None else (run.steps[0].name if run.steps else None)
-        if from_step is None:
+        roots = rerun_roots(run, self.flow, msg.from_step)
+        if not roots:
             return False
-        idx = next((i for i, s in enumerate(run.steps) if s.name == from_step), None)
-        if idx is None or any(s.state is not StepState.SUCCEEDED for s in run.steps[:idx]):
-            return False
-        for s in run.steps[idx:]:
-            _reset(s)
+        graph = self.flow.graph()
+        reset = set(roots)
+        for root in roots:
+            reset |= graph.descendants(root)
+        for s in run.steps:
+            if s.name in reset:
+                attempts.reset(s)
         run.gate = None
-        for s in run.steps[:idx]:
-            if "gate" in s.outputs:
+        for s in run.steps:
+            if s.state is StepState.SUCCEEDED and "gate" in s.outputs:
                 run.gate = s.outputs["gate"]
         run.reruns += 1
         run.cancel_requested = False
@@ -245,6 +354,7 @@ class _Decider:
         run.ended_at = None
         run.started_at = None
         self.changed = True
+        from_step = roots[0]
         limit = self.flow.policies.max_concurrent_runs
         if limit is not None and ev.active_runs >= limit:
             run.status = RunStatus.QUEUED
@@ -257,31 +367,47 @@ class _Decider:
         return True
 
     def _resume(self) -> None:
-        """Re-issue the side effect the run's current state waits on (crash recovery)."""
+        """Re-issue the side effects the run's current state waits on (crash recovery)."""
         run = self.run
         if run.status.terminal:
             self.commands.append(StartQueued(run.flow))
+            if any(h.active for h in self.heads.values()):
+                self.commands.append(FollowUp())
             return
         if run.status is not RunStatus.RUNNING:
             return
-        step = run.current_step()
-        if step is None:
-            return
-        spec = self._spec(step)
-        if step.state is StepState.LAUNCHING and step.key:
-            self.commands.append(Launch(step.name, step.attempt, step.key))
-        elif step.state is StepState.RUNNING and spec is not None:
-            self.commands.append(Send(tick_message(run, step), spec.poll.delay(step.polls)))
-        elif step.state is StepState.RETRY_WAIT and spec is not None:
-            self.commands.append(Send(tick_message(run, step), spec.retries.delay(step.attempt)))
+        for step in run.steps:
+            if step.fanout is not None and step.state is StepState.RUNNING:
+                self._resume_fanout(step)
+                continue
+            if not step.state.active:
+                continue
+            spec = self._spec(step)
+            if spec is None:
+                return
+            if step.state is StepState.LAUNCHING and step.key:
+                self.commands.append(Launch(step.name, step.attempt, step.key))
+            elif step.state is StepState.RUNNING:
+                self.commands.append(Send(tick_message(run, step), spec.poll.delay(step.polls)))
+            elif step.state is StepState.RETRY_WAIT:
+                self.commands.append(Send(tick_message(run, step), spec.retries.delay(step.attempt)))
+        if self.heads or any(s.fanout is not None and s.state is StepState.RUNNING for s in run.steps):
+            self.commands.append(FollowUp())  # fan-in, or a fan-out whose creation was lost
 
-    # -------------------------------------------------------------- observations
+    def _resume_fanout(self, step: StepRun) -> None:
+        assert step.fanout is not None
+        head = self.heads.get(step.name)
+        if head is not None and head.epoch == step.fanout.epoch:
+            self.commands.append(LoadInstances(step.name, head.epoch, ACTIVE, 0, PAGE))
+        # else: not created yet; the FollowUp's Recheck creates it
+
+    # -------------------------------------------------------------- plain steps' observations
 
     def _current(self, name: str, attempt: int, state: StepState) -> StepRun | None:
         if self.run.status is not RunStatus.RUNNING:
             return None
         step = _find(self.run, name)
-        if step is None or step.attempt != attempt or step.state is not state:
+        if step is None or step.fanout is not None or step.attempt != attempt or step.state is not state:
             return None
         return step
 
@@ -299,11 +425,7 @@ class _Decider:
         spec = self._spec(step)
         if spec is None:
             return
-        step.state = StepState.RUNNING
-        step.remote_id = ev.result.remote_id
-        step.remote_url = ev.result.url
-        step.polls = 0
-        step.tick += 1
+        attempts.launched(step, ev.result.remote_id, ev.result.url)
         self.changed = True
         self._emit(
             "step.launched",
@@ -351,13 +473,13 @@ class _Decider:
             self.commands.append(Cancel(step.name, step.remote_id))
         self._fail_attempt(step, f"polling failed: {ev.error}", False)
 
-    # -------------------------------------------------------------- transitions
+    # -------------------------------------------------------------- plain steps' transitions
 
     def _next_poll(self, step: StepRun) -> None:
         spec = self._spec(step)
         if spec is None:
             return
-        if step.started_at is not None and (self.now - step.started_at).total_seconds() > spec.timeout_seconds:
+        if attempts.timed_out(step, spec.timeout_seconds, self.now):
             if step.remote_id:
                 self.commands.append(Cancel(step.name, step.remote_id))
             self._fail_attempt(step, f"timed out after {spec.timeout_seconds:g}s", True)
@@ -365,39 +487,16 @@ class _Decider:
         step.tick += 1
         self.commands.append(Send(tick_message(self.run, step), spec.poll.delay(step.polls)))
 
-    def _advance(self) -> None:
-        """Start the first step that has not succeeded, or finish the run."""
-        step = self.run.current_step()
-        if step is None:
-            self._finish(RunStatus.SUCCEEDED)
-            return
-        self._begin_attempt(step)
-
     def _begin_attempt(self, step: StepRun) -> None:
         if self._spec(step) is None:
             return
-        step.attempt += 1
-        step.key = idempotency_key(self.run.run_id, step.name, step.attempt)
-        step.state = StepState.LAUNCHING
-        step.remote_id = None
-        step.remote_url = None
-        step.started_at = self.now
-        step.ended_at = None
-        step.polls = 0
-        step.progress = None
-        step.outputs = {}
-        step.error = None
-        step.error_retryable = None
+        attempt = step.attempt + 1
+        attempts.begin(step, attempt, idempotency_key(self.run.run_id, step.name, attempt), self.now)
         self.changed = True
-        self.commands.append(Launch(step.name, step.attempt, step.key))
+        self.commands.append(Launch(step.name, step.attempt, step.key or ""))
 
     def _succeed(self, step: StepRun, status: StepStatus) -> None:
-        step.outputs = dict(status.outputs)
-        step.state = StepState.SUCCEEDED
-        step.ended_at = self.now
-        step.error = None
-        step.error_retryable = None
-        _record(step, "succeeded")
+        attempts.succeed(step, status.outputs, self.now)
         if "gate" in step.outputs:
             self.run.gate = step.outputs["gate"]
         self._emit("step.succeeded", step=step.name, attempt=step.attempt, remote_id=step.remote_id, **_dur(step))
@@ -407,25 +506,265 @@ class _Decider:
         spec = self._spec(step)
         if spec is None:
             return  # _spec failed the run
-        step.error = error
-        step.error_retryable = retryable
-        step.ended_at = self.now
         self.changed = True
-        retries = spec.retries
-        if step.attempt < retries.count + 1 and (retryable or retries.on == "any"):
-            _record(step, "failed")
-            step.state = StepState.RETRY_WAIT
-            step.tick += 1
-            delay = retries.delay(step.attempt)
+        if attempts.fail(step, spec, error, retryable, self.now, tried=step.attempt):
+            delay = spec.retries.delay(step.attempt)
             self._emit(
                 "step.retrying", step=step.name, attempt=step.attempt, error=error, retryable=retryable, delay=delay
             )
             self.commands.append(Send(tick_message(self.run, step), delay))
             return
-        _record(step, "failed")
-        step.state = StepState.FAILED
         self._emit("step.failed", step=step.name, attempt=step.attempt, error=error, retryable=retryable, **_dur(step))
-        self._finish(RunStatus.FAILED, f"step {step.name} failed: {error}")
+        self._after_failure(step)
+
+    # -------------------------------------------------------------- the graph
+
+    def _advance(self) -> None:
+        """Start every step that is ready, skip what must be skipped, or finish the run.
+
+        Starting a step can settle it at once (an empty for_each list, a list that cannot be
+        made), which advances the graph again from inside; each pass only touches steps that
+        are still pending, so nothing starts twice.
+        """
+        run = self.run
+        names = {s.name for s in self.flow.steps}
+        for step in run.steps:
+            if step.name not in names and not step.state.terminal:
+                self._spec(step)  # a step no longer in the flow fails the run
+                return
+        for _ in range(len(run.steps) + 1):
+            if run.status is not RunStatus.RUNNING:
+                return
+            plan = scheduling.plan(run, self.flow, template_scope(run, self.flow), failed_now=self.failed_now)
+            if not (plan.skip or plan.fail or plan.start):
+                break
+            for name, reason in plan.skip:
+                step = run.step(name)
+                step.state = StepState.SKIPPED
+                step.skip = reason
+                step.ended_at = self.now
+                self.changed = True
+                self._emit("step.skipped", step=name, reason=reason)
+            for name, error in plan.fail:
+                step = run.step(name)
+                step.state = StepState.FAILED
+                step.error = error
+                step.started_at = step.ended_at = self.now
+                self.changed = True
+                self._emit("step.failed", step=name, attempt=step.attempt, error=error, retryable=False)
+                self._stop_for_failure(name)
+            for name in plan.start:
+                step = run.step(name)
+                if step.state is not StepState.PENDING or run.status is not RunStatus.RUNNING:
+                    continue
+                if self.flow.step(name).for_each is not None:
+                    self._expand(step)
+                else:
+                    self._begin_attempt(step)
+        # Nothing runs: every step has ended, or (fail_fast) was never reached and never will be.
+        if run.status is RunStatus.RUNNING and not any(s.state.active for s in run.steps):
+            failed = [s for s in run.steps if s.state is StepState.FAILED]
+            if failed:
+                first = min(failed, key=lambda s: (s.ended_at or self.now, run.step_index(s.name)))
+                more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+                self._finish(RunStatus.FAILED, f"step {first.name} failed: {first.error}{more}")
+            else:
+                self._finish(RunStatus.SUCCEEDED)
+
+    def _after_failure(self, step: StepRun) -> None:
+        """``step`` failed for good: under fail_fast stop what runs; then move the graph on."""
+        self._stop_for_failure(step.name)
+        self._advance()
+
+    def _stop_for_failure(self, name: str) -> None:
+        self.failed_now = True
+        if self.flow.policies.on_failure != "fail_fast":
+            return
+        for other in self.run.steps:
+            if other.name == name or not other.state.active:
+                continue
+            try:
+                spec = self.flow.step(other.name)
+            except KeyError:
+                continue
+            if spec.run_if != "all_succeeded":
+                continue  # cleanup and failure handlers keep running
+            if other.fanout is not None:
+                # its instances are cancelled on the fan-out's side; the step ends (cancelled) once
+                # they have stopped, so what runs after it never overlaps them
+                self.commands.append(FollowUp())
+                continue
+            if other.state is not StepState.RETRY_WAIT and other.remote_id:
+                self.commands.append(Cancel(other.name, other.remote_id))
+            attempts.cancel(other, self.now, f"cancelled: step {name} failed (fail_fast)")
+            self.changed = True
+            self._emit("step.cancelled", step=other.name, reason=f"step {name} failed")
+
+    # -------------------------------------------------------------- fan-outs on the run's side
+
+    def _expand(self, step: StepRun) -> None:
+        """A for_each step is ready: a new epoch, then its item list (maybe after ``Resolve``)."""
+        epoch = (step.fanout.epoch if step.fanout is not None else 0) + 1
+        step.state = StepState.RUNNING
+        step.fanout = FanOutRef(epoch=epoch)
+        step.started_at = self.now
+        step.ended_at = None
+        step.error = None
+        step.progress = None
+        step.outputs = {}
+        self.changed = True
+        self._emit("step.started", step=step.name, epoch=epoch)
+        self._materialize(step, None)
+
+    def _materialize(self, step: StepRun, values: dict[str, list[Any]] | None) -> None:
+        spec = self.flow.step(step.name)
+        assert step.fanout is not None
+        sources = fanout_refs(spec.for_each, fan_out_steps(self.flow))
+        if sources and values is None:
+            self.commands.append(Resolve(step.name, step.fanout.epoch, tuple(sorted(sources))))
+            return
+        items, error = self._items(spec, values or {})
+        if error is not None:
+            self._fail_fanout(step, error)
+            return
+        assert items is not None
+        if step.fanout.total != len(items):
+            step.fanout = step.fanout.model_copy(update={"total": len(items)})
+            self.changed = True
+        if not items:
+            self._settle(step, None)
+            return
+        old = self.heads.get(step.name)
+        if old is not None and old.epoch >= step.fanout.epoch:
+            return  # already created
+        if old is not None and old.active:
+            self.commands.append(FollowUp())  # the earlier fan-out's instances are cancelled first
+            return
+        base = max(step.attempt, old.max_attempt if old is not None else 0)
+        fan = FanOut(
+            run_id=self.run.run_id,
+            step=step.name,
+            epoch=step.fanout.epoch,
+            total=len(items),
+            attempt_base=base,
+            max_attempt=base,
+            etag=old.etag if old is not None else None,
+        )
+        self.commands.append(CreateFanOut(fan, items))
+
+    def _items(self, spec: Any, values: dict[str, list[Any]]) -> tuple[list[Any] | None, str | None]:
+        from shared.flows.template import TemplateError, render
+
+        scope = template_scope(self.run, self.flow, values)
+        try:
+            items = render(spec.for_each, scope, field="for_each")
+        except TemplateError as exc:
+            return None, f"for_each: {exc.message}"
+        if not isinstance(items, list):
+            kind = "mapping" if isinstance(items, dict) else type(items).__name__
+            return None, f"for_each must give a list, got a {kind}"
+        limit = self.flow.policies.max_items
+        if len(items) > limit:
+            return None, f"for_each gives {len(items)} items, more than policies.max_items ({limit})"
+        for i, item in enumerate(items):
+            size = len(json.dumps(item, default=str))
+            if size > MAX_ITEM_CHARS:
+                return None, (
+                    f"for_each item {i} is {size} characters of JSON, more than {MAX_ITEM_CHARS}: "
+                    "keep large data in blobs and pass its URL"
+                )
+        return items, None
+
+    def _resolved(self, ev: Resolved) -> None:
+        step = _find(self.run, ev.step)
+        if (
+            self.run.status is not RunStatus.RUNNING
+            or step is None
+            or step.state is not StepState.RUNNING
+            or step.fanout is None
+            or step.fanout.epoch != ev.epoch
+        ):
+            return
+        self._materialize(step, ev.values)
+
+    def _fail_fanout(self, step: StepRun, error: str) -> None:
+        step.state = StepState.FAILED
+        step.error = error
+        step.ended_at = self.now
+        self.changed = True
+        self._emit("step.failed", step=step.name, attempt=step.attempt, error=error, retryable=False, **_dur(step))
+        self._after_failure(step)
+
+    def _settle(self, step: StepRun, head: FanOut | None) -> None:
+        """Fan-in: every instance of the step's fan-out is done (or it failed under fail_fast)."""
+        assert step.fanout is not None
+        total = head.total if head is not None else 0
+        counts = head.summary() if head is not None else {}
+        step.fanout = step.fanout.model_copy(update={"counts": counts, "total": total})
+        succeeded = counts.get(StepState.SUCCEEDED.value, 0)
+        step.progress = {"done": succeeded, "total": total}
+        if head is not None:
+            step.attempt = max(step.attempt, head.max_attempt)
+        step.ended_at = self.now
+        self.changed = True
+        failed = counts.get(StepState.FAILED.value, 0)
+        if head is not None and head.stopping in ("stopped", "cancelled") and not failed:
+            attempts.cancel(step, self.now, "cancelled: the run stopped after a failure (fail_fast)")
+            self._emit("step.cancelled", step=step.name, counts=counts)
+            self._advance()
+            return
+        if head is not None and (failed or head.stopping == "failed"):
+            step.state = StepState.FAILED
+            step.error = f"{failed} of {total} instances failed; first: {head.first_error}"
+            self._emit("step.failed", step=step.name, error=step.error, counts=counts, **_dur(step))
+            self._after_failure(step)
+            return
+        step.state = StepState.SUCCEEDED
+        step.error = None
+        self._emit("step.succeeded", step=step.name, instances=total, counts=counts, **_dur(step))
+        self._advance()
+
+    def _recheck(self) -> None:
+        """Bring each side up to date with the other: fan-in, then a fan-out to stop, create or fill."""
+        run = self.run
+        if run.status is RunStatus.RUNNING:
+            for step in run.steps:
+                head = self.heads.get(step.name)
+                if step.fanout is None or step.state is not StepState.RUNNING:
+                    continue
+                if head is not None and head.epoch == step.fanout.epoch and (head.settled or head.stopping == "failed"):
+                    self._settle(step, head)
+                    if self.changed and any(h.active and not self.live(h) for h in self.heads.values()):
+                        self.commands.append(FollowUp())
+                    return
+        if self.changed:
+            return
+        if self.stop_fanouts():
+            return
+        if run.status is not RunStatus.RUNNING:
+            return
+        live: list[str] = []
+        for step in run.steps:
+            if step.fanout is None or step.state is not StepState.RUNNING:
+                continue
+            head = self.heads.get(step.name)
+            if (head is None or head.epoch < step.fanout.epoch) and self.run_stopping(step.name):
+                attempts.cancel(step, self.now, "cancelled: the run stopped after a failure (fail_fast)")
+                self.changed = True
+                self._advance()
+                return
+            if head is None or head.epoch < step.fanout.epoch:
+                self._materialize(step, None)  # creation was lost or is under way: idempotent
+            elif head.epoch == step.fanout.epoch:
+                live.append(step.name)
+        if self.changed or self.commands:
+            return
+        for name in live:  # one fan-out write per decision
+            self.begin_more(name)
+            if self.write is not None:
+                return
+
+    # -------------------------------------------------------------- the run
 
     def _finish(self, status: RunStatus, error: str | None = None) -> None:
         run = self.run
@@ -448,13 +787,10 @@ class _Decider:
         held_slot = run.status is RunStatus.RUNNING
         run.cancel_requested = True
         for step in run.steps:
-            if step.state in (StepState.LAUNCHING, StepState.RUNNING, StepState.RETRY_WAIT):
+            if step.state.active:
                 if step.state is not StepState.RETRY_WAIT and step.remote_id:
                     self.commands.append(Cancel(step.name, step.remote_id))
-                step.state = StepState.CANCELLED
-                step.ended_at = self.now
-                step.error = "cancelled"
-                _record(step, "cancelled")
+                attempts.cancel(step, self.now)
         run.status = RunStatus.CANCELLED
         run.ended_at = self.now
         run.error = "cancelled"
@@ -462,6 +798,8 @@ class _Decider:
         self._emit("run.finished", status=RunStatus.CANCELLED.value)
         if held_slot:
             self.commands.append(StartQueued(run.flow))
+        if any(h.active for h in self.heads.values()):
+            self.commands.append(FollowUp())  # cancel the instances, fan-out by fan-out
 
     # -------------------------------------------------------------- helpers
 
@@ -477,8 +815,25 @@ class _Decider:
                 self._finish(RunStatus.FAILED, f"step {step.name} failed: {step.error}")
             return None
 
-    def _emit(self, name: str, **attributes: Any) -> None:
-        self.commands.append(Emit(name, {"run_id": self.run.run_id, "flow": self.run.flow, **attributes}))
+
+def rerun_roots(run: Run, flow: Flow, from_step: str | None) -> list[str]:
+    """The steps a rerun restarts at (their descendants restart too): ``from_step``, or every
+    step that did not end ok while all it waits for did. Empty when the rerun is not possible
+    (an unknown step, or one waiting for a step that did not end ok)."""
+    graph = flow.graph()
+    steps = {s.name: s for s in run.steps}
+    if from_step is not None:
+        if from_step not in steps or from_step not in graph.needs:
+            return []
+        if any(not steps[a].ok for a in graph.ancestors(from_step) if a in steps):
+            return []
+        return [from_step]
+    roots = [
+        s.name
+        for s in run.steps
+        if not s.ok and s.name in graph.needs and all(steps[a].ok for a in graph.ancestors(s.name) if a in steps)
+    ]
+    return roots
 
 
 def _find(run: Run, name: str) -> StepRun | None:
@@ -488,52 +843,26 @@ def _find(run: Run, name: str) -> StepRun | None:
     return None
 
 
-def _reset(step: StepRun) -> None:
-    """Back to PENDING for a rerun; ``attempt``, ``tick`` and ``history`` are kept so new keys differ."""
-    step.state = StepState.PENDING
-    step.key = None
-    step.remote_id = None
-    step.remote_url = None
-    step.started_at = None
-    step.ended_at = None
-    step.polls = 0
-    step.outputs = {}
-    step.progress = None
-    step.error = None
-    step.error_retryable = None
-
-
-def _record(step: StepRun, outcome: str) -> None:
-    step.history.append(
-        {
-            "attempt": step.attempt,
-            "key": step.key,
-            "remote_id": step.remote_id,
-            "outcome": outcome,
-            "started_at": step.started_at.isoformat() if step.started_at else None,
-            "ended_at": step.ended_at.isoformat() if step.ended_at else None,
-            "error": step.error,
-            "retryable": step.error_retryable,
-        }
-    )
-
-
-def _dur(step: StepRun) -> dict[str, Any]:
-    if step.started_at is None or step.ended_at is None:
-        return {}
-    return {"duration_seconds": (step.ended_at - step.started_at).total_seconds()}
+_dur = attempts.duration
 
 
 __all__ = [
     "Decision",
     "Event",
+    "FanOutCreated",
+    "FanOuts",
     "Incoming",
+    "InstancesLoaded",
     "LaunchFailed",
     "Launched",
     "Observation",
     "PollFailed",
     "Polled",
+    "Recheck",
+    "Resolved",
     "decide",
+    "fan_out_steps",
+    "rerun_roots",
     "start_message",
     "tick_message",
 ]

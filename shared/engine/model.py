@@ -35,10 +35,24 @@ class StepState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # never ran: its ``if`` was false, or ``run_if`` ruled it out (see StepRun.skip)
 
     @property
     def terminal(self) -> bool:
-        return self in (StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED)
+        return self in (StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED)
+
+    @property
+    def active(self) -> bool:
+        """Launched or about to be (holds a slot)."""
+        return self in (StepState.LAUNCHING, StepState.RUNNING, StepState.RETRY_WAIT)
+
+
+# Why a step was skipped. The first two count as done for the steps that need it (they run);
+# the last counts as a failure upstream (``run_if: all_succeeded`` steps after it are skipped).
+SKIP_CONDITION = "condition"  # its ``if`` was false
+SKIP_NO_FAILURE = "no_failure"  # run_if: any_failed, and nothing it needs failed
+SKIP_UPSTREAM = "upstream"  # run_if: all_succeeded, and a step it needs failed, was cancelled or skipped so
+OK_SKIPS = (SKIP_CONDITION, SKIP_NO_FAILURE)
 
 
 class TriggerContext(BaseModel):
@@ -90,6 +104,90 @@ class StepRun(BaseModel):
     error: str | None = None
     error_retryable: bool | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)  # finished attempts
+    # Left out of the JSON when unset, so chain runs read the same as before.
+    skip: str | None = Field(default=None, exclude_if=lambda v: v is None)  # SKIP_*: why it was skipped
+    fanout: FanOutRef | None = Field(default=None, exclude_if=lambda v: v is None)  # for_each steps
+
+    @property
+    def ok(self) -> bool:
+        """Done in a way the steps that need it accept: succeeded, or skipped by a condition."""
+        return self.state is StepState.SUCCEEDED or (self.state is StepState.SKIPPED and self.skip in OK_SKIPS)
+
+
+class FanOutRef(BaseModel):
+    """On the run document, a for_each step's current fan-out; its live state is the FanOut row.
+
+    ``epoch`` counts the step's (re)starts: instance rows are per epoch, so a rerun begins afresh.
+    ``total`` is None until the for_each list is known. ``counts`` is the instances' states as the
+    step settled (while it runs, read the FanOut row).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = 0
+    total: int | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class InstanceRun(StepRun):
+    """One instance of a for_each step: a StepRun of its own (attempts, key, outputs...), stored
+    outside the run document (shared.store.base.InstanceStore), one row per (step, epoch, index).
+
+    ``attempt`` is global across the step's epochs (``FanOut.attempt_base`` + attempts in this
+    epoch), so a rerun's instance never reuses an earlier job's idempotency key.
+    """
+
+    index: int
+    epoch: int
+    etag: str | None = Field(default=None, exclude=True)
+
+
+class FanOut(BaseModel):
+    """The live state of one for_each step's fan-out: one row per (run, step), ETag-guarded.
+
+    Every instance transition that changes these counts is saved together with the instance
+    row in one transaction, so launching is exactly-once and ``max_parallel`` holds under races.
+    Instances ``[0, next)`` have begun; ``[next, total)`` wait. ``stopping`` (fail_fast, cancel,
+    the step no longer current) means nothing new begins.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    step: str
+    epoch: int
+    total: int
+    next: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)  # instance state -> how many
+    attempt_base: int = 0  # attempts of earlier epochs (keys stay unique across reruns)
+    max_attempt: int = 0  # the highest attempt any instance of this fan-out began
+    stopping: str | None = None
+    tick: int = 0  # sequence of the only ``fanout`` continuation message that acts
+    first_error: str | None = None
+    etag: str | None = Field(default=None, exclude=True)
+
+    def count(self, *states: StepState) -> int:
+        return sum(self.counts.get(s.value, 0) for s in states)
+
+    @property
+    def active(self) -> int:
+        return self.count(StepState.LAUNCHING, StepState.RUNNING, StepState.RETRY_WAIT)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing runs and nothing more will begin."""
+        return self.active == 0 and (self.next >= self.total or self.stopping is not None)
+
+    def summary(self) -> dict[str, int]:
+        """Counts by state including the instances that wait (``pending``)."""
+        out = {k: v for k, v in self.counts.items() if v}
+        waiting = self.total - self.next
+        if waiting:
+            out["pending"] = waiting
+        return out
+
+
+StepRun.model_rebuild()
 
 
 class Run(BaseModel):
@@ -125,14 +223,14 @@ class Run(BaseModel):
         raise KeyError(name)
 
     def current_step(self) -> StepRun | None:
-        """The first step that is not succeeded (the one the run is on)."""
+        """The first step that is not done (succeeded, or skipped by a condition): the one the run is on."""
         for s in self.steps:
-            if s.state is not StepState.SUCCEEDED:
+            if not s.ok:
                 return s
         return None
 
 
-MessageKind = Literal["start", "tick", "cancel", "rerun", "start_batch"]
+MessageKind = Literal["start", "tick", "cancel", "rerun", "start_batch", "fanout"]
 
 # A ``start_batch`` message carries at most this many run ids, in at most this many characters
 # of ids: its JSON stays far below the Storage Queue (64 KiB) and Service Bus (256 KiB) limits.
@@ -148,9 +246,9 @@ class Message(BaseModel):
     kind: MessageKind
     run_id: str
     flow: str = ""
-    step: str | None = None  # tick: which step
-    attempt: int | None = None  # tick: which attempt of the step
-    tick: int | None = None  # tick: sequence number (only the current one acts)
+    step: str | None = None  # tick/fanout: which step
+    attempt: int | None = None  # tick: which attempt of the step; fanout: which epoch
+    tick: int | None = None  # tick/fanout: sequence number (only the current one acts)
     from_step: str | None = None  # rerun: restart here
     traceparent: str = ""
     message_id: str = ""
@@ -158,6 +256,9 @@ class Message(BaseModel):
     # (message id = run id); ``run_id`` is then ``batch-<hash of the ids>``, never a run's id.
     # Left out of the JSON when unset, so other messages read the same as before.
     run_ids: list[str] | None = Field(default=None, exclude_if=lambda v: v is None)
+    # tick: the instance of a for_each step it is for (None: a step's own tick). ``fanout``: a
+    # for_each step's continuation (begin more instances). Left out of the JSON when unset.
+    index: int | None = Field(default=None, exclude_if=lambda v: v is None)
 
     def with_id(self) -> Message:
         """Fill ``message_id`` deterministically so duplicates collapse on Service Bus."""
@@ -167,8 +268,12 @@ class Message(BaseModel):
             mid = self.run_id
         elif self.kind == "start_batch":
             mid = start_batch_id(self.run_ids or [])
+        elif self.kind == "tick" and self.index is not None:
+            mid = f"{self.run_id}:{self.step}.{self.index}:{self.attempt}:{self.tick}"
         elif self.kind == "tick":
             mid = f"{self.run_id}:{self.step}:{self.attempt}:{self.tick}"
+        elif self.kind == "fanout":
+            mid = f"{self.run_id}:{self.step}:fanout:{self.attempt}:{self.tick}"
         else:
             raw = f"{self.run_id}:{self.kind}:{self.from_step or ''}"
             mid = hashlib.sha256(raw.encode()).hexdigest()[:32]
@@ -199,10 +304,19 @@ def run_id_for(*parts: str) -> str:
     return digest[:32]
 
 
-def idempotency_key(run_id: str, step: str, attempt: int) -> str:
-    """``run-step-attempt``: Batch job id, Databricks idempotency_token, AML job name.
+def idempotency_key(run_id: str, step: str, attempt: int, index: int | None = None) -> str:
+    """``run-step-attempt``, or ``run-step_index-attempt`` for an instance of a for_each step:
+    the Batch job id, Databricks idempotency_token, Azure ML job name, registry/gate key.
 
-    Kept to [a-z0-9-] and ≤64 characters (Batch job ids allow 64; Databricks tokens 64).
+    Kept to [a-z0-9_-] and ≤64 characters (Batch job ids allow 64 of [A-Za-z0-9_-]; Databricks
+    tokens 64; Azure ML names 255 of [A-Za-z0-9_-]): the issue's ``step[index]`` is written
+    ``step_index`` because no remote id accepts brackets. ``_`` appears only there (the step name's
+    other characters become ``-``), so step ``a`` instance 1 and a step named ``a-1`` never meet.
+    32 + 1 + 20 + 1 + 5 (index < 100,000 = the largest max_items) + 1 + 3 (attempt) = 63.
     """
     safe_step = "".join(c if c.isalnum() else "-" for c in step.lower())[:20]
-    return f"{run_id[:32]}-{safe_step}-{attempt}"[:64]
+    if index is None:
+        return f"{run_id[:32]}-{safe_step}-{attempt}"[:64]
+    if index < 0:
+        raise ValueError(f"an instance index is never negative, got {index}")
+    return f"{run_id[:32]}-{safe_step}_{index}-{attempt}"

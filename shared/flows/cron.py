@@ -1,11 +1,15 @@
 """NCRONTAB schedules, as Azure Functions timer triggers read them.
 
-Six fields: ``{second} {minute} {hour} {day} {month} {day-of-week}``.
+Six fields ``{second} {minute} {hour} {day} {month} {day-of-week}``, or five fields
+``{minute} {hour} {day} {month} {day-of-week}`` firing at second 0 (the timer-trigger docs:
+"NCRONTAB expression supports both five field and six field format"; the extension parses a
+five-field expression with NCrontab's ``IncludingSeconds = false``).
 
 Each field is ``*``, a value, a range ``a-b``, a list ``a,b,c`` of any of those, and a step
 ``*/n``, ``a-b/n`` or ``a/n`` (``a`` up to the field's maximum, as NCrontab reads it).
 Months accept ``Jan``..``Dec`` and days of week ``Sun``..``Sat`` (three letters or the full
-name, any case). Day of week is 0-6 with 0 = Sunday; 7 is accepted as Sunday too.
+name, any case). Day of week is 0-6 with 0 = Sunday; 7 is accepted as Sunday too. Only ASCII
+is accepted (``int()`` would read other scripts' digits).
 
 Day and day of week: like NCrontab (and unlike Vixie cron), a time matches only when
 **both** the day-of-month and the day-of-week fields match. ``0 0 9 1-7 * Mon`` is therefore
@@ -13,10 +17,25 @@ Day and day of week: like NCrontab (and unlike Vixie cron), a time matches only 
 field ``*`` this is the same as classic cron.
 
 Time zones: the fields are matched against the wall-clock time of ``tz`` (IANA name, read
-with :mod:`zoneinfo`). When the clocks go forward, wall times that do not exist that day
-do not fire (a daily 02:30 job skips the spring-forward day). When the clocks go back,
-each wall time fires once, at its first occurrence: the repeated hour fires on its first
-pass only. Every result is an aware UTC datetime.
+with :mod:`zoneinfo`), the way Functions' ``CronSchedule`` treats daylight saving time:
+
+* **Interval or point in time.** A schedule is an *interval* when its expanded second,
+  minute or hour field (minute or hour with five fields) is ``*`` or holds a run of
+  consecutive values (``0 */5 * * * *``, ``0 0 9-17 * * *``); otherwise it names *points in
+  time* (``0 30 2 * * *``, ``0 0 */2 * * *`` = hours 0,2,4,...). This is
+  ``CronSchedule.IsInterval``, which tests the expanded expression NCrontab prints.
+* **Fall back** (a wall-clock hour happens twice): an interval schedule runs through both
+  passes (every 30 minutes: 01:00-7, 01:30-7, 01:00-8, 01:30-8, 02:00-8 in Pacific time); a
+  point-in-time schedule fires once, on the first pass, and a host that starts inside the
+  second pass does not run it again.
+* **Spring forward** (wall-clock times that do not exist): .NET gives a non-existent local
+  time the offset from before the change, so such a fire runs that much later (a daily
+  02:30 in Amsterdam runs at 03:30 CEST on the spring-forward day); where that instant is
+  also a fire of its own it runs once.
+
+Functions computes one next occurrence at a time from the last one; this module reads the
+schedule as the set of instants above, so ``next_after`` and ``last_at_or_before`` agree
+wherever they start. Every result is an aware UTC datetime.
 
 Searching skips by field (month, day, hour, minute, second), so finding the next fire of
 a yearly schedule costs a handful of steps, not a scan over seconds.
@@ -25,12 +44,15 @@ a yearly schedule costs a handful of steps, not a scan over seconds.
 from __future__ import annotations
 
 import calendar
+import itertools
+import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["Cron"]
+__all__ = ["Cron", "zone"]
 
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -55,13 +77,36 @@ _HORIZON_YEARS = 60
 _MAX_SKIPS = 200_000
 
 
-def _zone(tz: str | tzinfo) -> tzinfo:
+MAX_EXPR_CHARS = 200  # the longest useful expression lists every value of a field or two
+MAX_ZONE_CHARS = 64  # IANA names are at most ~32 characters (America/Argentina/ComodRivadavia)
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+){0,3}$")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def zone(tz: str | tzinfo) -> tzinfo:
+    """The ``tzinfo`` of an IANA name; ValueError (short, never a traceback) for anything else.
+
+    The name is checked before :mod:`zoneinfo` sees it: a long nested name such as
+    ``A/A/A/...`` makes its package-resource lookup recurse until RecursionError.
+    """
     if isinstance(tz, tzinfo):
         return tz
+    if not isinstance(tz, str):
+        raise ValueError(f"time zone must be a string, got {type(tz).__name__}")
+    if len(tz) > MAX_ZONE_CHARS:
+        raise ValueError(f"unknown time zone: a name of {len(tz)} characters; IANA names are at most {MAX_ZONE_CHARS}")
+    if not _ZONE_NAME.match(tz):
+        raise ValueError(f"unknown time zone {_clip(tz)!r}: expected an IANA name such as Europe/Amsterdam")
     try:
         return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError, RecursionError) as exc:
         raise ValueError(f"unknown time zone {tz!r}") from exc
+
+
+_zone = zone
 
 
 def _aware(dt: datetime, name: str) -> datetime:
@@ -74,7 +119,7 @@ def _value(field: str, token: str, low: int, high: int) -> int:
     t = token.strip().lower()
     if not t:
         raise ValueError(f"{field}: empty value")
-    if t.isdigit():
+    if t.isascii() and t.isdigit():
         v = int(t)
         if field == "day-of-week" and v == 7:
             return 0
@@ -105,7 +150,7 @@ def _parse_field(field: str, text: str, low: int, high: int) -> tuple[int, ...]:
         base, slash, step_text = part.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise ValueError(f"{field}: step {step_text!r} in {part!r} must be a positive whole number")
             step = int(step_text)
         if base == "*":
@@ -152,6 +197,34 @@ def _fields(t: datetime) -> tuple[int, int, int, int, int, int]:
     return t.year, t.month, t.day, t.hour, t.minute, t.second
 
 
+def _has_run(values: tuple[int, ...]) -> bool:
+    """Whether NCrontab prints this field with ``*`` or a range: two consecutive values."""
+    return any(b - a == 1 for a, b in itertools.pairwise(values))
+
+
+@lru_cache(maxsize=256)
+def _offsets(zone: tzinfo, year: int) -> tuple[timedelta, timedelta]:
+    """The smallest and largest UTC offset of ``zone`` around ``year`` (sampled twice a month)."""
+    seen = set()
+    for y in (year - 1, year, year + 1):
+        for m in range(1, 13):
+            for d in (1, 16):
+                seen.add(datetime(y, m, d, 12, tzinfo=UTC).astimezone(zone).utcoffset() or timedelta(0))
+    return min(seen), max(seen)
+
+
+def _offset_at(zone: tzinfo, t: datetime) -> timedelta:
+    return t.astimezone(zone).utcoffset() or timedelta(0)
+
+
+def _steady(zone: tzinfo, t: datetime, span: timedelta) -> bool:
+    """No change of UTC offset within ``span`` either side of the instant ``t``."""
+    if not span:
+        return True
+    offset = t.astimezone(zone).utcoffset()
+    return (t - span).astimezone(zone).utcoffset() == offset == (t + span).astimezone(zone).utcoffset()
+
+
 @dataclass(frozen=True)
 class Cron:
     """A parsed NCRONTAB expression. Build with :meth:`Cron.parse`."""
@@ -163,26 +236,46 @@ class Cron:
     days: tuple[int, ...]
     months: tuple[int, ...]
     weekdays: tuple[int, ...]  # 0 = Sunday
+    with_seconds: bool = True  # False: written with five fields (second 0)
 
     # ------------------------------------------------------------ parsing
 
     @classmethod
     def parse(cls, expr: str) -> Cron:
-        """Parse a 6-field NCRONTAB expression; ``ValueError`` names the offending field."""
+        """Parse a 5- or 6-field NCRONTAB expression; ``ValueError`` names the offending field."""
         if not isinstance(expr, str):
             raise ValueError(f"cron expression must be a string, got {type(expr).__name__}")
-        parts = expr.split()
-        if len(parts) != 6:
+        if len(expr) > MAX_EXPR_CHARS:
+            raise ValueError(f"cron expression of {len(expr)} characters; at most {MAX_EXPR_CHARS}")
+        bad = next((c for c in expr if not (c.isascii() and (c.isprintable() or c in " \t"))), None)
+        if bad is not None:
             raise ValueError(
-                f"NCRONTAB needs 6 fields: {{second}} {{minute}} {{hour}} {{day}} {{month}} {{day-of-week}}; "
-                f"got {len(parts)} in {expr!r}"
+                f"NCRONTAB takes ASCII only (digits 0-9, names, * / , -): found {bad!r} at position {expr.index(bad)}"
             )
-        parsed = [_parse_field(name, text, low, high) for (name, low, high), text in zip(_FIELDS, parts, strict=True)]
-        cron = cls(" ".join(parts), *parsed)
+        parts = expr.split()
+        if len(parts) not in (5, 6):
+            raise ValueError(
+                "NCRONTAB needs 5 fields {minute} {hour} {day} {month} {day-of-week} "
+                f"or 6 fields {{second}} {{minute}} {{hour}} {{day}} {{month}} {{day-of-week}}; "
+                f"got {len(parts)} in {_clip(expr)!r}"
+            )
+        with_seconds = len(parts) == 6
+        fields = _FIELDS if with_seconds else _FIELDS[1:]
+        parsed = [_parse_field(name, text, low, high) for (name, low, high), text in zip(fields, parts, strict=True)]
+        if not with_seconds:
+            parsed.insert(0, (0,))
+        seconds, minutes, hours, days, months, weekdays = parsed
+        cron = cls(" ".join(parts), seconds, minutes, hours, days, months, weekdays, with_seconds=with_seconds)
         # A day/month combination that no calendar has never fires: say so now.
         if not any(d <= _dim(2000, m) for m in cron.months for d in cron.days):  # 2000 is a leap year
-            raise ValueError(f"day: no month in {parts[4]!r} has day {parts[3]!r}; the schedule would never fire")
+            raise ValueError(f"day: no month in {parts[-2]!r} has day {parts[-3]!r}; the schedule would never fire")
         return cron
+
+    @property
+    def interval(self) -> bool:
+        """Functions' ``CronSchedule.IsInterval``: runs through a repeated hour (module docstring)."""
+        checked = (self.seconds, self.minutes, self.hours) if self.with_seconds else (self.minutes, self.hours)
+        return any(_has_run(values) for values in checked)
 
     def __str__(self) -> str:
         return self.expr
@@ -301,36 +394,46 @@ class Cron:
 
     # ------------------------------------------------------------ zone-aware searches
 
-    @staticmethod
-    def _fire_utc(naive: datetime, zone: tzinfo) -> datetime | None:
-        """The UTC instant of a matching wall time: first occurrence; None if it does not exist."""
-        local = naive.replace(tzinfo=zone, fold=0)
-        utc = local.astimezone(UTC)
-        if utc.astimezone(zone).replace(tzinfo=None) != naive:
-            return None  # skipped by a spring-forward change
-        return utc
+    def _instants(self, naive: datetime, zone: tzinfo) -> tuple[datetime, ...]:
+        """The UTC instants at which the wall time ``naive`` fires (see the module docstring)."""
+        first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+        if first == second or first.astimezone(zone).replace(tzinfo=None) != naive:
+            # unambiguous, or skipped by spring forward: fold 0 is the offset before the change
+            return (first,)
+        return (first, second) if self.interval else (first,)
 
     def next_after(self, after: datetime, tz: str | tzinfo = "UTC") -> datetime:
         """The first fire strictly after ``after`` (aware), as an aware UTC datetime."""
         _aware(after, "after")
         zone = _zone(tz)
         after_utc = after.astimezone(UTC)
-        wall = after_utc.astimezone(zone).replace(tzinfo=None, microsecond=0)
-        candidate = wall + timedelta(seconds=1)
-        limit_year = wall.year + _HORIZON_YEARS
+        low, high = _offsets(zone, after_utc.year)
+        span = high - low
+        # Near an offset change, wall times before after's own can still fire later (the
+        # second pass of a repeated hour, a skipped time moved forward): start lower then.
+        base = after_utc.astimezone(zone) if _steady(zone, after_utc, span) else after_utc + low
+        candidate = base.replace(tzinfo=None, microsecond=0) + _SECOND
+        limit_year = candidate.year + _HORIZON_YEARS
+        best: datetime | None = None
+        bound: datetime | None = None  # wall times past it cannot fire before ``best``
         for _ in range(_MAX_SKIPS):
-            if candidate.year > limit_year:
-                break
             naive = self._next_naive(candidate, limit_year)
-            if naive is None:
+            if naive is None or (bound is not None and naive > bound):
                 break
-            fire = self._fire_utc(naive, zone)
-            # Skip wall times that do not exist, and those whose first occurrence already
-            # passed (``after`` is in the second pass of a repeated hour).
-            if fire is not None and fire > after_utc:
-                return fire
-            candidate = naive + timedelta(seconds=1)
-        raise ValueError(f"cron {self.expr!r} has no fire within {_HORIZON_YEARS} years after {after.isoformat()}")
+            for fire in self._instants(naive, zone):
+                if fire > after_utc and (best is None or fire < best):
+                    best = fire
+                    # a fire in (after, best] shows the wall time fire + offset, and the
+                    # offset there is one of the two at its ends
+                    reach = max(_offset_at(zone, after_utc), _offset_at(zone, best))
+                    bound = (best + reach).replace(tzinfo=None)
+            if best is not None and _steady(zone, best, span):
+                break
+            candidate = naive + _SECOND
+        if best is None:
+            raise ValueError(f"cron {self.expr!r} has no fire within {_HORIZON_YEARS} years after {after.isoformat()}")
+        return best
 
     def fires_between(
         self, start: datetime, end: datetime, tz: str | tzinfo = "UTC", limit: int = 1000
@@ -360,19 +463,27 @@ class Cron:
         zone = _zone(tz)
         when_utc = when.astimezone(UTC)
         oldest = when_utc - lookback
-        local = when_utc.astimezone(zone)
-        wall = local.replace(tzinfo=None, microsecond=0)
-        # In the second pass of a repeated hour, wall times later than ``wall`` (up to the
-        # size of the shift) first occurred before ``when``: start the search above them.
-        shift = (local.replace(fold=0).utcoffset() or timedelta(0)) - (local.utcoffset() or timedelta(0))
-        candidate = wall + max(shift, timedelta(0))
-        floor_year = (oldest.astimezone(zone) - timedelta(days=2)).year
+        low, high = _offsets(zone, when_utc.year)
+        span = high - low
+        # Near an offset change, wall times after when's own may have fired already (the
+        # first pass of a repeated hour seen from the second): start higher then.
+        base = when_utc.astimezone(zone) if _steady(zone, when_utc, span) else when_utc + high
+        candidate = base.replace(tzinfo=None, microsecond=0)
+        floor_year = (oldest + low).year - 1
+        best: datetime | None = None
+        bound: datetime | None = None  # wall times before it cannot fire after ``best``
         for _ in range(_MAX_SKIPS):
             naive = self._prev_naive(candidate, floor_year)
-            if naive is None:
-                return None
-            fire = self._fire_utc(naive, zone)
-            if fire is not None and fire <= when_utc:
-                return fire if fire >= oldest else None
-            candidate = naive - timedelta(seconds=1)
-        return None
+            if naive is None or (bound is not None and naive < bound):
+                break
+            for fire in self._instants(naive, zone):
+                if fire <= when_utc and (best is None or fire > best):
+                    best = fire
+                    # a fire in [best, when) shows the wall time fire + offset, or a skipped
+                    # time up to one change earlier; the offsets are those at its ends
+                    reach = min(_offset_at(zone, when_utc), _offset_at(zone, best)) - span
+                    bound = (best + reach).replace(tzinfo=None)
+            if best is not None and _steady(zone, best, span):
+                break
+            candidate = naive - _SECOND
+        return best if best is not None and best >= oldest else None

@@ -34,6 +34,7 @@ from pydantic import ValidationError as PydanticValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from shared.errors import NotFoundError, ValidationError
+from shared.flows.dag import dag_problems
 from shared.flows.model import NAME_RE, STEP_KINDS, Flow, FlowsFile, step_problems
 from shared.flows.schema import json_schema
 from shared.flows.scope import reference_problems
@@ -448,7 +449,7 @@ def _issues_from_pydantic(exc: PydanticValidationError, data: Any, lines: dict[L
 
 
 def _cross_step_issues(data: dict[str, Any], lines: dict[Loc, int]) -> list[FlowIssue]:
-    """Duplicate step names and bad references, read from the raw YAML.
+    """Duplicate step names, bad references and graph problems (shared.flows.dag), read from the raw YAML.
 
     The flow's own validator only runs once every field of the flow is valid; running the
     same checks on the raw data reports them alongside any other problem in that flow.
@@ -463,7 +464,7 @@ def _cross_step_issues(data: dict[str, Any], lines: dict[Loc, int]) -> list[Flow
         base: Loc = ("flows", str(name))
         raw_triggers = flow.get("triggers")
         triggers: list[Any] = raw_triggers if isinstance(raw_triggers, list) else []
-        problems = step_problems(flow["steps"], has_model=flow.get("model") is not None)
+        problems = step_problems(flow["steps"], has_model=flow.get("model") is not None) + dag_problems(flow["steps"])
         for problem in problems + reference_problems(flow["steps"], triggers):
             m = _SUBPATH.match(problem)
             loc = (*base, *_subpath(m.group(1))) if m else base

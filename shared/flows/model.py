@@ -1,18 +1,24 @@
 """The flows.yaml model.
 
-A file holds ``flows: {name: Flow}``. A flow has triggers, an ordered list of steps,
-policies and (for flows that train) the model it ships and the metric the gate compares.
-Step ``params`` are templated at launch time from ``${trigger.*}`` and
-``${steps.<name>.outputs.*}``.
+A file holds ``flows: {name: Flow}``. A flow has triggers, its steps, policies and (for
+flows that train) the model it ships and the metric the gate compares. Steps form a graph
+through ``needs`` (default: the step written before, so a plain list is a chain; see
+shared.flows.dag); a step may fan out ``for_each`` item of a list (``max_parallel`` at a
+time), run only ``if`` a condition holds (shared.flows.expr) and choose when it runs after
+failures (``run_if``). Step ``params`` are templated at launch time from ``${trigger.*}``,
+``${steps.<name>.outputs.*}`` and, in a for_each step, ``${item}`` and ``${index}``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from shared.flows.dag import Graph
 
 NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 EVENT_TYPES = ("git.push", "build.complete", "ms.vss-release.deployment-completed-event")
@@ -43,30 +49,28 @@ class BlobTrigger(_Strict):
 
 class ScheduleTrigger(_Strict):
     kind: Literal["schedule"] = "schedule"
-    cron: str = Field(description="6-field NCRONTAB as Azure Functions uses: sec min hour day month weekday")
+    cron: str = Field(
+        description="NCRONTAB as Azure Functions reads it: 6 fields {second} {minute} {hour} {day} {month} "
+        "{day-of-week}, or 5 without {second} (fires at second 0)"
+    )
     timezone: str = "UTC"
     catch_up: bool = False
     max_catch_up: Annotated[int, Field(ge=1, le=1000)] = 24
 
     @field_validator("cron")
     @classmethod
-    def _six_fields(cls, v: str) -> str:
-        if len(v.split()) != 6:
-            raise ValueError("NCRONTAB needs 6 fields: {second} {minute} {hour} {day} {month} {day-of-week}")
+    def _ncrontab(cls, v: str) -> str:
         from shared.flows.cron import Cron
 
-        Cron.parse(v)
+        Cron.parse(v)  # ValueError names the field (and the count when it is not 5 or 6)
         return v
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        from shared.flows.cron import zone
 
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
+        zone(v)  # a short ValueError for a name that is not an IANA time zone
         return v
 
 
@@ -123,7 +127,11 @@ class BatchParams(_Strict):
     inputs: str | list[str] = Field(
         description="One task per input: a blob URL, a list of them, or 'container/prefix' to list"
     )
-    resource_files: list[str] = Field(default_factory=list, description="Blob URLs fetched into every task's directory")
+    resource_files: list[str] = Field(
+        default_factory=list,
+        description="Files put into every task's directory: blob URLs, container/name in the storage account, "
+        "or ./path of a project file (the host uploads it)",
+    )
     output_container: str = "outputs"
     max_task_retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_wall_clock_seconds: Annotated[int, Field(gt=0)] | None = None
@@ -184,11 +192,68 @@ class DeployParams(_Strict):
     endpoint: str | None = Field(default=None, description="Endpoint name; defaults to the flow's name")
 
 
+RUN_IF = ("all_succeeded", "always", "any_failed")
+_LONE_REF = re.compile(r"^\s*\$\{[^}]*\}\s*$")
+
+
 class _StepBase(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: Annotated[str, Field(pattern=NAME_RE)]
     retries: Retries = Field(default_factory=Retries)
     timeout_seconds: Annotated[float, Field(gt=0)] = 3600.0
     poll: Poll = Field(default_factory=Poll)
+    needs: list[Annotated[str, Field(pattern=NAME_RE)]] | None = Field(
+        default=None,
+        description="Steps this one waits for (default: the step written before it; [] for none)",
+    )
+    for_each: str | list[Any] | None = Field(
+        default=None,
+        description="Run one instance per item of this list: a ${...} reference to a list "
+        "(e.g. ${steps.etl.outputs.result.partitions}) or a literal list; params see ${item} and ${index}",
+    )
+    max_parallel: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="Instances of this for_each step running at once (default: all)"
+    )
+    if_: str | bool | None = Field(
+        default=None,
+        alias="if",
+        description='Run only when this is true, e.g. "${steps.quality.outputs.bad_rows} == 0"; '
+        "otherwise the step is skipped (and counts as done for the steps after it)",
+    )
+    run_if: Literal["all_succeeded", "always", "any_failed"] = Field(
+        default="all_succeeded",
+        description="all_succeeded: skip when a step it needs failed or was cancelled; "
+        "always: run once its needs are done; any_failed: run only when one of them failed",
+    )
+
+    @field_validator("for_each")
+    @classmethod
+    def _one_list(cls, v: str | list[Any] | None) -> str | list[Any] | None:
+        if isinstance(v, str) and not _LONE_REF.match(v):
+            raise ValueError("must be one ${...} reference to a list (or a YAML list)")
+        return v
+
+    @field_validator("if_")
+    @classmethod
+    def _parse_if(cls, v: str | bool | None) -> str | bool | None:
+        from shared.flows.expr import ExprError, parse
+
+        if isinstance(v, str):
+            try:
+                parse(v)
+            except ExprError as exc:
+                raise ValueError(f"bad expression: {exc}") from None
+        return v
+
+    def condition(self) -> Any:
+        """The parsed ``if`` (an expr AST; parsed and cached when the file was loaded), or None."""
+        from shared.flows.expr import Literal as Constant
+        from shared.flows.expr import parse
+
+        if self.if_ is None:
+            return None
+        return Constant(self.if_) if isinstance(self.if_, bool) else parse(self.if_)
 
 
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -255,6 +320,14 @@ class Policies(_Strict):
     max_concurrent_runs: Annotated[int, Field(ge=1, le=1000)] | None = Field(
         default=None, description="Runs beyond this wait in status 'queued' (never skipped)"
     )
+    on_failure: Literal["fail_fast", "continue"] = Field(
+        default="fail_fast",
+        description="fail_fast: a failed step cancels what runs and starts nothing new (but run_if "
+        "always/any_failed steps); continue: independent branches finish",
+    )
+    max_items: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=10_000, description="A for_each list longer than this fails its step"
+    )
 
 
 class ModelSpec(_Strict):
@@ -275,10 +348,12 @@ def step_problems(steps: Sequence[Any], *, has_model: bool) -> list[str]:
     YAML so these are reported even when other fields of the flow are invalid. Entries that
     are not dicts are skipped (the field validation reports them).
     """
+    from shared.flows.dag import not_upstream, upstream_sets
     from shared.flows.template import SCOPE_ROOTS, TemplateError, references_by_field
 
     problems: list[str] = []
     seen: set[str] = set()
+    upstream = upstream_sets(steps)
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
             continue
@@ -300,12 +375,12 @@ def step_problems(steps: Sequence[Any], *, has_model: bool) -> list[str]:
                     problems.append(
                         f"{field}: unknown reference ${{{ref}}}: references start with {', '.join(SCOPE_ROOTS)}"
                     )
-                elif root == "steps" and rest.split(".")[0] not in seen:
+                elif root == "steps" and rest.split(".")[0] not in upstream[i]:
                     target = rest.split(".")[0]
                     hint = ""
                     if kind == "deploy" and field == f"{base}.version":
                         hint = " (a deploy step's version defaults to ${steps.register.outputs.version})"
-                    problems.append(f"{field}: references steps.{target} which is not an earlier step{hint}")
+                    problems.append(f"{field}: {not_upstream(target, steps)}{hint}")
         if isinstance(name, str):
             seen.add(name)
         model_name = params.get("model_name") if isinstance(params, Mapping) else None
@@ -323,18 +398,23 @@ class Flow(_Strict):
 
     @model_validator(mode="after")
     def _check_steps(self) -> Flow:
-        # Every problem is reported, one per line (see step_problems).
+        # Every problem is reported, one per line (see step_problems, shared.flows.dag and
+        # shared.flows.scope).
+        from shared.flows.dag import dag_problems
         from shared.flows.scope import reference_problems
 
-        raw = [
-            {"name": s.name, "kind": s.kind, "params": s.params.model_dump(mode="json"), "env": getattr(s, "env", {})}
-            for s in self.steps
-        ]
-        problems = step_problems(raw, has_model=self.model is not None)
+        raw = [_raw_step(s) for s in self.steps]
+        problems = step_problems(raw, has_model=self.model is not None) + dag_problems(raw)
         problems += reference_problems(raw, [t.model_dump(mode="json") for t in self.triggers])
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def graph(self) -> Graph:
+        """The needs graph of the steps (cheap: names and needs only)."""
+        from shared.flows.dag import Graph
+
+        return Graph.of([{"name": s.name, "needs": s.needs} for s in self.steps])
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -347,6 +427,20 @@ class Flow(_Strict):
             if s.name == name:
                 return i
         raise KeyError(name)
+
+
+def _raw_step(step: Any) -> dict[str, Any]:
+    """A parsed step as the plain dict the cross-step checks read."""
+    return {
+        "name": step.name,
+        "kind": step.kind,
+        "params": step.params.model_dump(mode="json"),
+        "needs": step.needs,
+        "for_each": step.for_each,
+        "max_parallel": step.max_parallel,
+        "if": step.if_,
+        "env": getattr(step, "env", {}),
+    }
 
 
 class FlowsFile(_Strict):

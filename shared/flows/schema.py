@@ -25,8 +25,9 @@ def json_schema() -> dict[str, Any]:
         "title": "Conveyor flows.yaml",
         "description": (
             "Flows: triggers (blob, schedule, azure_devops, manual) start runs of ordered steps "
-            "(batch, databricks, azureml, register, deploy). Step params may use ${trigger.*}, "
-            "${steps.<earlier step>.outputs.*}, ${run.*} and ${flow.*}; commands run as argument lists "
+            "(batch, databricks, azureml, register, deploy) as a graph (needs, for_each, max_parallel, if, "
+            "run_if). Step params may use ${trigger.*}, ${steps.<upstream step>.outputs.*}, ${run.*}, "
+            "${flow.*} and, in a for_each step, ${item} and ${index}; commands run as argument lists "
             "without a shell, each slot filling one argument; env: sets a step's process environment."
         ),
     }

@@ -17,7 +17,9 @@ copied, so a rendered value never aliases run state.
 
 The engine's scope: ``{"trigger": TriggerContext.template_scope(), "steps": {name: {"outputs":
 {...}, "remote_id": ..., "state": ...}}, "run": {"id": ..., "flow": ...}, "flow": {"name": ...,
-"model": {...}}}``.
+"model": {...}}}``; a for_each step's outputs are the list of its instances' outputs in item
+order, and inside a for_each step ``item`` (the instance's item) and ``index`` (its position)
+are in the scope too.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ __all__ = [
     "to_text",
 ]
 
-SCOPE_ROOTS = ("trigger", "steps", "run", "flow")
+SCOPE_ROOTS = ("trigger", "steps", "run", "flow", "item", "index")
 
 # ``$${`` (escape) | ``${path}`` | ``${`` with no closing brace
 _ESCAPE = "$${"

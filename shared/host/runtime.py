@@ -138,6 +138,9 @@ class LocalHost:
                 self.services.telemetry.flush()
             except Exception:
                 log.debug("host: telemetry flush failed", exc_info=True)
+            events = self.services.__dict__.get("events")
+            if events is not None:  # undelivered lifecycle events stay in the outbox for the next start
+                events.close()
         if self._started or self._previous_services is not None:
             wiring.set_services(self._previous_services)
             self._previous_services = None
@@ -188,8 +191,12 @@ def wait_for_run(
     timeout: float = 300.0,
     on_progress: Callable[[Run], Any] | None = None,
     poll: float = 0.5,
+    accept: Callable[[Run], bool] | None = None,
 ) -> Run:
-    """Poll ``store`` until the run ``match`` names reaches a terminal status (see LocalHost)."""
+    """Poll ``store`` until the run ``match`` names reaches a terminal status (see LocalHost).
+
+    ``accept``: a terminal run counts only when ``accept(run)`` holds (e.g. a rerun that was
+    asked for has begun: ``lambda r: r.reruns > before``)."""
     from shared.errors import NotFoundError
 
     deadline = time.monotonic() + timeout
@@ -210,7 +217,7 @@ def wait_for_run(
         if run is not None:
             if on_progress is not None:
                 on_progress(run)
-            if run.status.terminal:
+            if run.status.terminal and (accept is None or accept(run)):
                 return run
         if time.monotonic() >= deadline:
             what = f"run {run_id}" if run_id else "a matching run"

@@ -39,20 +39,24 @@ Blob trigger options:
   exists at once (status ``pending``); the sweeper leaves it alone until the settle time has
   passed (``trigger.blob.settle_seconds``).
 
-Schedules (``fire_schedules(now)``): the due fire is ``cron.last_at_or_before(now, tz)``.
-Without ``catch_up`` only that fire runs; when the fire before it has no run although the
-flow has earlier scheduled runs (the host was down), the miss is *recorded* -- a
-``schedule.missed`` telemetry event and an ``ignored`` result, once -- never silently
-dropped. With ``catch_up`` the service walks back from the due fire and also starts every
-earlier fire without a run, up to ``max_catch_up`` of them, stopping at the first fire that
-already has one and never going back past the flow's first scheduled run (a newly deployed
-flow does not back-fill history). All of it is idempotent by run id: double and late timer
-calls start each fire exactly once. "Earlier scheduled runs" are looked up among the flow's
-latest runs (``HISTORY_LIMIT``), only when a fire is found missing.
+Schedules (``fire_schedules(now)``): the due fire is ``cron.last_at_or_before(now, tz)``, and
+a fire counts only when it is later than the schedule's first sight
+(:mod:`shared.ingest.schedule_state`): a schedule's first fire is the next one after the flow
+is first seen, so a host started on a fresh data home does not run last night's fire. A fire
+that already has its run is skipped without a store write or a telemetry line (the service
+remembers the last fire it found per schedule). Without ``catch_up`` only the due fire runs;
+when the fire before it has no run although it came after the first sight (the host was
+down), the miss is *recorded* -- a ``schedule.missed`` telemetry event and an ``ignored``
+result, once -- never silently dropped. With ``catch_up`` the service walks back from the due
+fire and also starts every earlier fire without a run, up to ``max_catch_up`` of them,
+stopping at the first fire that already has one and never going back to the first sight or
+before. All of it is idempotent by run id: double and late timer calls start each fire
+exactly once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -77,6 +81,7 @@ from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.flows.model import AzureDevOpsTrigger, BlobTrigger, Flow, FlowsFile, ManualTrigger, ScheduleTrigger
 from shared.ingest.devops import DevOpsEvent, authenticate, parse_devops
 from shared.ingest.eventgrid import BlobEvent, Delivery, Ignored, parse_delivery, parse_events
+from shared.ingest.schedule_state import BlobScheduleState, MemoryScheduleState, ScheduleKey, ScheduleState
 from shared.ingest.sweeper import planned_start
 from shared.telemetry.trace import new_traceparent, traceparent_for
 
@@ -92,7 +97,7 @@ log = logging.getLogger("conveyor.ingest")
 
 MAX_PARAMS_BYTES = 32 * 1024  # manual params travel on the run row (Table properties cap at 64 KiB)
 MAX_KEY_CHARS = 200
-HISTORY_LIMIT = 200  # runs of a flow looked at to find its first scheduled fire
+HISTORY_LIMIT = 200  # runs of a flow looked at once, when a schedule without a record is first seen
 BULK_START_MIN = 8  # more runs than this of one flow and delay: start_batch messages, not one start each
 
 
@@ -176,6 +181,7 @@ class IngestService:
         blobs: BlobStore | None = None,
         telemetry: Telemetry | None = None,
         clock: Callable[[], datetime] = utcnow,
+        schedule_state: ScheduleState | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -185,6 +191,9 @@ class IngestService:
         self.telemetry = telemetry
         self.clock = clock
         self._blob_account: BlobAccount | None = None
+        # where schedules were first seen; in memory only when nothing else is given (tests)
+        self.schedule_state = schedule_state or MemoryScheduleState()
+        self._fired: dict[ScheduleKey, str] = {}  # the latest fire known to have its run
 
     @classmethod
     def from_services(cls, services: Any) -> IngestService:
@@ -196,6 +205,7 @@ class IngestService:
             settings=services.settings,
             blobs=services.__dict__.get("blobs"),
             telemetry=services.telemetry,
+            schedule_state=BlobScheduleState(lambda: services.blobs),
         )
 
     # ------------------------------------------------------------ common
@@ -356,9 +366,11 @@ class IngestService:
             self._blob_account = BlobAccount.from_settings(self.settings or get_settings())
         return self._blob_account
 
-    def _blob_plans(self, ev: BlobEvent, now: datetime) -> list[_Plan]:
+    def _blob_plans(self, ev: BlobEvent, now: datetime, only: str | None = None) -> list[_Plan]:
         plans: list[_Plan] = []
         for flow_name in sorted(self.flows.flows):
+            if only is not None and flow_name != only:
+                continue
             flow = self.flows.flows[flow_name]
             for trig in flow.triggers:
                 if not isinstance(trig, BlobTrigger):
@@ -398,12 +410,16 @@ class IngestService:
         """The folder's URL: the manifest's URL without its last ``manifest``-many path segments."""
         return ev.url.rsplit("/", manifest.count("/") + 1)[0] + "/"
 
-    def ingest_blob_events(self, events: Sequence[BlobEvent | Mapping[str, Any]]) -> list[IngestResult]:
+    def ingest_blob_events(
+        self, events: Sequence[BlobEvent | Mapping[str, Any]], *, flow: str | None = None, dry_run: bool = False
+    ) -> list[IngestResult]:
         """Start every flow whose blob trigger matches each event. See the module docstring.
 
         ``events`` are :class:`BlobEvent` objects, or raw event objects of either Event Grid
         schema (validated here first by the one parser; other event types are skipped and
         refused events reported, as :meth:`ingest_delivery` does).
+        ``flow`` limits the flows considered to that one (a backfill of one flow); ``dry_run``
+        creates and sends nothing and says per run ``new`` (no run yet), ``duplicate`` or ``ignored``.
         """
         raw = [e for e in events if not isinstance(e, BlobEvent)]
         parsed: list[BlobEvent] = [e for e in events if isinstance(e, BlobEvent)]
@@ -414,11 +430,22 @@ class IngestService:
         now = self.clock()
         plans: list[_Plan] = []
         for ev in parsed:
-            matched = self._blob_plans(ev, now)
+            matched = self._blob_plans(ev, now, flow)
             if not matched:
                 self._emit("trigger.unmatched", traceparent=new_traceparent(), kind="blob", source=ev.url)
             plans.extend(matched)
-        return self._submit(plans)
+        return self._dry_run(plans) if dry_run else self._submit(plans)
+
+    def _dry_run(self, plans: list[_Plan]) -> list[IngestResult]:
+        out: list[IngestResult] = []
+        for p in plans:
+            if p.run is None:
+                out.append(IngestResult(p.flow, "", False, p.status or "ignored", p.reason))
+            elif self._has_run(p.run.run_id):
+                out.append(IngestResult(p.flow, p.run.run_id, False, "duplicate", "run already exists"))
+            else:
+                out.append(IngestResult(p.flow, p.run.run_id, False, "new", p.run.trigger.source))
+        return out
 
     def ingest_eventgrid(self, body: bytes | str, headers: Mapping[str, str]) -> EventGridOutcome:
         """One Event Grid webhook POST (both HTTP routes): the strict parser, then :meth:`ingest_delivery`."""
@@ -477,59 +504,69 @@ class IngestService:
             return False
         return True
 
-    def _first_fire(self, flow_name: str, cache: dict[str, str | None]) -> str | None:
-        """The earliest ``fire_time`` among the flow's recent scheduled runs (None: never fired)."""
-        if flow_name not in cache:
-            fires = [
-                str(r.trigger.schedule.get("fire_time", ""))
-                for r in self.store.list_runs(flow=flow_name, limit=HISTORY_LIMIT)
-                if r.trigger.kind == "schedule" and r.trigger.schedule
-            ]
-            cache[flow_name] = min((f for f in fires if f), default=None)
-        return cache[flow_name]
+    def _earliest_fire(self, key: ScheduleKey, now: datetime) -> datetime:
+        """First sight for a schedule without a record: ``now``, or the earliest fire of it that
+        already has a run (a data home from before schedule records keeps its history)."""
+        fires = [
+            str(r.trigger.schedule.get("fire_time", ""))
+            for r in self.store.list_runs(flow=key.flow, limit=HISTORY_LIMIT)
+            if r.trigger.kind == "schedule"
+            and r.trigger.schedule
+            and r.trigger.schedule.get("cron") == key.cron
+            and r.trigger.schedule.get("timezone") == key.timezone
+        ]
+        earliest = min((f for f in fires if f), default=None)
+        if earliest is None:
+            return now
+        # a second before that fire, so that it still counts as after the first sight
+        return min(now, datetime.fromisoformat(earliest.replace("Z", "+00:00")) - timedelta(seconds=1))
 
     def fire_schedules(self, now: datetime) -> list[IngestResult]:
         """Start the due fire of every schedule trigger (and missed ones with catch_up)."""
-        from zoneinfo import ZoneInfo
-
-        from shared.flows.cron import Cron
+        from shared.flows.cron import Cron, zone
 
         if now.tzinfo is None:
             raise ValidationError("must be timezone-aware", field="now")
         plans: list[_Plan] = []
-        history: dict[str, str | None] = {}
+        done: list[IngestResult] = []
         missed_checks: list[tuple[str, ScheduleTrigger, datetime, str]] = []
+        due_keys: dict[str, ScheduleKey] = {}
         for flow_name in sorted(self.flows.flows):
             flow = self.flows.flows[flow_name]
             for trig in flow.triggers:
                 if not isinstance(trig, ScheduleTrigger):
                     continue
                 cron = Cron.parse(trig.cron)
-                tz = ZoneInfo(trig.timezone)
+                tz = zone(trig.timezone)
+                key = ScheduleKey(flow_name, trig.cron, trig.timezone)
+                seen = self.schedule_state.first_seen(key, functools.partial(self._earliest_fire, key, now))
                 due = cron.last_at_or_before(now, tz)
-                if due is None:
-                    continue
+                if due is None or due <= seen:
+                    continue  # the first fire is the next one after the schedule was first seen
                 due_run = self._schedule_run(flow_name, flow, trig, due, now, caught_up=False)
+                if self._fired.get(key) == due_run.run_id or self._has_run(due_run.run_id):
+                    # nothing to write or log on every tick for a fire that has its run
+                    self._fired[key] = due_run.run_id
+                    done.append(IngestResult(flow_name, due_run.run_id, False, "duplicate", "run already exists"))
+                    continue
                 plans.append(_Plan(flow_name, due_run))
+                due_keys[due_run.run_id] = key
                 if trig.catch_up:
                     prev: datetime | None = due
                     for _ in range(trig.max_catch_up):
                         assert prev is not None
                         prev = cron.last_at_or_before(prev - timedelta(microseconds=1), tz)
-                        if prev is None:
-                            break
+                        if prev is None or prev <= seen:
+                            break  # before the schedule was first seen: nothing was missed
                         earlier = self._schedule_run(flow_name, flow, trig, prev, now, caught_up=True)
                         if self._has_run(earlier.run_id):
                             break
-                        first = self._first_fire(flow_name, history)
-                        if first is None or first >= fire_time_text(prev):
-                            break  # before the flow's first scheduled run: nothing was missed
                         plans.append(_Plan(flow_name, earlier, reason="caught up"))
                 else:
                     prev = cron.last_at_or_before(due - timedelta(microseconds=1), tz)
-                    if prev is not None:
+                    if prev is not None and prev > seen:
                         missed_checks.append((flow_name, trig, prev, due_run.run_id))
-        results = self._submit(plans)
+        results = done + self._submit(plans)
         created = {r.run_id for r in results if r.created}
         for flow_name, trig, prev, due_id in missed_checks:
             # Only when this call created the due fire's run, so a miss is reported once.
@@ -539,9 +576,6 @@ class IngestService:
             missed_id = run_id_for(flow_name, "schedule", text)
             if self._has_run(missed_id):
                 continue
-            first = self._first_fire(flow_name, history)
-            if first is None or first >= text:
-                continue  # the flow had not fired before: nothing was missed
             reason = f"missed fire at {text} skipped: catch_up is off (earlier fires may also have been missed)"
             self._emit(
                 "schedule.missed",
@@ -553,6 +587,9 @@ class IngestService:
                 reason=reason,
             )
             results.append(IngestResult(flow_name, missed_id, False, "ignored", reason))
+        for r in results:
+            if r.run_id in due_keys and r.status in ("created", "duplicate"):
+                self._fired[due_keys[r.run_id]] = r.run_id
         return results
 
     # ------------------------------------------------------------ Azure DevOps

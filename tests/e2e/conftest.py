@@ -73,7 +73,7 @@ def own_azurite_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def all_triggers_flows(tmp_path: Path) -> Callable[[str, Path], Path]:
+def all_triggers_flows(tmp_path: Path) -> Callable[[str], Path]:
     """A flows file: the repo's ``retrain`` (blob trigger) plus ``retrain-any``, the same steps
     startable by hand, by an Azure DevOps push to main and by an hourly schedule.
 
@@ -81,13 +81,10 @@ def all_triggers_flows(tmp_path: Path) -> Callable[[str, Path], Path]:
     ``retrain-any`` that reference is replaced by the URL of a CSV the test uploads.
     """
 
-    def make(data_url: str, home: Path) -> Path:
+    def make(data_url: str) -> Path:
         doc = yaml.safe_load((REPO_ROOT / "flows.yaml").read_text(encoding="utf-8"))
         retrain = doc["flows"]["retrain"]
-        # keep the ETL's lake in the test's data home, not the repository's .conveyor/
-        lake = json.dumps(retrain["steps"]).replace(".conveyor/lake/", f"{home}/lake/")
-        retrain["steps"] = json.loads(lake)
-        steps_text = lake.replace("${trigger.blob.url}", data_url)
+        steps_text = json.dumps(retrain["steps"]).replace("${trigger.blob.url}", data_url)
         any_flow = {
             **retrain,
             "triggers": [

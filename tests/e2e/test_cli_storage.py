@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from shared.cli import app
 from shared.host.runtime import LocalHost
 from shared.settings import Settings
+from tests.conftest import cli_environment
 
 FLOWS = """\
 flows:
@@ -35,18 +36,7 @@ def cli_env(e2e_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     flows = tmp_path / "flows.yaml"
     flows.write_text(FLOWS, encoding="utf-8")
     s = e2e_settings.with_overrides(flows_file=flows)
-    env = {
-        "CONVEYOR_ROOT": str(s.root),
-        "CONVEYOR_HOME": str(s.home),
-        "CONVEYOR_FLOWS_FILE": str(flows),
-        "CONVEYOR_AZURITE_BLOB_PORT": str(s.azurite_blob_port),
-        "CONVEYOR_AZURITE_QUEUE_PORT": str(s.azurite_queue_port),
-        "CONVEYOR_AZURITE_TABLE_PORT": str(s.azurite_table_port),
-        "CONVEYOR_QUEUE_NAME": s.queue_name,
-        "CONVEYOR_RUNS_TABLE": s.runs_table,
-        "CONVEYOR_HOST_PORT": str(s.host_port),
-        "CI": "true",
-    }
+    env = cli_environment(s, flows)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return s

@@ -273,6 +273,8 @@ def test_infra_defaults_agree_with_the_app_settings_defaults(text: str, app_sett
     defaults = Settings()
     assert params["queueName"] == f"'{defaults.queue_name}'"
     assert params["runsTableName"] == f"'{defaults.runs_table}'"
+    assert params["instancesTableName"] == f"'{defaults.instances_table_name}'"
+    assert app_settings["CONVEYOR_INSTANCES_TABLE"] == "instancesTable.name"
     assert app_settings["CONVEYOR_QUEUE_NAME"] == "workQueue.name"
     assert app_settings["CONVEYOR_RUNS_TABLE"] == "runsTable.name"
     # The app's retry bookkeeping reads the same number the queue dead-letters at.

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from shared.blobs.base import BlobInfo, BlobStore
-from shared.errors import NotFoundError, ValidationError
+from shared.errors import ConflictError, NotFoundError, ValidationError
 
 PREFIX = "dirblob://"
 
@@ -35,7 +35,11 @@ class DirBlobStore(BlobStore):
     def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo:
         p = self._path(container, name)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
+        try:
+            with p.open("wb" if overwrite else "xb") as f:  # "xb": If-None-Match: * as Blob Storage has it
+                f.write(data)
+        except FileExistsError as exc:
+            raise ConflictError(f"blob {container}/{name} already exists", status=409) from exc
         return self._info(container, name)
 
     def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:

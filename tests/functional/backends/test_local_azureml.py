@@ -106,6 +106,10 @@ def test_two_job_pipeline_with_metrics_and_model(project: Path, tmp_path: Path) 
     assert out["model_uri"] == out["outputs"]["train.model"]
     assert (Path(out["model_uri"]) / "model.json").read_text() == '{"rows": 3, "alpha": "0.5"}'
     assert (run_dir / "evaluate" / "outputs" / "report" / "report.txt").read_text() == "ok"
+    # `conveyor logs`: each pipeline job's stdout/stderr, in pipeline order
+    names = [log.name for log in be.logs(result.remote_id)]
+    assert names == ["train/stdout.txt", "train/stderr.txt", "evaluate/stdout.txt", "evaluate/stderr.txt"]
+    assert all(log.path is not None and log.path.is_file() for log in be.logs(result.remote_id))
 
 
 def test_failing_job_stops_the_pipeline(project: Path, tmp_path: Path) -> None:
@@ -138,3 +142,19 @@ def test_blob_input_is_downloaded(project: Path, tmp_path: Path, storage_setting
     assert local.read_bytes() == b"x\ny\n"
     assert '"alpha": "0.1"' in (Path(status.outputs["model_uri"]) / "model.json").read_text()
     assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_instances_are_separate_pipeline_runs_under_their_keys(project: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    be = LocalAzureMLBackend(tmp_path / "home", project, None)
+    keys = [idempotency_key("0123456789abcdef0123456789abcdef", "train", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        r = replace(req({"pipeline": "aml/pipeline.yml"}, key=key), index=i, item={"partition": f"s{i}"})
+        assert be.launch(r).remote_id == key and be.launch(r).reattached
+    for key in keys:
+        status = wait_done(be, key)
+        assert status.state == "succeeded" and status.outputs["pipeline_run"] == key
+        assert str(tmp_path / "home" / "azureml" / key) in status.outputs["model_uri"]

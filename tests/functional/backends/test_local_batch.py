@@ -52,6 +52,33 @@ def req(params: dict, key: str = "run1-score-1") -> LaunchRequest:
     return LaunchRequest(run_id="run1", flow="f", step="score", kind="batch", key=key, attempt=1, params=params)
 
 
+def test_project_file_resource_is_staged_by_the_host(blobs: AzureBlobStore, container: str, tmp_path: Path) -> None:
+    # Issue 9: `up` then `drop` failed because only `demo` uploaded the batch app. A ./path
+    # resource file is a project file the backend uploads itself (once per content).
+    project = tmp_path / "project"
+    (project / "app").mkdir(parents=True)
+    (project / "app" / "run.sh").write_text('printf "app:%s" "$(cat "$1")" > "$2/out.txt"\n')
+    be = LocalBatchBackend(blobs, tmp_path / "home", 2, root=project)
+    try:
+        blobs.upload(container, "in/a.csv", b"A")
+        params = {
+            "command": "sh run.sh {input} {output_dir}",
+            "inputs": f"{container}/in/",
+            "resource_files": ["./app/run.sh"],
+            "output_container": container,
+        }
+        status = wait_done(be, be.launch(req(params)).remote_id)
+        assert status.state == "succeeded", status.error
+        assert blobs.download(container, "run1/score/task-00000/out.txt") == b"app:A"
+        staged = [b.name for b in blobs.list_blobs("apps", "project/") if b.name.endswith("/app/run.sh")]
+        assert len(staged) >= 1
+        before = len(blobs.list_blobs("apps", "project/"))
+        wait_done(be, be.launch(req(params, key="run1-score-2")).remote_id)
+        assert len(blobs.list_blobs("apps", "project/")) == before  # same content: not uploaded again
+    finally:
+        be.close()
+
+
 def test_fan_out_with_resource_files_and_uploaded_outputs(
     backend: LocalBatchBackend, blobs: AzureBlobStore, container: str
 ) -> None:
@@ -85,6 +112,10 @@ def test_fan_out_with_resource_files_and_uploaded_outputs(
     assert (task_dir / "wd" / "1.csv").read_text() == "rows-1"
     assert (task_dir / "wd" / "app.sh").exists()
     assert (task_dir / "stdout.txt").exists() and (task_dir / "stderr.txt").exists()
+    # `conveyor logs`: every task's stdout and stderr, task by task
+    logs = backend.logs("run1-score-1")
+    assert [log.name for log in logs] == [f"task-{i:05d}/{f}" for i in range(3) for f in ("stdout.txt", "stderr.txt")]
+    assert logs[2].path == task_dir / "stdout.txt"
 
 
 def test_malicious_blob_names_are_data(
@@ -261,3 +292,23 @@ def test_host_killed_mid_run_a_new_host_finishes_the_job(
         assert not marked_pids("batch/run1-score-1/")
     finally:
         second.close()
+
+
+def test_instances_of_a_for_each_step_are_separate_jobs_under_their_keys(
+    backend: LocalBatchBackend, blobs: AzureBlobStore, container: str
+) -> None:
+    from shared.engine.model import idempotency_key
+
+    url = blobs.upload(container, "a.csv", b"a").url
+    params = {"command": sh("echo run >> ../../count"), "inputs": url}
+    keys = [idempotency_key("0123456789abcdef0123456789abcdef", "score", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        request = LaunchRequest(
+            run_id="r", flow="f", step="score", kind="batch", key=key, attempt=1, params=params, index=i, item=f"p{i}"
+        )
+        assert backend.launch(request).remote_id == key
+        assert backend.launch(request).reattached
+    for key in keys:
+        assert wait_done(backend, key).state == "succeeded"
+        assert (backend.home / "batch" / key / "tasks" / "count").read_text() == "run\n"
+        assert json.loads((backend.home / "batch" / key / "job.json").read_text())["index"] == keys.index(key)

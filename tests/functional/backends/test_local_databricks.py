@@ -72,10 +72,36 @@ def test_failing_script_fails_with_exit_code_and_stderr(root: Path, tmp_path: Pa
     assert status.state == "failed" and status.retryable is False
     assert "exited with code 4" in (status.error or "")
     assert "the input is missing" in (status.error or "")
+    # `conveyor logs`: the run's real stdout/stderr files under the data home
+    logs = {log.name: log for log in be.logs("run1-etl-1")}
+    assert sorted(logs) == ["stderr.txt", "stdout.txt"]
+    assert logs["stderr.txt"].path == tmp_path / "home" / "databricks" / "run1-etl-1" / "stderr.txt"
+    assert "the input is missing" in logs["stderr.txt"].path.read_text()
     # a missing widget is an error the script reports, not a silent empty value
     path = script(root, "w.py", "dbutils.widgets.get('nope')\n")
     status = wait_done(be, be.launch(req({"python_file": path}, key="run1-etl-2")).remote_id)
     assert status.state == "failed" and "--nope" in (status.error or "")
+
+
+def test_dbfs_parameters_live_under_the_data_home(root: Path, tmp_path: Path) -> None:
+    # Issue 9: the ETL's lake landed in <cwd>/.conveyor/lake. A dbfs:/ URI is the data home's dbfs/.
+    body = (
+        "import json, sys, pathlib\n"
+        "lake = pathlib.Path(sys.argv[2]); lake.mkdir(parents=True); (lake / 'gold').write_text('g')\n"
+        "dbutils.notebook.exit(json.dumps({'gold': str(lake / 'gold'), 'other': sys.argv[4]}))\n"
+    )
+    be = LocalDatabricksBackend(tmp_path / "home", root, "c")
+    path = script(root, "lake.py", body)
+    params = {"python_file": path, "parameters": ["--lake", "dbfs:/conveyor/lake/r1", "--x", "dbfs"]}
+    status = wait_done(be, be.launch(req(params)).remote_id)
+    assert status.state == "succeeded", status.error
+    gold = (tmp_path / "home").resolve() / "dbfs" / "conveyor" / "lake" / "r1" / "gold"
+    assert status.outputs["result"] == {"gold": str(gold), "other": "dbfs"}
+    assert gold.read_text() == "g" and not (root / "conveyor").exists()
+    for bad in ("dbfs:/../escape", "dbfs:/a/../../b"):
+        with pytest.raises(ValidationError) as err:
+            be.launch(req({"python_file": path, "parameters": ["--lake", bad]}, key="run1-etl-9"))
+        assert err.value.field == "params.parameters[1]"
 
 
 def test_traversal_is_refused(root: Path, tmp_path: Path) -> None:
@@ -104,3 +130,18 @@ def test_cancel_kills_and_a_new_instance_reruns_an_orphaned_run(root: Path, tmp_
     second = LocalDatabricksBackend(tmp_path / "home", root, "c")
     status = wait_done(second, "run1-etl-2")
     assert status.state == "succeeded" and status.outputs["result"] == 7
+
+
+def test_instances_run_as_separate_jobs_under_their_keys(root: Path, tmp_path: Path) -> None:
+    from shared.engine.model import idempotency_key
+
+    path = script(root, "part.py", 'dbutils.notebook.exit(dbutils.widgets.get("part"))\n')
+    be = LocalDatabricksBackend(tmp_path / "home", root, "UseDevelopmentStorage=true")
+    keys = [idempotency_key("0123456789abcdef0123456789abcdef", "etl", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        r = LaunchRequest(
+            run_id="r", flow="f", step="etl", kind="databricks", key=key, attempt=1,
+            params={"python_file": path, "parameters": ["--part", f"p{i}"]}, index=i,
+        )  # fmt: skip
+        assert be.launch(r).remote_id == key and be.launch(r).reattached
+    assert [wait_done(be, k).outputs["result"] for k in keys] == ["p0", "p1"]

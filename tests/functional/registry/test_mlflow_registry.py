@@ -88,3 +88,47 @@ def test_errors_are_mapped(registry: MlflowRegistry, tmp_path: Path) -> None:
         registry.register("x", "s3://bucket/model", {}, {}, key="k-y")
     with pytest.raises(ValidationError):
         registry.register("bad/name", str(not_a_model), {}, {}, key="k-z")
+
+
+def test_instances_of_a_register_step_are_versions_found_by_their_own_keys(
+    registry: MlflowRegistry, tmp_path: Path
+) -> None:
+    from shared.backends.base import LaunchRequest
+    from shared.backends.register import RegisterBackend
+    from shared.engine.model import idempotency_key
+
+    backend = RegisterBackend(registry)
+    versions = []
+    for i, store in enumerate(["s01", "s02"]):
+        model = fake_model(tmp_path / store, store)
+        key = idempotency_key("0123456789abcdef0123456789abcdef", "register", 1, i)
+        request = LaunchRequest(
+            run_id="0123456789abcdef0123456789abcdef", flow="many", step="register", kind="register", key=key,
+            attempt=1, params={"model_name": f"sales-{store}", "model_uri": str(model), "metrics": {"r2": 0.7}},
+            index=i, item={"partition": store},
+        )  # fmt: skip
+        backend.launch(request)
+        assert RegisterBackend(registry).launch(request).reattached  # a new host finds it by key
+        found = registry.find_by_key(key)
+        assert found is not None and found.name == f"sales-{store}"
+        assert found.tags["conveyor.index"] == str(i) and '"partition": "' + store in found.tags["conveyor.item"]
+        versions.append(found)
+    assert versions[0].source_uri != versions[1].source_uri
+
+
+def test_listing_versions_names_champion_and_previous(tmp_path: Path) -> None:
+    reg = MlflowRegistry.from_settings(Settings(home=tmp_path / "home", env={}))
+    assert reg.model_names() == [] and reg.versions("listed") == []
+    made = [
+        reg.register("listed", str(fake_model(tmp_path / f"m{i}", str(i))), {"r2": 0.5 + i / 10}, {}, key=f"k-{i}")
+        for i in range(3)
+    ]
+    reg.register("other", str(fake_model(tmp_path / "o", "o")), {"r2": 0.1}, {}, key="k-o")
+    assert reg.model_names() == ["listed", "other"]
+    listed = reg.versions("listed")
+    assert [v.version for v in listed] == [m.version for m in made] == ["1", "2", "3"]
+    assert [v.metrics["r2"] for v in listed] == [0.5, 0.6, 0.7]
+    assert reg.previous("listed") is None
+    reg.promote("listed", "1")
+    reg.promote("listed", "3")
+    assert reg.champion("listed").version == "3" and reg.previous("listed").version == "1"

@@ -165,3 +165,18 @@ def test_register_gate_deploy_and_score(home: Path, tmp_path: Path, monkeypatch:
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     assert os.path.exists(home / "logs" / "scoring-server.log")
+
+
+def test_medallion_writes_a_dbfs_lake_through_the_mount_and_reports_dbfs_uris(tmp_path: Path) -> None:
+    """On a cluster ``--lake dbfs:/...`` goes through the /dbfs mount (here a temp directory)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("medallion_dbfs", SAMPLES / "databricks_etl" / "medallion.py")
+    assert spec is not None and spec.loader is not None
+    medallion = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(medallion)
+    medallion.DBFS_MOUNT = tmp_path / "dbfs"
+    csv = runpy.run_path(str(SAMPLES / "data" / "make_sales.py"))["make_sales"](tmp_path / "s.csv", rows=60, seed=1)
+    result = medallion.run(str(csv), "dbfs:/conveyor/lake/r9")
+    assert result["gold"] == "dbfs:/conveyor/lake/r9/gold" and result["bronze"] == "dbfs:/conveyor/lake/r9/bronze"
+    assert (tmp_path / "dbfs" / "conveyor" / "lake" / "r9" / "gold" / "_delta_log").is_dir()

@@ -12,7 +12,8 @@ from shared.flows.model import FlowsFile
 from shared.settings import Settings
 from shared.telemetry.local import LocalTelemetry
 from shared.wiring import Services
-from tests.fakes import MemoryQueue, MemoryRunStore
+from tests.fakes import MemoryInstanceStore, MemoryQueue, MemoryRunStore
+from tests.functional.backends.dirblobs import DirBlobStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
@@ -52,8 +53,16 @@ class World:
         self.queue = MemoryQueue()
         self.flows = FlowsFile.model_validate(FLOWS)
         self.telemetry = LocalTelemetry(home)
+        self.blobs = DirBlobStore(home / "blobs")  # schedule first-sight records
+        self.instances = MemoryInstanceStore()
         self.services = Services(
-            self.settings, store=self.store, queue=self.queue, flows=self.flows, telemetry=self.telemetry
+            self.settings,
+            store=self.store,
+            queue=self.queue,
+            flows=self.flows,
+            telemetry=self.telemetry,
+            blobs=self.blobs,
+            instances=self.instances,
         )
 
     def sent(self, kind: str | None = None) -> list[Message]:

@@ -197,3 +197,46 @@ def test_follower_draws_progress_bars_on_a_terminal(monkeypatch: pytest.MonkeyPa
         assert tasks["score"].completed == 5 and tasks["score"].total == 5
         assert tasks["train"].completed == 1
     assert "5/5" in buf.getvalue()
+
+
+def test_show_lists_the_attempts_a_rerun_replaced() -> None:
+    # Issue 9: after `rerun`, `show` hid the failed first attempt.
+    run = make_run(
+        [("score", "batch", StepState.SUCCEEDED, None), ("etl", "databricks", StepState.SUCCEEDED, None)],
+        RunStatus.SUCCEEDED,
+    )
+    run.reruns = 1
+    etl = run.steps[1]
+    etl.attempt = 2
+    etl.remote_id = "r-etl-2"
+    t1 = T0 + timedelta(seconds=10)
+    etl.history = [
+        {
+            "attempt": 1,
+            "key": "r-etl-1",
+            "remote_id": "r-etl-1",
+            "outcome": "failed",
+            "started_at": t1.isoformat(),
+            "ended_at": (t1 + timedelta(seconds=3)).isoformat(),
+            "error": "medallion.py exited with code 1: [lake] missing",
+            "retryable": False,
+        },
+        {"attempt": 2, "key": "r-etl-2", "remote_id": "r-etl-2", "outcome": "succeeded", "error": None},
+    ]
+    run.steps[0].history = [{"attempt": 1, "outcome": "succeeded", "remote_id": "r-score-1"}]
+    con, buf = capture()
+    print_run(run, con)
+    out = buf.getvalue()
+    assert "earlier attempts (1 rerun)" in out
+    failed = next(ln for ln in out.splitlines() if "attempt 1" in ln)
+    assert failed.split()[:4] == ["etl", "attempt", "1", "failed"]
+    assert "3.0s" in failed and "r-etl-1" in failed and "medallion.py exited with code 1: [lake] missing" in failed
+    assert "attempt 2" not in out and "r-score-1" not in out  # what the table already shows is not repeated
+
+
+def test_show_without_earlier_attempts_has_no_history_section() -> None:
+    run = make_run([("score", "batch", StepState.SUCCEEDED, None)], RunStatus.SUCCEEDED)
+    run.steps[0].history = [{"attempt": 1, "outcome": "succeeded"}]
+    con, buf = capture()
+    print_run(run, con)
+    assert "earlier attempts" not in buf.getvalue()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.engine.executor import Executor
 from shared.engine.model import Message, Run, StepRun, TriggerContext
 from shared.flows.model import Flow, FlowsFile
-from tests.fakes import MemoryQueue, MemoryRunStore, ScriptedBackend
+from tests.fakes import MemoryInstanceStore, MemoryQueue, MemoryRunStore, ScriptedBackend
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TRACEPARENT = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
@@ -66,6 +67,7 @@ class Harness:
         self.flow_name = flow_name
         self.store = MemoryRunStore()
         self.queue = MemoryQueue()
+        self.instances = MemoryInstanceStore()
         self.backend = backend or ScriptedBackend()
         self.executor = Executor(
             self.store,
@@ -73,6 +75,7 @@ class Harness:
             FlowsFile(flows={flow_name: flow}),
             lambda kind: self.backend,
             clock=self.now,
+            instances=self.instances,
         )
 
     def now(self) -> datetime:
@@ -83,6 +86,23 @@ class Harness:
         assert self.store.create_if_absent(run)
         self.queue.send(start(run))
         return run
+
+    def deliver_one(self) -> None:
+        """Deliver the next visible message (advancing the clock to it if none is visible yet)."""
+        got = self.queue.receive(max_messages=1)
+        if not got:
+            self.queue.advance(self.queue.next_visible_in() or 0.0)
+            return
+        self.executor.handle(got[0].message, delivery_count=got[0].dequeue_count)
+        self.queue.complete(got[0])
+
+    def until(self, done: Callable[[], bool], max_rounds: int = 500) -> None:
+        """Deliver messages one by one until ``done()``."""
+        for _ in range(max_rounds):
+            if done():
+                return
+            self.deliver_one()
+        raise AssertionError("the condition never held")
 
     def drain(self, max_rounds: int = 500) -> int:
         """Deliver every message (advancing the clock to the next scheduled one) until the queue is empty."""
@@ -100,3 +120,20 @@ class Harness:
             self.executor.handle(received.message, delivery_count=received.dequeue_count)
             self.queue.complete(received)
         return rounds
+
+
+def make_dag(*steps: dict[str, Any], policies: dict[str, Any] | None = None, poll_seconds: float = 1.0) -> Flow:
+    """A flow from short step dicts (``name`` plus the DAG keys); every step is a databricks job."""
+    out = []
+    for spec in steps:
+        step: dict[str, Any] = {
+            "kind": "databricks",
+            "params": {"python_file": f"jobs/{spec['name']}.py"},
+            "poll": {"initial_seconds": poll_seconds, "multiplier": 1.0},
+            **spec,
+        }
+        out.append(step)
+    doc: dict[str, Any] = {"triggers": [{"kind": "manual"}], "steps": out}
+    if policies:
+        doc["policies"] = policies
+    return Flow.model_validate(doc)

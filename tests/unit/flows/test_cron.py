@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -55,7 +56,7 @@ def test_parse_normalises_whitespace_and_str() -> None:
 @pytest.mark.parametrize(
     ("expr", "fragment"),
     [
-        ("0 * * * *", "6 fields"),
+        ("0 * * *", "6 fields"),
         ("0 0 * * * * *", "6 fields"),
         ("0 61 * * * *", "minute: 61 is out of range 0-59"),
         ("60 * * * * *", "second: 60 is out of range 0-59"),
@@ -183,16 +184,6 @@ def test_new_york_wall_clock_across_dst() -> None:
     assert summer.astimezone(NY).hour == 9
 
 
-def test_spring_forward_skips_nonexistent_times() -> None:
-    # Europe/Amsterdam 2024-03-31: 02:00 -> 03:00, so 02:30 does not exist that day.
-    c = Cron.parse("0 30 2 * * *")
-    fires = c.fires_between(utc(2024, 3, 29), utc(2024, 4, 2), "Europe/Amsterdam")
-    local = [f.astimezone(AMS) for f in fires]
-    assert [(t.day, t.hour, t.minute) for t in local] == [(29, 2, 30), (30, 2, 30), (1, 2, 30)]
-    assert c.next_after(utc(2024, 3, 30, 12), "Europe/Amsterdam") == utc(2024, 4, 1, 0, 30)
-    assert c.last_at_or_before(utc(2024, 4, 1), "Europe/Amsterdam") == utc(2024, 3, 30, 1, 30)
-
-
 def test_spring_forward_every_15_minutes_has_a_gap_in_wall_time_not_in_utc() -> None:
     c = Cron.parse("0 */15 * * * *")
     fires = c.fires_between(utc(2024, 3, 31, 0, 30), utc(2024, 3, 31, 1, 30), "Europe/Amsterdam")
@@ -201,34 +192,31 @@ def test_spring_forward_every_15_minutes_has_a_gap_in_wall_time_not_in_utc() -> 
     assert [f.astimezone(AMS).strftime("%H:%M") for f in fires] == ["01:45", "03:00", "03:15", "03:30"]
 
 
-def test_fall_back_fires_the_repeated_hour_once() -> None:
-    # Europe/Amsterdam 2024-10-27: 03:00 CEST -> 02:00 CET; 02:00-02:59 happens twice.
+def test_fall_back_interval_fires_both_passes_of_the_repeated_hour() -> None:
+    # Europe/Amsterdam 2024-10-27: 03:00 CEST -> 02:00 CET; 02:00-02:59 happens twice, and an
+    # interval schedule runs in both passes (Functions' CronSchedule, "Fall Back" scenario 3).
     c = Cron.parse("0 */20 * * * *")
     fires = c.fires_between(utc(2024, 10, 26, 23, 30), utc(2024, 10, 27, 2, 30), "Europe/Amsterdam")
-    walls = [f.astimezone(AMS).strftime("%H:%M") for f in fires]
-    assert walls == ["01:40", "02:00", "02:20", "02:40", "03:00", "03:20"]
-    assert len(set(walls)) == len(walls)
-    # From inside the second pass, the next fire is 03:00 CET, not a second 02:40.
-    assert c.next_after(utc(2024, 10, 27, 1, 10), "Europe/Amsterdam") == utc(2024, 10, 27, 2, 0)
-    # ...and the due fire looking back from there is the first-pass 02:40 CEST.
-    assert c.last_at_or_before(utc(2024, 10, 27, 1, 10), "Europe/Amsterdam") == utc(2024, 10, 27, 0, 40)
+    walls = [f.astimezone(AMS).strftime("%H:%M%z") for f in fires]
+    assert walls == [
+        "01:40+0200", "02:00+0200", "02:20+0200", "02:40+0200",
+        "02:00+0100", "02:20+0100", "02:40+0100", "03:00+0100", "03:20+0100",
+    ]  # fmt: skip
+    assert all(b - a == timedelta(minutes=20) for a, b in itertools.pairwise(fires))
+    # From inside the second pass, the next fire is the next second-pass time.
+    assert c.next_after(utc(2024, 10, 27, 1, 10), "Europe/Amsterdam") == utc(2024, 10, 27, 1, 20)
+    # ...and the due fire looking back from there is the second-pass 02:00 CET.
+    assert c.last_at_or_before(utc(2024, 10, 27, 1, 10), "Europe/Amsterdam") == utc(2024, 10, 27, 1, 0)
     # Inside the first pass, later minutes of the same hour are still ahead.
     assert c.next_after(utc(2024, 10, 27, 0, 5), "Europe/Amsterdam") == utc(2024, 10, 27, 0, 20)
+    # At the end of the first pass the second pass comes next, before 03:00.
+    assert c.next_after(utc(2024, 10, 27, 0, 50), "Europe/Amsterdam") == utc(2024, 10, 27, 1, 0)
 
 
 def test_daily_job_in_the_repeated_hour_fires_once() -> None:
     c = Cron.parse("0 30 2 * * *")
     fires = c.fires_between(utc(2024, 10, 26, 12), utc(2024, 10, 28, 12), "Europe/Amsterdam")
     assert fires == [utc(2024, 10, 27, 0, 30), utc(2024, 10, 28, 1, 30)]
-
-
-def test_hourly_over_fall_back_day_counts_wall_hours() -> None:
-    c = Cron.parse("0 0 * * * *")
-    start = datetime(2024, 10, 27, 0, 0, tzinfo=AMS) - timedelta(seconds=1)
-    end = datetime(2024, 10, 28, 0, 0, tzinfo=AMS) - timedelta(seconds=1)
-    fires = c.fires_between(start, end, "Europe/Amsterdam")
-    assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=25)  # the day is 25 hours long
-    assert len(fires) == 24  # but each wall-clock hour fires once
 
 
 # ---------------------------------------------------------------- against brute force
@@ -271,3 +259,231 @@ def test_next_after_agrees_with_a_minute_scan(
     assert c.last_at_or_before(got) == got
     before = c.last_at_or_before(got - timedelta(seconds=1))
     assert before is None or before <= start
+
+
+# ---------------------------------------------------------------- as Azure Functions reads NCRONTAB
+#
+# The timer-trigger docs (learn.microsoft.com/azure/azure-functions/functions-bindings-timer,
+# "NCRONTAB expressions" and "NCRONTAB examples"): six fields {second} {minute} {hour} {day}
+# {month} {day-of-week}, and "NCRONTAB expression supports both five field and six field
+# format": five fields are {minute} {hour} {day} {month} {day-of-week}, firing at second 0
+# (the extension parses them with NCrontab's IncludingSeconds = false).
+
+DOCS_EXAMPLES = [
+    # (expression, a start, the next three fires after it)
+    (
+        "0 */5 * * * *",
+        utc(2024, 5, 1, 10, 2),
+        [utc(2024, 5, 1, 10, 5), utc(2024, 5, 1, 10, 10), utc(2024, 5, 1, 10, 15)],
+    ),
+    ("0 0 * * * *", utc(2024, 5, 1, 10, 2), [utc(2024, 5, 1, 11), utc(2024, 5, 1, 12), utc(2024, 5, 1, 13)]),
+    ("0 0 */2 * * *", utc(2024, 5, 1, 10, 2), [utc(2024, 5, 1, 12), utc(2024, 5, 1, 14), utc(2024, 5, 1, 16)]),
+    ("0 0 9-17 * * *", utc(2024, 5, 1, 16, 2), [utc(2024, 5, 1, 17), utc(2024, 5, 2, 9), utc(2024, 5, 2, 10)]),
+    ("0 30 9 * * *", utc(2024, 5, 1, 10), [utc(2024, 5, 2, 9, 30), utc(2024, 5, 3, 9, 30), utc(2024, 5, 4, 9, 30)]),
+    # 2024-05-03 is a Friday: the next weekdays are Fri 3, Mon 6, Tue 7
+    ("0 30 9 * * 1-5", utc(2024, 5, 3, 0), [utc(2024, 5, 3, 9, 30), utc(2024, 5, 6, 9, 30), utc(2024, 5, 7, 9, 30)]),
+    # Mondays in January 2025: 6, 13, 20
+    ("0 30 9 * Jan Mon", utc(2024, 5, 1), [utc(2025, 1, 6, 9, 30), utc(2025, 1, 13, 9, 30), utc(2025, 1, 20, 9, 30)]),
+    # the "types of values" table
+    ("0 5 * * * *", utc(2024, 5, 1, 10, 6), [utc(2024, 5, 1, 11, 5), utc(2024, 5, 1, 12, 5), utc(2024, 5, 1, 13, 5)]),
+    ("0 * 5 * * *", utc(2024, 5, 1, 5, 58), [utc(2024, 5, 1, 5, 59), utc(2024, 5, 2, 5, 0), utc(2024, 5, 2, 5, 1)]),
+    (
+        "5-7 * * * * *",
+        utc(2024, 5, 1, 10),
+        [utc(2024, 5, 1, 10, 0, 5), utc(2024, 5, 1, 10, 0, 6), utc(2024, 5, 1, 10, 0, 7)],
+    ),
+    (
+        "5,8,10 * * * * *",
+        utc(2024, 5, 1, 10),
+        [utc(2024, 5, 1, 10, 0, 5), utc(2024, 5, 1, 10, 0, 8), utc(2024, 5, 1, 10, 0, 10)],
+    ),
+]
+
+
+def _three(c: Cron, start: datetime, tz: str = "UTC") -> list[datetime]:
+    out, t = [], start
+    for _ in range(3):
+        t = c.next_after(t, tz)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize(("expr", "start", "expected"), DOCS_EXAMPLES)
+def test_timer_trigger_docs_examples(expr: str, start: datetime, expected: list[datetime]) -> None:
+    assert _three(Cron.parse(expr), start) == expected
+
+
+@pytest.mark.parametrize(("expr", "start", "expected"), [e for e in DOCS_EXAMPLES if e[0].startswith("0 ")])
+def test_five_fields_are_the_six_without_seconds(expr: str, start: datetime, expected: list[datetime]) -> None:
+    five = expr.split(" ", 1)[1]  # drop the {second} field: the docs' five-field form
+    c = Cron.parse(five)
+    assert c.seconds == (0,)
+    assert _three(c, start) == expected
+    assert str(c) == five  # shown as written
+
+
+def test_five_field_errors_name_the_right_field() -> None:
+    with pytest.raises(ValueError, match="minute: 61 is out of range"):
+        Cron.parse("61 * * * *")
+    with pytest.raises(ValueError, match="day-of-week: 8 is out of range"):
+        Cron.parse("0 0 * * 8")
+    with pytest.raises(ValueError, match=r"5 fields .* or 6 fields"):
+        Cron.parse("0 0 * *")
+
+
+@pytest.mark.parametrize(
+    ("expr", "interval"),
+    [
+        # Functions' CronSchedule.IsInterval: '*', '-' or '/' in the expanded second/minute/hour fields
+        ("0 */5 * * * *", True),
+        ("0 0 * * * *", True),
+        ("0 0 9-17 * * *", True),
+        ("* 0 2 * * *", True),
+        ("*/10 0 2 * * *", False),  # seconds expand to 0,10,20,...: no '*', '-' or '/' is left
+        ("0 30 2 * * *", False),
+        ("0 0 */2 * * *", False),  # expands to 0,2,4,...: a list of points in time
+        ("0 0,30 2 * * *", False),
+        ("0 0 1,2 * * *", True),  # expands to 1-2
+        ("*/5 * * * *", True),  # five fields: minute and hour are checked
+        ("30 2 * * *", False),
+    ],
+)
+def test_interval_or_point_in_time_like_functions(expr: str, interval: bool) -> None:
+    assert Cron.parse(expr).interval is interval
+
+
+PT = "America/Los_Angeles"
+
+
+def test_fall_back_interval_runs_through_the_repeated_hour() -> None:
+    # The example in Functions' CronSchedule (Pacific time, 2018-11-04, 02:00 PDT -> 01:00 PST):
+    # an every-30-minutes schedule runs 01:00-7, 01:30-7, 01:00-8, 01:30-8, 02:00-8, 02:30-8.
+    c = Cron.parse("0 */30 * * * *")
+    start = utc(2018, 11, 4, 7, 30)  # 00:30 PDT
+    fires = c.fires_between(start, start + timedelta(hours=3), PT)
+    got = [f.astimezone(ZoneInfo(PT)).strftime("%H:%M%z") for f in fires]
+    assert got == ["01:00-0700", "01:30-0700", "01:00-0800", "01:30-0800", "02:00-0800", "02:30-0800"]
+    # the same, five fields
+    assert Cron.parse("*/30 * * * *").fires_between(start, start + timedelta(hours=3), PT) == fires
+    # stepping one at a time from inside either pass gives the same sequence
+    t, walked = start, []
+    for _ in range(6):
+        t = c.next_after(t, PT)
+        walked.append(t)
+    assert walked == fires
+    # and the due fire looking back from inside the second pass is in the second pass
+    assert c.last_at_or_before(utc(2018, 11, 4, 9, 10), PT) == utc(2018, 11, 4, 9, 0)  # 01:00 PST
+    assert c.last_at_or_before(utc(2018, 11, 4, 8, 59), PT) == utc(2018, 11, 4, 8, 30)  # 01:30 PDT
+
+
+def test_fall_back_hourly_fires_every_real_hour() -> None:
+    c = Cron.parse("0 0 * * * *")
+    start = datetime(2024, 10, 27, 0, 0, tzinfo=AMS) - timedelta(seconds=1)
+    end = datetime(2024, 10, 28, 0, 0, tzinfo=AMS) - timedelta(seconds=1)
+    fires = c.fires_between(start, end, "Europe/Amsterdam")
+    assert len(fires) == 25  # the day has 25 hours and an interval schedule runs in each
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(fires))
+
+
+def test_fall_back_point_in_time_fires_once_on_the_first_pass() -> None:
+    # Functions' example: every day at 01:30 Pacific runs on Nov 3 at 01:30-7, on Nov 4 at
+    # 01:30-7 (not again at 01:30-8), on Nov 5 at 01:30-8.
+    c = Cron.parse("0 30 1 * * *")
+    fires = c.fires_between(utc(2018, 11, 3), utc(2018, 11, 6), PT)
+    got = [f.astimezone(ZoneInfo(PT)).strftime("%d %H:%M%z") for f in fires]
+    assert got == ["03 01:30-0700", "04 01:30-0700", "05 01:30-0800"]
+    # a host that starts inside the second pass does not run it again
+    assert c.next_after(datetime(2018, 11, 4, 1, 29, fold=1, tzinfo=ZoneInfo(PT)), PT) == utc(2018, 11, 5, 9, 30)
+
+
+def test_spring_forward_time_that_does_not_exist_runs_an_hour_later() -> None:
+    # NCrontab yields 02:30, which does not exist on 2024-03-31 in Amsterdam; .NET gives an
+    # invalid local time the standard offset, so Functions runs it at 01:30Z = 03:30 CEST.
+    c = Cron.parse("0 30 2 * * *")
+    fires = c.fires_between(utc(2024, 3, 29), utc(2024, 4, 2), "Europe/Amsterdam")
+    assert [f.astimezone(AMS).strftime("%d %H:%M") for f in fires] == ["29 02:30", "30 02:30", "31 03:30", "01 02:30"]
+    assert c.last_at_or_before(utc(2024, 3, 31, 12), "Europe/Amsterdam") == utc(2024, 3, 31, 1, 30)
+    assert c.next_after(utc(2024, 3, 31, 1, 5), "Europe/Amsterdam") == utc(2024, 3, 31, 1, 30)  # from 03:05 CEST
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    expr=st.sampled_from(["0 */20 * * * *", "0 0 * * * *", "0 30 2 * * *", "0 15,45 1-3 * * *", "0 0 */2 * * *"]),
+    zone=st.sampled_from(["Europe/Amsterdam", PT, "Australia/Lord_Howe", "UTC"]),
+    start=st.datetimes(min_value=datetime(2024, 3, 1), max_value=datetime(2024, 11, 30)),
+)
+def test_next_and_last_agree_around_transitions(expr: str, zone: str, start: datetime) -> None:
+    c = Cron.parse(expr)
+    t0 = start.replace(tzinfo=UTC)
+    fires = c.fires_between(t0, t0 + timedelta(days=2), zone, limit=200)
+    assert fires == sorted(set(fires))
+    for f in fires:
+        assert c.last_at_or_before(f, zone) == f
+        assert c.matches(f, zone)
+    for a, b in itertools.pairwise(fires):
+        assert c.last_at_or_before(b - timedelta(seconds=1), zone) == a
+        assert c.next_after(a, zone) == b
+
+
+# ---------------------------------------------------------------- outside input (issue 6, observation 7)
+
+
+@pytest.mark.parametrize(
+    "expr", ["\u0660 \u0663 * * * *", "0 \uff13 * * * *", "0 */\u0665 * * * *", "0 \u00b2 * * * *", "0 0\u2003* * * *"]
+)
+def test_non_ascii_digits_and_spaces_are_refused(expr: str) -> None:
+    with pytest.raises(ValueError, match="ASCII"):
+        Cron.parse(expr)
+
+
+def test_a_huge_time_zone_name_is_a_short_value_error() -> None:
+    for name in ("A/" * 2999 + "A", "A" * 6000):
+        with pytest.raises(ValueError) as info:
+            Cron.parse("0 0 * * * *").next_after(utc(2024, 1, 1), name)
+        assert len(str(info.value)) < 200 and "time zone" in str(info.value)
+
+
+def _brute_fires(c: Cron, zone: str, start: datetime, minutes: int) -> list[datetime]:
+    """Fires in (start, start + minutes] by definition: an instant t fires when some wall time
+    that matches the fields has t among its instants (the module docstring's reading)."""
+    tz = ZoneInfo(zone)
+    offsets = {datetime(2024, m, 1, tzinfo=UTC).astimezone(tz).utcoffset() for m in range(1, 13)}
+    out = []
+    t = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    for _ in range(minutes):
+        for off in offsets:
+            naive = (t + off).replace(tzinfo=None)
+            fields_match = (
+                naive.second in c.seconds
+                and naive.minute in c.minutes
+                and naive.hour in c.hours
+                and naive.day in c.days
+                and naive.month in c.months
+                and (naive.weekday() + 1) % 7 in c.weekdays
+            )
+            if fields_match and t in c._instants(naive, tz):
+                out.append(t)
+                break
+        t += timedelta(minutes=1)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    minutes=st.sets(st.integers(0, 59), min_size=1, max_size=5),
+    hours=st.sets(st.integers(0, 23), min_size=1, max_size=6) | st.just(set(range(24))),
+    zone=st.sampled_from(["Europe/Amsterdam", PT, "Australia/Lord_Howe"]),
+    day=st.sampled_from([(2024, 3, 31), (2024, 10, 27), (2024, 3, 10), (2024, 11, 3), (2024, 4, 7), (2024, 10, 6)]),
+    shift=st.integers(-600, 600),
+)
+def test_dst_days_agree_with_the_definition(
+    minutes: set[int], hours: set[int], zone: str, day: tuple[int, int, int], shift: int
+) -> None:
+    expr = f"0 {','.join(map(str, sorted(minutes)))} {','.join(map(str, sorted(hours)))} * * *"
+    c = Cron.parse(expr)
+    start = datetime(*day, tzinfo=UTC) + timedelta(minutes=shift)
+    expected = _brute_fires(c, zone, start, 36 * 60)
+    end = start.replace(second=0, microsecond=0) + timedelta(minutes=36 * 60)
+    assert c.fires_between(start, end, zone, limit=5000) == expected
+    for a, b in itertools.pairwise(expected):
+        assert c.last_at_or_before(b - timedelta(seconds=30), zone) == a

@@ -289,12 +289,40 @@ def test_duplicate_yaml_keys_are_reported() -> None:
 
 
 def test_bad_cron_and_bad_timezone_in_one_trigger() -> None:
-    text = EXAMPLE.replace('cron: "0 0 6 * * *"', 'cron: "0 6 * * *"\n        timezone: Europe/Nowhere')
+    text = EXAMPLE.replace('cron: "0 0 6 * * *"', 'cron: "6 * * *"\n        timezone: Europe/Nowhere')
     err = errors_of(text)
     cron = find(err, "flows.nightly-report.triggers[0].cron")
-    assert "6 fields" in cron.message and cron.line == line_of(text, 'cron: "0 6 * * *"')
+    assert "6 fields" in cron.message and cron.line == line_of(text, 'cron: "6 * * *"')
     tz = find(err, "flows.nightly-report.triggers[0].timezone")
     assert "unknown time zone 'Europe/Nowhere'" in tz.message and tz.line == line_of(text, "Europe/Nowhere")
+
+
+def test_five_field_cron_loads_like_functions_reads_it() -> None:
+    flows = load_flows_text(EXAMPLE.replace('cron: "0 0 6 * * *"', 'cron: "0 6 * * *"'))
+    trig = flows.flows["nightly-report"].triggers[0]
+    assert isinstance(trig, ScheduleTrigger) and trig.cron == "0 6 * * *"
+
+
+@pytest.mark.parametrize(
+    ("replacement", "path", "fragment"),
+    [
+        # issue 6, observation 7: non-ASCII digits were accepted (int() reads them)
+        ('cron: "\u0660 \u0660 \u0666 * * *"', "cron", "ASCII only"),
+        ('cron: "0 0 \uff16 * * *"', "cron", "ASCII only"),
+        # ...and a 6,000-character time zone printed a RecursionError traceback
+        ('cron: "0 0 6 * * *"\n        timezone: "' + "A/" * 2999 + 'A"', "timezone", "5999 characters"),
+        ('cron: "0 0 6 * * *"\n        timezone: "' + "B" * 6000 + '"', "timezone", "6000 characters"),
+        ('cron: "0 0 6 * * *"\n        timezone: "../../etc/passwd"', "timezone", "expected an IANA name"),
+    ],
+)
+def test_outside_cron_and_time_zone_values_are_one_line_errors(replacement: str, path: str, fragment: str) -> None:
+    text = EXAMPLE.replace('cron: "0 0 6 * * *"', replacement)
+    err = errors_of(text)
+    issue = find(err, f"flows.nightly-report.triggers[0].{path}")
+    assert fragment in issue.message
+    line = str(err).splitlines()
+    assert len(line) == 1 and len(line[0]) < 300  # FILE:LINE: path: message, no traceback, no 6,000 characters
+    assert line[0].startswith(f"flows.yaml:{issue.line}: flows.nightly-report.triggers[0].{path}: ")
 
 
 def test_bad_flow_name() -> None:

@@ -42,6 +42,7 @@ def test_manifest_fields_are_added_for_a_manifest_trigger() -> None:
 
 def test_schedule_fields_are_what_a_fire_gives() -> None:
     svc, store, _, _ = service(flows(f=[{"kind": "schedule", "cron": "0 0 * * * *"}]))
+    assert svc.fire_schedules(datetime(2024, 6, 1, 11, 59, 0, tzinfo=UTC)) == []  # first seen: nothing due yet
     (result,) = svc.fire_schedules(datetime(2024, 6, 1, 12, 0, 1, tzinfo=UTC))
     assert set(store.get(result.run_id).trigger.template_scope()["schedule"]) == set(TRIGGER_FIELDS["schedule"])
 

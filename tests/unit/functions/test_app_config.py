@@ -71,7 +71,7 @@ def test_sample_has_the_functions_basics_and_binding_settings() -> None:
     assert values["CONVEYOR_SCHEDULE_TICK"] == "0 * * * * *"
     assert "ServiceBusConnection" in values
     # %NAME% placeholders in the bindings resolve from app settings.
-    for module in ("schedules", "orchestrator"):
+    for module in ("schedules", "orchestrator", "operations"):
         source = (ROOT / "functions" / f"{module}.py").read_text(encoding="utf-8")
         for placeholder in re.findall(r"%([A-Za-z0-9_]+)%", source):
             assert placeholder in values, (module, placeholder)
@@ -117,3 +117,16 @@ def test_routes_are_relative_to_route_prefix() -> None:
     source = (ROOT / "functions" / "webhooks.py").read_text(encoding="utf-8")
     routes = re.findall(r'route="([^"]+)"', source)
     assert routes and not any(r.startswith(("/", "api/")) for r in routes)
+
+
+def test_the_orchestrator_names_the_host_json_key_that_is_there() -> None:
+    """Issue 9: its docstring named ``messageHandlerOptions.autoComplete`` (Functions v2 style)."""
+    doc = (ROOT / "functions" / "orchestrator.py").read_text(encoding="utf-8")
+    named = re.findall(r"host\.json:\s*``([A-Za-z.]+): (true|false)``", doc)
+    assert named, "the orchestrator's docstring should say which host.json key completes messages"
+    for path, value in named:
+        node: Any = load("host.json")
+        for part in path.split("."):
+            assert isinstance(node, dict) and part in node, f"host.json has no {path}"
+            node = node[part]
+        assert node is (value == "true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -299,3 +300,29 @@ def test_local_deployer_files_history_and_rollback(tmp_path: Path) -> None:
     assert not list((tmp_path / "endpoints").glob(".*.tmp"))
     with pytest.raises(ValidationError):
         d.deploy("../x", mv("3"))
+
+
+def test_register_and_deploy_per_instance_take_their_keys_from_the_instance() -> None:
+    from shared.engine.model import idempotency_key
+
+    registry, deployer = MemoryRegistry(), MemoryDeployer()
+    reg, dep = RegisterBackend(registry), DeployBackend(registry, deployer)
+    outs = []
+    for i, store in enumerate(["north", "south"]):
+        key = idempotency_key("run1", "register", 1, i)
+        item = {"partition": store, "model_uri": f"/m/{store}"}
+        params = {"model_name": f"sales-{store}", "model_uri": item["model_uri"], "metrics": {"r2": 0.5 + i / 10}}
+        req = request("register", "register", key, params, index=i, item=item)
+        launched = reg.launch(req)
+        assert unstamped(launched.remote_id)[0] == key and reg.launch(req).reattached  # one version per instance
+        outs.append(settled(reg, launched.remote_id).outputs)
+    assert registry.registers == 2
+    tags = registry.get("sales-south", outs[1]["version"]).tags
+    assert tags["conveyor.key"] == "run1-register_1-1" and tags["conveyor.index"] == "1"
+    assert json.loads(tags["conveyor.item"]) == {"partition": "south", "model_uri": "/m/south"}
+    for i, out in enumerate(outs):
+        key = idempotency_key("run1", "deploy", 1, i)
+        req = request("deploy", "deploy", key, {"model_name": out["model_name"], "version": out["version"]}, index=i)
+        got = settled(dep, dep.launch(req).remote_id).outputs
+        assert got["decision"] == "promoted" and registry.champion(out["model_name"]).version == out["version"]  # type: ignore[union-attr]
+        assert registry.get(out["model_name"], out["version"]).tags["gate.key"] == key

@@ -436,3 +436,22 @@ def test_wiring_builds_the_v1_adapters_lazily_and_names_missing_settings(monkeyp
     with pytest.raises(ValidationError) as info:
         backend.launch(request())
     assert info.value.field == "CONVEYOR_AZUREML_SUBSCRIPTION_ID"
+
+
+def test_instances_are_runs_tagged_with_their_keys(httpserver, azure, backend):
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    seen: list[dict[str, Any]] = []
+    httpserver.expect_request(SUBMIT_PATH, method="POST").respond_with_handler(submit_handler(azure, seen))
+    keys = [idempotency_key("run1", "train", 1, i) for i in (0, 1)]
+    ids = []
+    for i, key in enumerate(keys):
+        r = replace(request(key), index=i)
+        first = backend.launch(r)
+        assert backend.launch(r).remote_id == first.remote_id  # found by its key tag, not posted again
+        ids.append(first.remote_id)
+    assert len(seen) == 2 and ids[0] != ids[1]
+    assert [azure.runs[x].tags["conveyor.key"] for x in ids] == keys
+    assert [azure.runs[x].tags["conveyor.index"] for x in ids] == ["0", "1"]

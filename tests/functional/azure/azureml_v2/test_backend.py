@@ -413,3 +413,18 @@ def test_literal_inputs_reach_the_remote_shell_as_one_word_and_env_is_set_per_jo
     assert shlex.split(f"--label {job.inputs['label']}") == ["--label", hostile]
     assert job.inputs["alpha"] == "0.5"
     assert dict(job.jobs["echo"].environment_variables) == {"GREETING": "hi $(x)", "FROM_YAML": "yaml"}
+
+
+def test_instances_are_jobs_named_by_their_keys(client: FakeMLClient) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    b = backend(client)
+    keys = [idempotency_key("3f2a9c", "train", 1, i) for i in (0, 1)]
+    for i, key in enumerate(keys):
+        r = replace(request(key), index=i)
+        assert b.launch(r).remote_id == b.launch(r).remote_id
+    jobs = [args[0] for op, args in client.rec.calls if op == "jobs.create_or_update"]
+    assert [j.name for j in jobs] == keys  # already valid job names: used as they are
+    assert [j.tags["conveyor.index"] for j in jobs] == ["0", "1"]

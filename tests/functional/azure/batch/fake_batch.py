@@ -64,6 +64,7 @@ class FakeBatchService:
         self.task_add_server_errors: dict[str, int] = {}  # task id -> times to answer servererror
         self.task_add_client_errors: dict[str, tuple[str, str]] = {}  # task id -> (code, message)
         self.page_size = 1000
+        self.task_files: dict[tuple[str, str, str], bytes] = {}  # (job, task, path) -> a file on the node
         self.add_delay = 0.0
         self.inflight_adds = 0
         self.max_inflight_adds = 0
@@ -152,6 +153,8 @@ class FakeBatchService:
             return self._list_tasks(g[1], rec)
         if m == "POST" and (g := re.fullmatch(r"/jobs/([^/]+)/terminate", p)):
             return self._terminate(g[1], rec)
+        if m == "GET" and (g := re.fullmatch(r"/jobs/([^/]+)/tasks/([^/]+)/files/(.+)", p)):
+            return self._task_file(g[1], g[2], g[3])
         return self._error(404, "InvalidUri", "The requested URI does not represent any resource on the server.")
 
     def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -390,6 +393,24 @@ class FakeBatchService:
                 nxt += "&$filter=" + flt.replace(" ", "%20").replace("'", "%27")
             body["odata.nextLink"] = nxt
         return self._ok(200, body)
+
+    def _task_file(self, job_id: str, task_id: str, path: str) -> Response:
+        """File - Get From Task: the file's bytes as application/octet-stream, with its properties."""
+        if job_id not in self.jobs:
+            return self._error(404, "JobNotFound", "The specified job does not exist.")
+        if task_id not in self.tasks.get(job_id, {}):
+            return self._error(404, "TaskNotFound", "The specified task does not exist.")
+        data = self.task_files.get((job_id, task_id, path))
+        if data is None:
+            return self._error(404, "FileNotFound", "The specified file does not exist.")
+        headers = {
+            "request-id": str(uuid.uuid4()),
+            "ocp-batch-file-isdirectory": "False",
+            "ocp-batch-file-url": f"{self.base_url}/jobs/{job_id}/tasks/{task_id}/files/{path}",
+            "ocp-creation-time": dt.datetime.now(dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT"),
+            "Last-Modified": dt.datetime.now(dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        }
+        return Response(data, status=200, content_type="application/octet-stream", headers=headers)
 
     def _terminate(self, job_id: str, rec: Recorded) -> Response:
         with self._lock:

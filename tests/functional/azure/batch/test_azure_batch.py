@@ -139,6 +139,30 @@ def test_launch_sends_one_job_then_tasks_in_parallel_chunks(
     assert argv[4:] == [*expected, "0"]
 
 
+def test_project_resource_file_is_staged_by_content_and_fetched_from_there(
+    backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs, tmp_path: Path
+) -> None:
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "score.py").write_text("print('v1')\n")
+    backend.root = tmp_path  # the deployed project (the Functions app's package)
+    seed_inputs(blobs, 1)
+    backend.launch(request(resource_files=["./apps/score.py"]))
+    staged = [n for (c, n) in blobs.blobs if c == "apps"]
+    assert len(staged) == 1 and staged[0].startswith("project/") and staged[0].endswith("/apps/score.py")
+    assert blobs.blobs[("apps", staged[0])] == b"print('v1')\n"
+    (task,) = added_tasks(fake)
+    assert task["resourceFiles"][0]["httpUrl"] == blobs.url("apps", staged[0])
+    assert task["resourceFiles"][0]["filePath"] == "score.py"
+    # a changed file is a new blob; the first job keeps what it was launched with
+    (tmp_path / "apps" / "score.py").write_text("print('v2')\n")
+    backend.launch(request(key="run-9-score-2", resource_files=["./apps/score.py"]))
+    assert len([n for (c, n) in blobs.blobs if c == "apps"]) == 2
+    for bad, why in (("./../secrets.py", "'..'"), ("./apps/missing.py", "no such file")):
+        with pytest.raises(ValidationError) as err:
+            backend.launch(request(key="run-9-score-3", resource_files=[bad]))
+        assert err.value.field == "params.resource_files[0]" and why in str(err.value)
+
+
 def test_hostile_blob_name_stays_one_word(
     backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs, tmp_path: Path
 ) -> None:
@@ -297,6 +321,31 @@ def test_poll_failure_carries_the_tasks_execution_info(
     assert len(fake.calls("GET", f"/jobs/{KEY}/tasks")) == 2  # two pages
 
 
+def test_logs_fetch_task_files_from_the_nodes_failed_first(
+    backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs
+) -> None:
+    seed_inputs(blobs, 3)
+    backend.launch(request())
+    fake.finish(KEY, {"task-00002": {"exitCode": 1, "failureInfo": {"category": "usererror", "code": "X"}}})
+    fake.task_files[(KEY, "task-00000", "stdout.txt")] = b"scored 10 rows\n"
+    fake.task_files[(KEY, "task-00000", "stderr.txt")] = b""
+    fake.task_files[(KEY, "task-00002", "stderr.txt")] = b"Traceback: bad row\n"
+    logs = backend.logs(KEY)
+    assert [log.name for log in logs] == [
+        "task-00002/stdout.txt",
+        "task-00002/stderr.txt",
+        "task-00000/stdout.txt",
+        "task-00000/stderr.txt",
+        "task-00001/stdout.txt",
+        "task-00001/stderr.txt",
+    ]
+    by_name = {log.name: log for log in logs}
+    assert by_name["task-00002/stderr.txt"].text == "Traceback: bad row\n"
+    assert by_name["task-00000/stdout.txt"].text == "scored 10 rows\n" and by_name["task-00000/stderr.txt"].text == ""
+    assert by_name["task-00001/stdout.txt"].text is None and "node is gone" in by_name["task-00001/stdout.txt"].note
+    assert fake.calls("GET", f"/jobs/{KEY}/tasks/task-00000/files/stdout.txt")
+
+
 def test_poll_failure_from_server_errors_only_is_retryable(
     backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs
 ) -> None:
@@ -446,3 +495,21 @@ def test_without_identity_or_trace_nothing_empty_is_sent(
     dest = task["outputFiles"][0]["destination"]["container"]
     assert dest == {"containerUrl": "https://other.example/outputs", "path": f"{RUN}/score/task-00000"}
     assert "maxWallClockTime" not in task["constraints"]
+
+
+def test_instances_of_a_for_each_step_are_jobs_named_by_their_keys(
+    backend: AzureBatchBackend, fake: FakeBatchService, blobs: MemoryBlobs
+) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    seed_inputs(blobs, 2)
+    keys = [idempotency_key(RUN, "score", 1, i) for i in (0, 17)]
+    for i, key in zip((0, 17), keys, strict=True):
+        r = replace(request(key), index=i, item={"store": f"s{i}"})
+        assert backend.launch(r).remote_id == key and backend.launch(r).reattached
+    assert sorted(fake.jobs) == sorted(keys) and all(len(k) <= 64 for k in keys)
+    job = fake.calls("POST", "/jobs")[0].body
+    assert job["id"] == keys[0] and job["displayName"] == "scoring/score[0] attempt 1"
+    assert {"name": "index", "value": "0"} in job["metadata"]

@@ -244,6 +244,20 @@ def test_result_from_exit_value_or_last_stdout_line(
     assert backend.poll(str(run_id)).outputs["result"] == result
 
 
+def test_logs_are_each_task_runs_output(fake: FakeDatabricks, backend: Any) -> None:
+    run_id = int(backend.launch(request_for({"job_id": 7})).remote_id)
+    prep, train = fake.runs[run_id].tasks
+    fake.set_state(run_id, "TERMINATED", "FAILED", task_states=[("TERMINATED", "SUCCESS"), ("TERMINATED", "FAILED")])
+    fake.set_output(prep.run_id, logs="read 1200 rows\n", logs_truncated=True)
+    fake.set_output(train.run_id, error="ValueError: no rows", error_trace="Traceback ...\nValueError: no rows")
+    logs = backend.logs(str(run_id))
+    assert [log.name for log in logs] == [f"{prep.task_key}/output", f"{train.task_key}/output"]
+    assert logs[0].text is not None and logs[0].text.startswith("read 1200 rows") and "truncated" in logs[0].text
+    assert logs[1].text == "error: ValueError: no rows\nTraceback ...\nValueError: no rows"
+    asked = [c.query for c in fake.calls(f"{API}/runs/get-output")]
+    assert asked == [{"run_id": str(prep.run_id)}, {"run_id": str(train.run_id)}]
+
+
 def test_multi_task_job_reads_the_last_task_and_counts_progress(fake: FakeDatabricks, backend: Any) -> None:
     run_id = int(backend.launch(request_for({"job_id": 7})).remote_id)
     prep, train = fake.runs[run_id].tasks
@@ -562,3 +576,21 @@ def _no_databricks_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", os.devnull)
     yield
+
+
+def test_instances_send_their_own_tokens_and_name_their_runs(fake: FakeDatabricks, backend: Any) -> None:
+    from dataclasses import replace
+
+    from shared.engine.model import idempotency_key
+
+    keys = []
+    for i in (0, 1):
+        req = request_for(SCRIPT)
+        key = idempotency_key(req.run_id, req.step, 1, i)
+        keys.append(key)
+        r = replace(req, key=key, index=i)
+        assert backend.launch(r).remote_id == backend.launch(r).remote_id  # a redelivered launch reattaches
+    calls = fake.calls(f"{API}/runs/submit")
+    assert [c.body["idempotency_token"] for c in calls] == [keys[0], keys[0], keys[1], keys[1]]
+    assert calls[0].body["run_name"] == f"conveyor-retrain-etl[0]-{request_for(SCRIPT).run_id}"
+    assert len(fake.runs) == 2
