@@ -524,8 +524,6 @@ class WorkerPool:
 
 # ---------------------------------------------------------------- one-run-at-a-time backends
 
-HOST_LOSS_RERUN = "re-run after host loss"
-
 
 class LocalRun:
     """A launched run of a LocalRunBackend, as held by the instance that runs it."""
@@ -737,7 +735,7 @@ class LocalRunBackend(JobBackend):
             log.warning(
                 "local %s run %s: %s was killed mid-flight with its host; running it again", self.kind, run.key, part
             )
-            self.set_progress(run, reruns=int(run.progress.get("reruns", 0)) + 1, last_rerun=HOST_LOSS_RERUN)
+            self.set_progress(run, reruns=int(run.progress.get("reruns", 0)) + 1)
         record.unlink(missing_ok=True)
         if prepare is not None:
             prepare()

@@ -61,6 +61,7 @@ class QueueWorkers:
 
         executor = Executor.from_services(services)
         kw.setdefault("max_delivery_count", services.settings.max_delivery_count)
+        kw.setdefault("visibility_timeout", float(services.settings.visibility_timeout_seconds))
         return cls(services.queue, executor.handle, count=count, **kw)
 
     # ------------------------------------------------------------ one message

@@ -66,6 +66,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
+from shared.engine.decide import planned_start
 from shared.engine.model import (
     MAX_START_BATCH,
     MAX_START_BATCH_CHARS,
@@ -82,7 +83,6 @@ from shared.flows.model import AzureDevOpsTrigger, BlobTrigger, Flow, FlowsFile,
 from shared.ingest.devops import DevOpsEvent, authenticate, parse_devops
 from shared.ingest.eventgrid import BlobEvent, Delivery, Ignored, parse_delivery, parse_events
 from shared.ingest.schedule_state import BlobScheduleState, MemoryScheduleState, ScheduleKey, ScheduleState
-from shared.ingest.sweeper import planned_start
 from shared.telemetry.trace import new_traceparent, traceparent_for
 
 if TYPE_CHECKING:

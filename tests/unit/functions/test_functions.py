@@ -266,15 +266,16 @@ def test_schedule_tick_sweeps_even_when_firing_fails(world: World, monkeypatch: 
     def broken(self: Any, now: datetime) -> None:
         raise RuntimeError("flows unreadable")
 
-    def sweep(store: Any, queue: Any, now: datetime, older_than_seconds: float) -> list[str]:
-        calls.append(f"sweep {older_than_seconds}")
+    def sweep(store: Any, queue: Any, now: datetime, grace_seconds: float) -> list[str]:
+        calls.append(f"sweep {grace_seconds}")
         return []
 
     monkeypatch.setattr(IngestService, "fire_schedules", broken)
     monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", sweep)
     with pytest.raises(RuntimeError, match="flows unreadable"):
         user_function(schedules.schedule_tick)(TimerRequest())
-    assert calls == [f"sweep {world.settings.sweeper_pending_seconds}"]
+    grace = world.settings.visibility_timeout_seconds + world.settings.stall_margin_seconds
+    assert calls == [f"sweep {float(grace)}"]
 
 
 # ---------------------------------------------------------------- Service Bus

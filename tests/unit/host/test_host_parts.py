@@ -436,27 +436,28 @@ def test_scheduler_fires_every_tick_and_sweeps_periodically(tmp_path: Path, monk
             fired.append(now)
             return []
 
-    def fake_sweep(store: Any, queue: Any, now: datetime, older_than_seconds: float) -> list[str]:
-        swept.append((now, older_than_seconds))
+    def fake_sweep(services: Any, now: datetime) -> list[str]:
+        swept.append((now, services.settings.visibility_timeout_seconds + services.settings.stall_margin_seconds))
         return []
 
-    monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", fake_sweep)
+    monkeypatch.setattr("shared.ingest.sweeper.sweep", fake_sweep)
 
     class Svc:
-        settings = Settings(home=tmp_path, sweeper_pending_seconds=42)
+        settings = Settings(home=tmp_path, visibility_timeout_seconds=40, stall_margin_seconds=2)
         store = MemoryRunStore()
         queue = MemoryQueue()
 
-    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30, resume_stalled_seconds=None)  # type: ignore[arg-type]
+    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30)  # type: ignore[arg-type]
     for s in (0, 10, 31, 40):
         sch.tick(T0 + timedelta(seconds=s))
     assert fired == [T0 + timedelta(seconds=s) for s in (0, 10, 31, 40)]
     assert swept == [(T0, 42), (T0 + timedelta(seconds=31), 42)]
+    assert Scheduler(Svc()).sweep_every == Svc.settings.sweep_interval_seconds == 10  # type: ignore[arg-type]
 
 
 def test_scheduler_survives_a_failing_fire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     swept: list[Any] = []
-    monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", lambda *a, **k: swept.append(a) or [])
+    monkeypatch.setattr("shared.ingest.sweeper.sweep", lambda *a, **k: swept.append(a) or [])
 
     class Ingest:
         def fire_schedules(self, now: datetime) -> list[Any]:
@@ -467,7 +468,7 @@ def test_scheduler_survives_a_failing_fire(tmp_path: Path, monkeypatch: pytest.M
         store = MemoryRunStore()
         queue = MemoryQueue()
 
-    Scheduler(Svc(), ingest=Ingest(), resume_stalled_seconds=None).tick(T0)  # type: ignore[arg-type]
+    Scheduler(Svc(), ingest=Ingest()).tick(T0)  # type: ignore[arg-type]
     assert len(swept) == 1
 
 

@@ -112,7 +112,7 @@ def test_a_batch_that_cannot_be_sent_leaves_its_runs_pending_for_the_sweeper() -
         svc.ingest_blob_events(blobs(20))
     assert len(store.rows) == 20 and all(store.get(r).status is RunStatus.PENDING for r in store.rows)
     queue.send = real_send  # type: ignore[method-assign]
-    resent = sweep_pending(store, queue, clock.now + timedelta(minutes=10), older_than_seconds=300)
+    resent = sweep_pending(store, queue, clock.now + timedelta(minutes=10), 35.0)
     assert sorted(resent) == sorted(store.rows) == sorted(starts(queue))
 
 
