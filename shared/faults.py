@@ -3,7 +3,8 @@
 With ``CONVEYOR_FAULT_RATE=0.2`` one call in five to storage or a backend fails the way a
 busy cloud fails, in equal parts:
 
-* ``throttled`` -- HTTP 429 (``ServerBusy``), nothing done;
+* ``throttled`` -- HTTP 429 (``ServerBusy``), nothing done (Blob and Queue Storage throttle with
+  503 ``ServerBusy``, so there it is a 503, as those services answer);
 * ``unavailable`` -- HTTP 503 (``ServerBusy``), nothing done;
 * ``timeout`` -- no answer, the request never reached the service;
 * ``timeout-after`` -- no answer, but the service did apply the request (the hard case: a
@@ -15,11 +16,9 @@ Where the faults enter:
   modes): in the HTTP session under the SDK client (:class:`FaultyHTTPAdapter`, mounted on the
   ``requests`` session of the client's transport), so the SDK's own retry policy meets each
   fault as it would meet a real one, and the adapter's error mapping (shared.azure_errors) sees
-  what is left after its retries (shared.transport: 3 retries). The Tables SDK retries a 429;
-  the Blob and Queue SDKs do not (those services throttle with 503), so there a 429 reaches
-  the caller as ThrottledError -- the engine's own retry path; and azure-core retries no POST
-  whose answer timed out (a Table create or transaction): the caller's retry then finds its
-  own row (``TableRunStore`` tells its own create or save from someone else's).
+  what is left after its retries (shared.transport: 3 retries). azure-core retries no POST whose
+  answer timed out (a Table create or transaction): the caller's retry then finds its own row
+  (``TableRunStore`` tells its own create or save from someone else's).
 * **Backends** (every step kind, local or Azure: batch, databricks, azureml, register, deploy):
   at the JobBackend port (:class:`FaultyBackend`), as the adapter's own error mapping would raise
   them: ThrottledError (429), TransientError (503, timeouts). A ``timeout-after`` launch has
@@ -115,9 +114,9 @@ def _faulty_adapter_class() -> type[Any]:
             from requests.exceptions import ConnectTimeout, ReadTimeout
 
             kind = self.injector.draw(f"{self.service} {request.method}")
-            if kind == "throttled":
+            if kind == "throttled" and self.service == "table":
                 return self._answer(request, 429, "Too Many Requests")
-            if kind == "unavailable":
+            if kind in ("throttled", "unavailable"):  # Blob and Queue Storage throttle with 503
                 return self._answer(request, 503, "Server Busy")
             if kind == "timeout":
                 raise ConnectTimeout("injected fault: the request timed out before it reached the service")

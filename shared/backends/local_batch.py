@@ -54,7 +54,7 @@ from shared.backends.commandline import (
     wait_for_record,
 )
 from shared.backends.resource_files import resolve as resolve_resources
-from shared.errors import NotFoundError, ValidationError
+from shared.errors import NotFoundError, RetryableError, ValidationError
 
 if TYPE_CHECKING:
     from shared.blobs.base import BlobStore
@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 MAX_OUTPUT_URLS = 1000  # outputs are small values on the run; the prefix finds the rest
 _FAILED_DETAIL = 5  # failed tasks described in full in the error
 CANCEL_CHECK_SECONDS = 0.2  # how stale a "not cancelled by another process" answer may be
+# A task whose downloads or uploads fail with a retryable error (storage busy past the SDK's own
+# retries) is staged again, this many times in all; a command it already ran is adopted, not rerun.
+STAGING_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -272,10 +275,19 @@ class LocalBatchBackend(JobBackend):
         return job
 
     def _run_task(self, job: _Job, task: _Task) -> None:
-        try:
-            record = self._execute(job, task)
-        except Exception as exc:  # a broken download or upload fails the task, never the pool
-            record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
+        record: dict[str, Any] | None = None
+        for staging in range(1, STAGING_TRIES + 1):
+            try:
+                record = self._execute(job, task)
+                break
+            except RetryableError as exc:  # storage busy beyond the SDK's retries: stage the task again
+                if staging == STAGING_TRIES:
+                    record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
+                else:
+                    time.sleep(min(4.0, float(2 ** (staging - 1))))
+            except Exception as exc:  # a broken download or upload fails the task, never the pool
+                record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
+                break
         if record is not None:
             os.write(job.log_fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
         with job.mutex:

@@ -77,7 +77,6 @@ def test_storage_works_through_injected_faults(storage_settings: Settings) -> No
     assert set(seen) == set(ids)  # every message arrived (a few twice: sends retried after they landed)
     assert all(retried(lambda rid=rid: blobs.download("faulty", f"{rid}.txt"), surfaced) == rid.encode() for rid in ids)
     assert set(injector.counts) == set(KINDS) and sum(injector.counts.values()) > 50
-    # The SDKs retried most faults. What reached the caller: a 429 from Blob or Queue Storage
-    # (they throttle with 503, so their SDKs do not retry it), and a Table create (a POST) that
-    # timed out (azure-core retries no POST after its answer was lost).
-    assert 0 < len(surfaced) < sum(injector.counts.values()) / 2
+    # The SDKs retried most faults. What reached the caller: a Table create (a POST) that timed
+    # out (azure-core retries no POST after its answer was lost), and the rare call whose every try failed.
+    assert len(surfaced) < sum(injector.counts.values()) / 4
