@@ -208,7 +208,9 @@ class Config:
     kills: int = 100
     min_life: float = 0.5  # seconds a host lives before its kill, drawn uniformly
     max_life: float = 6.0
-    trigger_every: float = 4.0  # seconds between triggers while the kills go on
+    # seconds between triggers while the kills go on; None: spread them over the expected kill
+    # phase (kills x mean life), so that runs are in flight up to the last kill
+    trigger_every: float | None = None
     fault_rate: float = 0.0
     broken_runs: int = 0  # runs of the flow that fails for good (its reason must be the run's error)
     seed: int = 0
@@ -224,6 +226,7 @@ class Report:
     kills: int = 0
     lives: int = 0
     chaos_seconds: float = 0.0
+    in_flight_at_last_kill: int = 0
     drain_seconds: float | None = None
     bound_seconds: float = 0.0
     undisturbed_seconds: float = 0.0
@@ -264,11 +267,21 @@ class Report:
     def lines(self) -> list[str]:
         per_kill = self.killed_reexecutions / self.kills if self.kills else 0.0
         drain = f"{self.drain_seconds:.1f}s" if self.drain_seconds is not None else "never"
+        if self.kills:
+            ending = (
+                f"  drain after the last kill {drain}, {self.in_flight_at_last_kill} runs in flight then "
+                f"(bound {self.bound_seconds:.0f}s = visibility + margin + sweep + 2 x "
+                f"{self.undisturbed_seconds:.1f}s undisturbed run)"
+            )
+        else:
+            ending = (
+                f"  every run ended {drain} after the first trigger "
+                f"(one undisturbed run: {self.undisturbed_seconds:.1f}s)"
+            )
         out = [
             f"{self.name}: {self.runs} runs, {self.succeeded} succeeded, {len(self.lost)} lost; "
             f"{self.kills} kills over {self.chaos_seconds:.0f}s ({self.lives} host lives)",
-            f"  drain after the last kill {drain} (bound {self.bound_seconds:.0f}s = visibility + margin + "
-            f"sweep + 2 x {self.undisturbed_seconds:.1f}s undisturbed run)",
+            ending,
             f"  duplicate launches {len(self.extra_attempts)}, model versions {self.registrations} "
             f"(duplicates {len(self.duplicate_registrations)}), re-executions of finished work "
             f"{len(self.finished_reexecutions)}",
@@ -386,11 +399,17 @@ def run_experiment(name: str, cfg: Config, azurite: Settings, work: Path, say: A
         ids = [run_id(FLOW, k) for k in keys] + [run_id(BROKEN, k) for k in broken]
         retries: list[int] = []
 
+        every = cfg.trigger_every
+        if every is None:
+            every = 0.9 * cfg.kills * (cfg.min_life + cfg.max_life) / 2 / max(1, cfg.runs)
+        triggered: list[str] = []
+
         def triggers() -> None:
             for i, key in enumerate(keys):
                 retries.append(host.trigger(FLOW, key, {"r2": round(rng.uniform(0.1, 0.9), 3)}, time.monotonic() + 600))
+                triggered.append(run_id(FLOW, key))
                 if i < len(keys) - 1 and cfg.kills:
-                    time.sleep(cfg.trigger_every)
+                    time.sleep(every)
             for key in broken:
                 retries.append(host.trigger(BROKEN, key, {}, time.monotonic() + 600))
 
@@ -398,8 +417,13 @@ def run_experiment(name: str, cfg: Config, azurite: Settings, work: Path, say: A
         chaos_start = time.time()
         feeder.start()
         last_kill = chaos_start
+
+        def in_flight() -> int:
+            return sum(1 for r in store.get_many(list(triggered)) if r is not None and not r.status.terminal)
+
         while cfg.kills and (report.kills < cfg.kills or feeder.is_alive()):
             time.sleep(rng.uniform(cfg.min_life, cfg.max_life))
+            report.in_flight_at_last_kill = in_flight()
             host.kill()
             last_kill = time.time()
             report.kills += 1
@@ -408,6 +432,8 @@ def run_experiment(name: str, cfg: Config, azurite: Settings, work: Path, say: A
                 say(f"  {name}: {report.kills} kills")
         report.chaos_seconds = last_kill - chaos_start
         feeder.join(timeout=600)
+        if not cfg.kills:
+            last_kill = chaos_start  # no kills: the time from the first trigger to the last run's end
         report.trigger_retries += sum(r - 1 for r in retries)
         if wait_all(ids, cfg.drain_timeout) is not None:
             ended = [r.ended_at for r in store.get_many(ids) if r is not None and r.ended_at is not None]

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.functional
 
 
 def test_kills_at_random_points_lose_nothing_and_redo_nothing(azurite_settings: Settings, tmp_path: Path) -> None:
-    cfg = Config(runs=3, kills=6, min_life=0.5, max_life=4.0, trigger_every=2.0, seed=11, drain_timeout=300)
+    cfg = Config(runs=3, kills=6, min_life=0.5, max_life=4.0, seed=11, drain_timeout=300)
     report = run_experiment("bounded", cfg, azurite_settings, tmp_path)
     print("\n".join(report.lines()))
     assert report.kills == 6 and report.lives == 7
