@@ -252,7 +252,6 @@ def _eventgrid_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
         id=ev["id"],
         event_time=when,
         topic=ev.get("topic"),
-        metadata_version=ev.get("metadataVersion"),
     )
     return _Envelope(
         event_id=str(model.id),

@@ -775,19 +775,23 @@ class TableRunStore(RunStore):
         )
 
     def _lean_batch_parts(self) -> tuple[Any, str] | None:
-        """The SDK pipeline's ``send_request`` and account URL, when the client has them.
+        """The SDK pipeline's ``send_request`` and the account URL (``TableClient.url``), when the
+        client has them.
 
-        The SDK builds and parses transaction bodies with the ``email`` package, which costs
-        ~8 ms of CPU per entity; a plain-string body and a regex over the reply cut bulk
-        ingest several times over while keeping the SDK's auth, retry and transport.
-        A client without these internals (a test double) uses ``submit_transaction``."""
+        The SDK builds and parses transaction bodies with the ``email`` package, ~0.5 ms of CPU
+        per entity; a plain-string body and a regex over the reply keep the SDK's auth, retry and
+        transport. It earns its keep (``bench/bench_ingest.py``, same Azurite, same run): ingest is
+        1.3x as fast as the floor of the same entities written with the public
+        ``submit_transaction``, and 0.56x of it without this path (ingest writes each run's
+        time-index row too). The one private attribute it reads is the SDK's own generated
+        client (``_client``), for its pipeline; a client without it (a test double) uses the
+        public ``submit_transaction``."""
         inner = getattr(self._client, "_client", None)
         send_request = getattr(inner, "send_request", None)
-        host = getattr(self._client, "_primary_hostname", None)
-        scheme = getattr(self._client, "scheme", None)
-        if send_request is None or not isinstance(host, str) or scheme not in ("http", "https"):
+        base = getattr(self._client, "url", None)
+        if send_request is None or not isinstance(base, str) or not base.startswith(("http://", "https://")):
             return None
-        return send_request, f"{scheme}://{host}"
+        return send_request, base.rstrip("/")
 
 
 @dataclass(frozen=True)
