@@ -999,11 +999,15 @@ def rerun(
 def demo(
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the run"),
     keep: bool = typer.Option(False, "--keep", help="keep the previous demo data instead of starting fresh"),
+    many: bool = typer.Option(
+        False, "--many", help="the many-models flow: one model per store, all behind one routed endpoint"
+    ),
 ) -> None:
     """Drop sample data, follow one run to a deployed model, and ask it for a prediction."""
     from shared.demo import demo_settings, run_demo
 
-    result = run_demo(demo_settings(load_settings()), fresh=not keep, timeout=timeout, out=console)
+    settings = demo_settings(load_settings(), "demo-many" if many else "demo")
+    result = run_demo(settings, fresh=not keep, timeout=timeout, out=console, many=many)
     raise typer.Exit(0 if result.ok else 1)
 
 
