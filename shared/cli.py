@@ -1002,12 +1002,15 @@ def demo(
     many: bool = typer.Option(
         False, "--many", help="the many-models flow: one model per store, all behind one routed endpoint"
     ),
+    stores: int | None = typer.Option(
+        None, "--stores", min=1, max=200, help="with --many: stores in the sample file (default 24)"
+    ),
 ) -> None:
     """Drop sample data, follow one run to a deployed model, and ask it for a prediction."""
     from shared.demo import demo_settings, run_demo
 
     settings = demo_settings(load_settings(), "demo-many" if many else "demo")
-    result = run_demo(settings, fresh=not keep, timeout=timeout, out=console, many=many)
+    result = run_demo(settings, fresh=not keep, timeout=timeout, out=console, many=many, stores=stores)
     raise typer.Exit(0 if result.ok else 1)
 
 

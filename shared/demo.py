@@ -198,6 +198,7 @@ def run_demo(
     out: Console | None = None,
     workers: int = 2,
     many: bool = False,
+    stores: int | None = None,
 ) -> DemoResult:
     """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result."""
     from shared import demo_many
@@ -233,7 +234,10 @@ def run_demo(
 
         t = time.monotonic()
         data_dir = settings.home / "sample-data"
-        drop = demo_many.generate_stores_data(settings, data_dir) if many else generate_data(settings, data_dir)
+        if many:
+            drop = demo_many.generate_stores_data(settings, data_dir, stores=stores or demo_many.STORES)
+        else:
+            drop = generate_data(settings, data_dir)
         info = services.blobs.upload_file(landing, drop.name, drop)
         mark("data", t)
         say(out, f"dropped {drop.name} into {landing} ({info.size} bytes, eTag {info.etag})")
