@@ -135,17 +135,23 @@ def sample_rows(csv_path: Path, n: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
     return rows
 
 
-def gold_rows(run: Run, n: int = SAMPLE_ROWS) -> list[dict[str, Any]] | None:
-    """The first ``n`` rows of the gold table the run's ETL wrote (the model's own features), target dropped.
-
-    None when the run has no readable gold table (the caller falls back to the CSV).
-    """
+def gold_table(run: Run) -> str | None:
+    """The folder of the gold table the run's ETL wrote (its ``result.gold``), if it is there."""
     gold = None
     for step in run.steps:
         result = step.outputs.get("result")
         if isinstance(result, dict) and result.get("gold"):
             gold = str(result["gold"])
-    if not gold or not Path(gold).is_dir():
+    return gold if gold and Path(gold).is_dir() else None
+
+
+def gold_rows(run: Run, n: int = SAMPLE_ROWS) -> list[dict[str, Any]] | None:
+    """The first ``n`` rows of the gold table the run's ETL wrote (the model's own features), target dropped.
+
+    None when the run has no readable gold table (the caller falls back to the CSV).
+    """
+    gold = gold_table(run)
+    if gold is None:
         return None
     try:
         from deltalake import DeltaTable

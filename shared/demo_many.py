@@ -67,15 +67,11 @@ def fanout_outputs(instances: InstanceStore, run: Run, step: str) -> list[dict[s
 
 def store_rows(run: Run) -> list[dict[str, Any]]:
     """One row per store from the run's gold table (each store's last day), target left out."""
-    from shared.demo import TARGET_COLUMNS
+    from shared.demo import TARGET_COLUMNS, gold_table
 
-    gold = None
-    for step in run.steps:
-        result = step.outputs.get("result")
-        if isinstance(result, dict) and result.get("gold"):
-            gold = str(result["gold"])
-    if not gold or not Path(gold).is_dir():
-        raise ConveyorError(f"the run wrote no readable gold table ({gold!r})", service="demo")
+    gold = gold_table(run)
+    if gold is None:
+        raise ConveyorError(f"run {run.run_id} wrote no readable gold table", service="demo")
     from deltalake import DeltaTable
 
     frame = DeltaTable(gold).to_pandas().sort_values([PARTITION_KEY, "day"])

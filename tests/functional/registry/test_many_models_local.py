@@ -13,28 +13,26 @@ from __future__ import annotations
 
 import json
 import runpy
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.backends.base import LaunchRequest
 from shared.backends.deploy import DeployBackend
 from shared.backends.register import RegisterBackend
-from shared.deploy.local_endpoint import LocalScoringDeployer, stop_server
+from shared.deploy.local_endpoint import LocalScoringDeployer
 from shared.errors import ConflictError, ValidationError
 from shared.local.azurite import free_port
 from shared.registry.mlflow_registry import MlflowRegistry
 from tests.conftest import REPO_ROOT
-from tests.functional.registry.test_train_register_deploy import SRC, run_script
+from tests.functional.partition_steps import ship_partition
+from tests.functional.registry.test_train_register_deploy import SRC, home, http, run_script
+
+__all__ = ["home"]  # the fixture: a data home whose scoring server is stopped after the test
 
 pytestmark = pytest.mark.functional
 
 SAMPLES = REPO_ROOT / "samples"
-MODEL = {"name": "sales-forecaster", "metric": "r2", "direction": "maximize"}
 ENDPOINT = "stores"
 FEATURES = ["store", "day", "day_of_week", "temperature", "promo", "price"]
 STORES = ("1", "2", "3")
@@ -62,24 +60,6 @@ def train_stores(work: Path, noise: float, seed: int, monkeypatch: pytest.Monkey
     return {"gold": result["gold"], "models": trained}
 
 
-def post(url: str, body: Any) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    home = tmp_path / "home"
-    yield home
-    stop_server(home)
-
-
 class Steps:
     """The many-models flow's register and deploy instances, as the engine launches them."""
 
@@ -92,27 +72,18 @@ class Steps:
         self.deploy = DeployBackend(self.registry, self.deployer)
 
     def ship(self, run: str, index: int, model_dir: Path, metrics: dict[str, float], store: str, name: str) -> Any:
-        trigger = {"kind": "blob", "blob": {"url": f"http://127.0.0.1/acct/landing-stores/{run}.csv", "etag": "0xE"}}
-        common = {"run_id": run, "flow": "many-models", "attempt": 1, "trigger": trigger, "model": MODEL}
-        params = {"model_name": name, "model_uri": str(model_dir), "partition": store, "metrics": metrics}
-        key = f"{run}-register_{index}-1"
-        launched = self.register.launch(
-            LaunchRequest(step="register", kind="register", key=key, params=params, index=index, item=store, **common)
+        return ship_partition(
+            self.register,
+            self.deploy,
+            run=run,
+            index=index,
+            store=store,
+            model_name=name,
+            model_uri=str(model_dir),
+            metrics=metrics,
+            endpoint=ENDPOINT,
+            blob_url=f"http://127.0.0.1/acct/landing-stores/{run}.csv",
         )
-        registered = self.register.poll(launched.remote_id).outputs
-        deploy = {
-            "model_name": registered["model_name"],
-            "version": registered["version"],
-            "endpoint": ENDPOINT,
-            "partition": registered["partition"],
-            "partition_key": "store",
-        }
-        launched = self.deploy.launch(
-            LaunchRequest(
-                step="deploy", kind="deploy", key=f"{run}-deploy_{index}-1", params=deploy, index=index, **common
-            )
-        )
-        return self.deploy.poll(launched.remote_id)
 
 
 def test_partition_models_behind_one_routed_endpoint(
@@ -136,13 +107,13 @@ def test_partition_models_behind_one_routed_endpoint(
     rows = gold.sort_values(["store", "day"]).drop_duplicates("store", keep="last")[FEATURES].to_dict("records")
     rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows][::-1]  # stores 3, 2, 1
     body = {"dataframe_split": {"columns": FEATURES, "data": [[r[c] for c in FEATURES] for r in rows]}}
-    status, answer = post(url, body)
+    status, answer = http(url, body)
     assert status == 200, answer
     assert answer["partitions"] == ["3", "2", "1"]
     assert {p: m["model"] for p, m in answer["models"].items()} == {s: f"sales-forecaster-{s}" for s in STORES}
     # each row was answered by its own store's model: the same as asking that store alone
     for row, prediction in zip(rows, answer["predictions"], strict=True):
-        alone = post(
+        alone = http(
             url,
             {"instances": [{k: v for k, v in row.items() if k != "store"}], "params": {"partition": str(row["store"])}},
         )
@@ -162,7 +133,7 @@ def test_partition_models_behind_one_routed_endpoint(
     assert set(decisions.values()) == {"promoted", "rejected"}, decisions  # both kinds, side by side
     served = {p: d.version for p, d in steps.deployer.partitions(ENDPOINT).items()}
     assert served == {s: "2" if decisions[s] == "promoted" else "1" for s in STORES}
-    status, answer = post(url, body)
+    status, answer = http(url, body)
     assert status == 200
     assert {p: m["version"] for p, m in answer["models"].items()} == served  # swapped without a restart
 
@@ -178,23 +149,23 @@ def test_routing_refusals_name_the_partition_and_the_field(
     url = steps.deployer.scoring_url(ENDPOINT)
     row = {"store": 1, "day": 40, "day_of_week": 5, "temperature": 14.5, "promo": 1, "price": 3.2}
 
-    status, doc = post(
+    status, doc = http(
         url, {"dataframe_split": {"columns": FEATURES, "data": [list(row.values()), [3, *list(row.values())[1:]]]}}
     )
     assert status == 404 and doc["error"]["code"] == "unknown_partition"
     assert "'3'" in doc["error"]["message"] and doc["error"]["field"] == "dataframe_split.data[1][0]"
     assert "serves 2" in doc["error"]["message"]
-    status, doc = post(url, {"rows": [row], "params": {"partition": "9"}})
+    status, doc = http(url, {"rows": [row], "params": {"partition": "9"}})
     assert status == 404 and doc["error"]["field"] == "params.partition"
-    status, doc = post(url, {"rows": [{k: v for k, v in row.items() if k != "store"}]})
+    status, doc = http(url, {"rows": [{k: v for k, v in row.items() if k != "store"}]})
     assert status == 400 and doc["error"]["field"] == "rows[0].store" and "params.partition" in doc["error"]["message"]
-    status, doc = post(url, {"rows": [{**row, "store": True}]})
+    status, doc = http(url, {"rows": [{**row, "store": True}]})
     assert status == 400 and doc["error"]["field"] == "rows[0].store"
-    status, doc = post(url, {"rows": [{**row, "store": 1.5}]})
+    status, doc = http(url, {"rows": [{**row, "store": 1.5}]})
     assert status == 400 and doc["error"]["field"] == "rows[0].store"
-    status, doc = post(url, {"rows": [row], "params": {"partition": "2"}})
+    status, doc = http(url, {"rows": [row], "params": {"partition": "2"}})
     assert status == 400 and "params.partition is '2'" in doc["error"]["message"]
-    status, doc = post(url, {"inputs": {"store": ["1", 2.0], **{k: [v, v] for k, v in row.items() if k != "store"}}})
+    status, doc = http(url, {"inputs": {"store": ["1", 2.0], **{k: [v, v] for k, v in row.items() if k != "store"}}})
     assert status == 200 and doc["partitions"] == ["1", "2"]  # "1", 1 and 1.0 name one partition
 
     # one model name for two partitions would let them gate against each other: refused

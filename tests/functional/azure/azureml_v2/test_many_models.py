@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from shared.backends.base import LaunchRequest
 from shared.backends.deploy import DeployBackend
 from shared.backends.register import RegisterBackend
 from shared.deploy import azureml_v2
@@ -30,10 +29,10 @@ from shared.errors import ConflictError, PermanentError, ValidationError
 from shared.registry.azureml_v2 import AzureMLRegistry
 from shared.registry.base import ModelVersion
 from tests.functional.azure.azureml_v2.fake_mlclient import FakeMLClient
+from tests.functional.partition_steps import ship_partition
 
 pytestmark = pytest.mark.functional
 
-MODEL = {"name": "sales-forecaster", "metric": "r2", "direction": "maximize"}
 ENDPOINT = "sales-stores"
 COLUMNS = ["store", "promo", "price"]
 
@@ -73,44 +72,20 @@ def ship(
     r2: float,
     run: str,
 ) -> dict[str, Any]:
-    """The many-models flow's register and deploy instances for one store, as the engine launches them."""
+    """The many-models flow's register and deploy instances for one store."""
     reg, dep, _, _ = steps
-    common = {
-        "run_id": run,
-        "flow": "many-models",
-        "attempt": 1,
-        "model": MODEL,
-        "trigger": {
-            "kind": "blob",
-            "blob": {"url": "https://acct.blob.core.windows.net/landing-stores/s.csv", "etag": "0x1"},
-        },
-    }
-    params = {
-        "model_name": f"sales-forecaster-{store}",
-        "model_uri": str(model_dir),
-        "partition": store,
-        "metrics": {"r2": r2},
-    }
-    launched = reg.launch(
-        LaunchRequest(
-            step="register", kind="register", key=f"{run}-register_{store}-1", params=params, index=int(store), **common
-        )
+    status = ship_partition(
+        reg,
+        dep,
+        run=run,
+        index=int(store),
+        store=store,
+        model_name=f"sales-forecaster-{store}",
+        model_uri=str(model_dir),
+        metrics={"r2": r2},
+        endpoint=ENDPOINT,
+        blob_url="https://acct.blob.core.windows.net/landing-stores/s.csv",
     )
-    registered = reg.poll(launched.remote_id).outputs
-    assert registered["partition"] == store
-    deploy = {
-        "model_name": registered["model_name"],
-        "version": registered["version"],
-        "endpoint": ENDPOINT,
-        "partition": registered["partition"],
-        "partition_key": "store",
-    }
-    launched = dep.launch(
-        LaunchRequest(
-            step="deploy", kind="deploy", key=f"{run}-deploy_{store}-1", params=deploy, index=int(store), **common
-        )
-    )
-    status = dep.poll(launched.remote_id)
     assert status.state == "succeeded", status.error
     return status.outputs
 
