@@ -280,7 +280,16 @@ SCORING = st.one_of(
 @FUZZ
 @given(
     method=METHODS,
-    path=st.sampled_from(["/endpoints/sales/score", "/endpoints/sales", "/health", "/endpoints/nope/score", "/"]),
+    path=st.sampled_from(
+        [
+            "/endpoints/sales/score",
+            "/endpoints/stores/score",
+            "/endpoints/sales",
+            "/health",
+            "/endpoints/nope/score",
+            "/",
+        ]
+    ),
     content_type=CONTENT_TYPES,
     origin=ORIGINS,
     body=bodies(SCORING),
@@ -309,3 +318,26 @@ def test_scoring_bodies_are_scored_or_refused_by_name(scoring_server: ScoringSer
         assert isinstance(reply.json()["predictions"], list)
     else:
         assert reply.status == 400 and reply.json()["error"]["field"], reply.raw[:400]
+
+
+@FUZZ
+@given(body=SCORING)
+def test_routed_scoring_bodies_are_routed_or_refused_by_name(scoring_server: ScoringServer, body: Any) -> None:
+    """A routed endpoint (partitions 1 and 2 by store): rows answered by their partition, or a 4xx naming a field."""
+    raw = request(
+        "POST",
+        scoring_server.routed_score_path,
+        scoring_server.port,
+        body=dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
+    reply = exchange(scoring_server.port, raw)
+    check(reply, "POST")
+    if reply.status == 200:
+        doc = reply.json()
+        assert len(doc["predictions"]) == len(doc["partitions"]) and set(doc["partitions"]) <= {"1", "2"}
+        assert set(doc["models"]) == set(doc["partitions"])
+    else:
+        assert reply.status in (400, 404) and reply.json()["error"]["field"], reply.raw[:400]
+        if reply.status == 404:
+            assert reply.json()["error"]["code"] == "unknown_partition"
