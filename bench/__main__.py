@@ -23,8 +23,8 @@ from typing import TextIO
 from bench.common import ROOT
 from shared.settings import Settings
 
-NAMES = ("cold_start", "batch", "transition", "ingest", "fanout")
-NEEDS_AZURITE = ("transition", "ingest", "fanout")
+NAMES = ("cold_start", "batch", "transition", "ingest", "fanout", "runs_index")
+NEEDS_AZURITE = ("transition", "ingest", "fanout", "runs_index")
 RESULTS = ROOT / "bench" / "results" / "latest.txt"
 
 
@@ -45,7 +45,7 @@ class _Tee(io.TextIOBase):
 
 
 def _plan(quick: bool) -> dict[str, Callable[[Settings | None], bool]]:
-    from bench import bench_batch, bench_cold_start, bench_fanout, bench_ingest, bench_transition
+    from bench import bench_batch, bench_cold_start, bench_fanout, bench_ingest, bench_runs_index, bench_transition
 
     def need(settings: Settings | None) -> Settings:
         assert settings is not None, "this benchmark needs Azurite"
@@ -58,6 +58,7 @@ def _plan(quick: bool) -> dict[str, Callable[[Settings | None], bool]]:
             "transition": lambda s: bench_transition.main(need(s), n=60, block=10),
             "ingest": lambda s: bench_ingest.main(need(s), n=2_000, again=400, inserts=40, budget_seconds=60),
             "fanout": lambda s: bench_fanout.main(need(s), n=200),
+            "runs_index": lambda s: bench_runs_index.main(need(s), n=10_000, floor_n=500, rounds=5),
         }
     return {
         "cold_start": lambda _s: bench_cold_start.main(rounds=5),
@@ -65,6 +66,7 @@ def _plan(quick: bool) -> dict[str, Callable[[Settings | None], bool]]:
         "transition": lambda s: bench_transition.main(need(s), n=200, block=10),
         "ingest": lambda s: bench_ingest.main(need(s), n=10_000, again=2_000, inserts=100, budget_seconds=90),
         "fanout": lambda s: bench_fanout.main(need(s), n=1_000),
+        "runs_index": lambda s: bench_runs_index.main(need(s), n=100_000, floor_n=1_000, rounds=9),
     }
 
 

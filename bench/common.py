@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from shared.engine.model import Message
+from shared.queue.base import Received, WorkQueue
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +49,22 @@ def azurite_settings(in_memory: bool = False) -> Iterator[Settings]:
         azurite_on_free_ports(Path(tmp), ROOT, in_memory=in_memory) as settings,
     ):
         yield settings
+
+
+class NullQueue(WorkQueue):
+    """A work queue that drops what it is sent (the benchmarks that measure something else)."""
+
+    def send(self, message: Message, delay_seconds: float = 0.0) -> None:
+        pass
+
+    def receive(self, max_messages: int = 16, visibility_timeout: float = 60.0) -> list[Received]:
+        return []
+
+    def complete(self, received: Received) -> None:
+        pass
+
+    def dead_letter(self, received: Received, reason: str, description: str) -> None:
+        pass
 
 
 def unique(prefix: str) -> str:

@@ -66,6 +66,13 @@ param zoneRedundant bool = false
 @description('NCRONTAB (with seconds) of the schedule_tick timer: fires flow schedules and the pending-run sweeper.')
 param scheduleTick string = '0 * * * * *'
 
+@description('NCRONTAB (UTC) of the daily retention timer that purges finished runs older than retentionDays.')
+param retentionSchedule string = '0 0 3 * * *'
+
+@description('Finished runs older than this many days are purged daily (0 = keep forever).')
+@minValue(0)
+param retentionDays int = 30
+
 @description('A run left pending this long (create succeeded, send did not) has its start message re-sent by the sweeper.')
 param sweeperPendingSeconds int = 300
 
@@ -702,6 +709,8 @@ var baseAppSettings = {
   CONVEYOR_MAX_DELIVERY_COUNT: string(maxDeliveryCount)
   CONVEYOR_TELEMETRY_EXPORTER: 'opentelemetry'
   CONVEYOR_SCHEDULE_TICK: scheduleTick
+  CONVEYOR_RETENTION_SCHEDULE: retentionSchedule
+  CONVEYOR_RETENTION_DAYS: string(retentionDays)
   CONVEYOR_SWEEPER_PENDING_SECONDS: string(sweeperPendingSeconds)
   // The deployed package is read-only; local scratch state goes to the instance's /tmp.
   CONVEYOR_HOME: '/tmp/conveyor'

@@ -33,8 +33,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from shared.console import cell, line, log_to_console, make_console, say
+from shared.cli_ops import register_ops
 from shared.errors import ConveyorError, NotFoundError, ValidationError
+from shared.terminal import cell, line, log_to_console, make_console, say
 
 if TYPE_CHECKING:
     from rich.progress import Task
@@ -51,7 +52,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Every value reaches these as text, never as markup (shared/console.py).
+# Every value reaches these as text, never as markup (shared/terminal.py).
 console = make_console()
 err_console = make_console(stderr=True)
 
@@ -570,6 +571,7 @@ def print_up_banner(host: Any) -> None:
     containers = host.watcher.containers if host.watcher is not None else []
     flows = sorted(host.flows.flows) if host.flows is not None else []
     say(console, ("conveyor host running", "bold green"), f" at {url}")
+    say(console, f"  {'console':<18} {console_url(url)}")
     lines = [
         ("status", f"GET  {url}/admin/host/status"),
         ("start a run", f"POST {url}/api/flows/{{flow}}/runs"),
@@ -994,6 +996,39 @@ def rerun(
         raise typer.Exit(1)
 
 
+def console_url(base_url: str, run_id: str | None = None) -> str:
+    """The web console's page for the host at ``base_url``: the runs, or one run."""
+    from urllib.parse import quote
+
+    return f"{base_url}/" if run_id is None else f"{base_url}/runs/{quote(run_id, safe='')}"
+
+
+@app.command("open")
+@friendly
+def open_page(
+    run_id: str | None = typer.Argument(None, metavar="[RUN]", help="run id (or a unique prefix); none: the runs"),
+    print_only: bool = typer.Option(False, "--print", help="only print the URL"),
+) -> None:
+    """Open the web console (or one run's page) in a browser; print the URL when there is no browser."""
+    import webbrowser
+
+    settings = load_settings()
+    target = None
+    if run_id is not None:
+        with storage(settings) as services:
+            target = resolve_run(services, run_id).run_id
+    url = console_url(host_url(settings), target)
+    if not host_running(settings):
+        say(err_console, ("no host is running here: start `conveyor up` to serve the console", "yellow"))
+    opened = False
+    if not print_only:
+        try:
+            opened = webbrowser.open(url)
+        except webbrowser.Error:
+            opened = False
+    console.print(url if not opened else f"opened {url}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 @friendly
 def demo(
@@ -1005,13 +1040,25 @@ def demo(
     stores: int | None = typer.Option(
         None, "--stores", min=1, max=200, help="with --many: stores in the sample file (default 24)"
     ),
+    serve: bool | None = typer.Option(
+        None, "--serve/--no-serve", help="keep the console up after the run until Enter (default: a terminal, not CI)"
+    ),
 ) -> None:
     """Drop sample data, follow one run to a deployed model, and ask it for a prediction."""
-    from shared.demo import demo_settings, run_demo
+    from shared.demo import demo_settings, run_demo, wait_for_enter
 
+    if serve is None:
+        serve = sys.stdin.isatty() and not os.environ.get("CI")
+    linger = wait_for_enter(console) if serve else None
     settings = demo_settings(load_settings(), "demo-many" if many else "demo")
-    result = run_demo(settings, fresh=not keep, timeout=timeout, out=console, many=many, stores=stores)
+    result = run_demo(
+        settings, fresh=not keep, timeout=timeout, out=console, linger=linger, many=many, stores=stores
+    )
     raise typer.Exit(0 if result.ok else 1)
+
+
+# dlq list|replay, backfill, purge (shared/cli_ops.py)
+register_ops(app, friendly, storage, console, err_console)
 
 
 def main(argv: list[str] | None = None) -> int:

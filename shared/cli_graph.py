@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from shared.console import line
 from shared.runview import graph_view, with_fanout_progress
+from shared.terminal import line
 
 if TYPE_CHECKING:
     from rich.console import Console

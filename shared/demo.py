@@ -17,6 +17,7 @@ a row of every store scored through it (shared/demo_many.py).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -24,6 +25,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,10 @@ FLOW = "retrain"
 LANDING = "landing"
 TARGET_COLUMNS = ("revenue", "target", "label", "y", "sales")  # never sent to the scoring endpoint
 SAMPLE_ROWS = 3
+
+
+# Called with the finished demo's result and the console URL, before the host stops.
+Linger = Callable[["DemoResult", str], None]
 
 
 @dataclass
@@ -205,14 +211,19 @@ def run_demo(
     workers: int = 2,
     many: bool = False,
     stores: int | None = None,
+    linger: Linger | None = None,
 ) -> DemoResult:
-    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result."""
+    """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result.
+
+    ``linger(result, console_url)``, when given, runs after the run (and the prediction) and
+    before the host stops: the console keeps serving until it returns.
+    """
     from shared import demo_many
     from shared.cli import RunFollower, model_of, print_run
     from shared.cli_graph import fanout_progress, print_graph
-    from shared.console import make_console, say
     from shared.deploy.local_endpoint import stop_server
     from shared.host.runtime import LocalHost
+    from shared.terminal import make_console, say
 
     flow, landing = (demo_many.FLOW, demo_many.LANDING) if many else (FLOW, LANDING)
 
@@ -237,6 +248,7 @@ def run_demo(
         # the containers this demo's flow watches (the host watches every flow's)
         watched = [c for c in (host.watcher.containers if host.watcher else []) if c == landing]
         say(out, f"host running at {host.url}; watching {', '.join(watched)}")
+        print_console_url(out, host.url)
 
         t = time.monotonic()
         data_dir = settings.home / "sample-data"
@@ -304,9 +316,14 @@ def run_demo(
         return result
     except BaseException as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+        linger = None  # interrupted: stop at once
         raise
     finally:
         if host is not None:
+            if linger is not None:
+                from shared.cli import console_url
+
+                linger(result, console_url(host.url))
             host.stop()
         stop_server(settings.home)
         result.seconds = round(time.monotonic() - started, 1)
@@ -320,3 +337,22 @@ def run_demo(
                 f"inspect later: CONVEYOR_HOME={settings.home} conveyor show {result.run.run_id[:12]}"
                 f"  |  conveyor trace {result.run.run_id[:12]}",
             )
+
+
+def print_console_url(out: Console, host_url: str) -> None:
+    """The web console's URL, printed as soon as the host is up (the run shows there live)."""
+    from shared.cli import console_url
+
+    out.print(f"console: {console_url(host_url)}  (the run shows there live)", highlight=False)
+
+
+def wait_for_enter(out: Console) -> Linger:
+    """A ``linger`` for a terminal: keep the console up until the user presses Enter."""
+
+    def linger(result: DemoResult, url: str) -> None:
+        where = f"{url}runs/{result.run.run_id}" if result.run is not None else url
+        out.print(f"the console stays up at {where} (the model: {url}models); press Enter to stop", highlight=False)
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            input()
+
+    return linger

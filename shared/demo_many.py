@@ -109,8 +109,8 @@ def predictions_table(rows: list[dict[str, Any]], answer: dict[str, Any], decisi
 
 def score_partitions(services: Services, run: Run, result: DemoResult, out: Console) -> None:
     """Score a row of every store through the one endpoint; sets ``result`` (ok, prediction, served)."""
-    from shared.console import say
     from shared.demo import post_scoring
+    from shared.terminal import say
 
     deploys = fanout_outputs(services.instances, run, "deploy")
     decisions = {str(o.get("partition")): str(o.get("decision")) for o in deploys if o.get("partition")}

@@ -15,7 +15,7 @@ the lines the local files gain are printed as they come (``step/name | line``), 
 included, until the run has ended and nothing more arrives; remote logs are printed once
 their step has finished. ``--attempt N`` shows an earlier attempt of the step (``show``
 lists them). Log content is outside data: it reaches the terminal as text
-(shared/console.py), control characters escaped.
+(shared/terminal.py), control characters escaped.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.backends.base import StepLog
-from shared.console import cell, say
 from shared.errors import ConveyorError, ValidationError
+from shared.terminal import cell, say
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -6,6 +6,7 @@ settings). ``local.settings.sample.json`` lists and explains each one; keep them
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,31 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 PORTS = ("queue", "store", "blobs", "batch", "databricks", "azureml", "registry", "deployer", "telemetry")
 
 
+log = logging.getLogger("conveyor.settings")
+
+# What App Service hands an app for a Key Vault reference it could not resolve (missing secret,
+# no "Key Vault Secrets User" role yet, firewall): the reference text itself.
+UNRESOLVED_KEY_VAULT = "@Microsoft.KeyVault("
+
+
+def without_unresolved_references(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without settings whose value is an unresolved Key Vault reference, each logged as an
+    error naming it: such a value must never act as the secret (a DevOps hook secret equal to
+    the reference text would be guessable), so the setting counts as not set (hooks refused,
+    Databricks auth failing with its own clear error)."""
+    out = {}
+    for name, value in env.items():
+        if value.strip().startswith(UNRESOLVED_KEY_VAULT):
+            log.error(
+                "setting %s is an unresolved Key Vault reference; treating it as not set "
+                "(check the secret exists and the app's identity is Key Vault Secrets User)",
+                name,
+            )
+            continue
+        out[name] = value
+    return out
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -32,6 +58,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValidationError(f"must be an integer, got {raw!r}", field=name) from exc
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ValidationError(f"must be 0 (off) or more, got {value}", field=name)
+    return value
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    """A comma-separated setting as its non-empty items, in order, without repeats."""
+    return tuple(dict.fromkeys(part.strip() for part in (raw or "").split(",") if part.strip()))
 
 
 @dataclass(frozen=True)
@@ -193,13 +231,21 @@ class Settings:
     appinsights_connection_string: str | None = None
     appinsights_authentication_string: str | None = None  # "Authorization=AAD[;ClientId=<guid>]"
     sweeper_pending_seconds: int = 300
+    # lifecycle events out (shared.events): an Event Grid custom topic (identity-based) and/or webhooks
+    events_topic_endpoint: str | None = None
+    events_webhooks: tuple[str, ...] = ()
+    website_hostname: str | None = None  # set by App Service/Functions; the webhook handshake's origin
+    # retention (shared.ops.retention): 0 days = off
+    retention_days: int = 30
+    retention_statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+    retention_schedule: str = "0 0 3 * * *"
     adapters: Mapping[str, str] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
+        env = without_unresolved_references(os.environ if env is None else env)
         root = Path(env.get("CONVEYOR_ROOT") or Path.cwd()).resolve()
         home = Path(env.get("CONVEYOR_HOME") or root / ".conveyor").resolve()
         mode = env.get("CONVEYOR_MODE", "local").strip().lower()
@@ -237,6 +283,12 @@ class Settings:
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
             appinsights_authentication_string=env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or None,
             sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
+            events_topic_endpoint=(env.get("CONVEYOR_EVENTS_TOPIC_ENDPOINT") or "").strip() or None,
+            events_webhooks=_list(env.get("CONVEYOR_EVENTS_WEBHOOKS")),
+            website_hostname=env.get("WEBSITE_HOSTNAME") or None,
+            retention_days=_non_negative(env, "CONVEYOR_RETENTION_DAYS", 30),
+            retention_statuses=_list(env.get("CONVEYOR_RETENTION_STATUSES")) or ("succeeded", "failed", "cancelled"),
+            retention_schedule=(env.get("CONVEYOR_RETENTION_SCHEDULE") or "").strip() or "0 0 3 * * *",
             adapters=adapters,
             azure=AzureSettings.read(env),
             env=env,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from shared.backends.base import JobBackend
     from shared.blobs.base import BlobStore
     from shared.deploy.base import Deployer
+    from shared.events.publisher import LifecycleEvents
     from shared.flows.model import FlowsFile
     from shared.queue.base import WorkQueue
     from shared.registry.base import ModelRegistry
@@ -109,6 +110,19 @@ class Services:
 
             return AzureMLOnlineDeployer.from_settings(self.settings)
         raise self._unsupported("deployer")
+
+    @cached_property
+    def events(self) -> LifecycleEvents | None:
+        """Lifecycle events out, or None when no sink is configured. The outbox lives in the
+        run store's account, so a Services handed its own run store (a test double) gets
+        none unless it is handed ``events`` too."""
+        from shared.store.table import TableRunStore
+
+        if not isinstance(self.store, TableRunStore):
+            return None
+        from shared.events.publisher import LifecycleEvents
+
+        return LifecycleEvents.from_settings(self.settings)
 
     @cached_property
     def telemetry(self) -> Telemetry:

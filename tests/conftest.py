@@ -42,6 +42,22 @@ def storage_settings(azurite_settings: Settings, tmp_path: Path) -> Settings:
     )
 
 
+def cli_environment(settings: Settings, flows_file: Path) -> dict[str, str]:
+    """The environment under which the ``conveyor`` CLI uses ``settings`` (this test's storage)."""
+    return {
+        "CONVEYOR_ROOT": str(settings.root),
+        "CONVEYOR_HOME": str(settings.home),
+        "CONVEYOR_FLOWS_FILE": str(flows_file),
+        "CONVEYOR_AZURITE_BLOB_PORT": str(settings.azurite_blob_port),
+        "CONVEYOR_AZURITE_QUEUE_PORT": str(settings.azurite_queue_port),
+        "CONVEYOR_AZURITE_TABLE_PORT": str(settings.azurite_table_port),
+        "CONVEYOR_QUEUE_NAME": settings.queue_name,
+        "CONVEYOR_RUNS_TABLE": settings.runs_table,
+        "CONVEYOR_HOST_PORT": str(settings.host_port),
+        "CI": "true",
+    }
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by folder so `-m "not functional"` works without per-file markers."""
     for item in items:
@@ -50,3 +66,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.functional)
         elif "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        elif "browser" in parts:
+            item.add_marker(pytest.mark.browser)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.engine.model import FanOut, InstanceRun, Message, Run, RunStatus, StepState
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
-from shared.queue.base import Received, WorkQueue
-from shared.store.base import MAX_INSTANCES_PER_SAVE, InstanceStore, RunStore
+from shared.events.base import CloudEventJson, Outbox, OutboxEntry
+from shared.queue.base import DeadLetter, Received, ReplayReport, WorkQueue, wanted
+from shared.store.base import MAX_INSTANCES_PER_SAVE, InstanceStore, PurgeReport, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -57,13 +59,40 @@ class MemoryRunStore(RunStore):
         return saved
 
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
         wanted = set(statuses) if statuses is not None else None
         runs = [self.get(rid) for rid in self.rows]
         runs = [r for r in runs if (flow is None or r.flow == flow) and (wanted is None or r.status in wanted)]
+        runs = [r for r in runs if created_before is None or r.created_at < created_before]
         runs.sort(key=lambda r: r.created_at, reverse=True)
         return runs[:limit]
+
+    def purge(
+        self,
+        created_before: datetime,
+        statuses: Iterable[RunStatus],
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+    ) -> PurgeReport:
+        wanted = [RunStatus(s) for s in statuses]
+        if any(not s.terminal for s in wanted):
+            raise ValidationError("only finished runs can be purged", field="status")
+        report = PurgeReport(created_before=created_before, statuses=[s.value for s in wanted], dry_run=dry_run)
+        matched = self.list_runs(statuses=wanted, limit=limit or len(self.rows) or 1, created_before=created_before)
+        report.matched = len(matched)
+        report.run_ids = [r.run_id for r in matched]
+        if not dry_run:
+            for r in matched:
+                del self.rows[r.run_id]
+            report.deleted = len(matched)
+        return report
 
 
 class MemoryInstanceStore(InstanceStore):
@@ -197,6 +226,38 @@ class MemoryQueue(WorkQueue):
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
+    def _dead_entries(self) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                id=str(i),
+                message_id=m.message_id,
+                reason=reason,
+                description=description,
+                delivery_count=0,
+                body=m.model_dump_json(),
+                message=m,
+            )
+            for i, (m, reason, description) in enumerate(self.dead)
+        ]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return self._dead_entries()[:limit]
+
+    def replay_dead_letters(self, ids: Collection[str] | None = None, flow: str | None = None) -> ReplayReport:
+        report = ReplayReport()
+        keep = []
+        seen: set[str] = set()
+        for entry, dead in zip(self._dead_entries(), self.dead, strict=True):
+            if wanted(entry, ids, flow) and entry.message is not None:
+                seen.update((entry.id, entry.message_id))
+                self.send(entry.message)
+                report.replayed.append(entry)
+            else:
+                keep.append(dead)
+        self.dead = keep
+        report.missing = sorted(set(ids or ()) - seen)
+        return report
+
     def next_visible_in(self) -> float | None:
         if not self.items:
             return None
@@ -274,3 +335,71 @@ class ScriptedBackend(JobBackend):
             step = self.jobs[key].request.step
             counts[step] = counts.get(step, 0) + 1
         return counts
+
+
+class MemoryOutbox(Outbox):
+    """The outbox contract in memory: insert-if-absent by id, tombstones, leases by version."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, OutboxEntry] = {}
+        self.versions: dict[str, int] = {}
+        self.delivered: set[str] = set()
+        self.expired: dict[str, str] = {}
+        self.fail_adds = 0  # the next add calls that raise (the table is down)
+
+    def add(
+        self, events: list[CloudEventJson], sinks: list[str], now: datetime, *, skip_delivered: bool = False
+    ) -> list[bool]:
+        if self.fail_adds:
+            self.fail_adds -= 1
+            raise ConnectionError("outbox table unavailable")
+        out = []
+        for e in events:
+            eid = str(e["id"])
+            if eid in self.rows or (skip_delivered and eid in self.delivered):
+                out.append(False)
+                continue
+            self.rows[eid] = OutboxEntry(dict(e), list(sinks), 0, now, now, handle=0)
+            self.versions[eid] = 0
+            out.append(True)
+        return out
+
+    def due(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        due = [e for i, e in self.rows.items() if i not in self.expired and e.next_at <= now]
+        return [
+            OutboxEntry(dict(e.event), list(e.pending), e.attempts, e.first_at, e.next_at, e.last_error, e.handle)
+            for e in sorted(due, key=lambda e: e.first_at)[:limit]
+        ]
+
+    def _bump(self, entry: OutboxEntry) -> bool:
+        if self.versions.get(entry.id) != entry.handle:
+            return False
+        self.versions[entry.id] += 1
+        entry.handle = self.versions[entry.id]
+        return True
+
+    def claim(self, entry: OutboxEntry, until: datetime) -> OutboxEntry | None:
+        if not self._bump(entry):
+            return None
+        entry.next_at = until
+        self.rows[entry.id] = entry
+        return entry
+
+    def retry(self, entry: OutboxEntry, pending: list[str], next_at: datetime, error: str) -> None:
+        if self._bump(entry):
+            entry.pending, entry.next_at, entry.last_error = list(pending), next_at, error
+            entry.attempts += 1
+            self.rows[entry.id] = entry
+
+    def done(self, entry: OutboxEntry) -> None:
+        self.delivered.add(entry.id)
+        if self.versions.get(entry.id) == entry.handle:
+            self.rows.pop(entry.id, None)
+
+    def expire(self, entry: OutboxEntry, error: str) -> None:
+        self.expired[entry.id] = error
+
+    def purge(self, before: datetime) -> int:
+        n = len(self.delivered)
+        self.delivered.clear()
+        return n

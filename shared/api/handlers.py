@@ -22,6 +22,13 @@ POST    /api/events/blob               eventgrid   Event Grid webhook: 200 hands
 OPTIONS /api/events/blob               eventgrid   CloudEvents abuse-protection handshake
 GET     /api/openapi.json              openapi     200 the OpenAPI 3.1 document (shared.api.openapi)
 ======= ============================== =========== ==========================================
+
+Dead letters (handlers ``dead_letters`` and ``replay_dead_letters``):
+``GET /api/deadletters?limit=`` (1-5000, default 100) lists the work queue's dead letters;
+``POST /api/deadletters/replay`` with a ``ReplayBody`` (``{"ids": [...]}`` or ``{"all": true}``,
+optional ``"flow"``) answers 200 with what was replayed, kept (and why) and not found.
+Request bodies of these routes are pydantic models: unknown fields and wrong types are a
+400 naming the field.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
 from shared.api.guard import STATE_CHANGING, media_type_refusal
 from shared.api.http import (
@@ -61,6 +71,7 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")  # visible ASCII, no spaces
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
+MAX_DEAD_LETTERS = 5000
 
 
 class Route(NamedTuple):
@@ -85,7 +96,30 @@ ROUTES: list[Route] = [
     Route("POST", "/api/events/blob", "eventgrid"),
     Route("OPTIONS", "/api/events/blob", "eventgrid"),
     Route("GET", "/api/openapi.json", "openapi"),
+    Route("GET", "/api/deadletters", "dead_letters"),
+    Route("POST", "/api/deadletters/replay", "replay_dead_letters"),
 ]
+
+
+class ReplayBody(BaseModel):
+    """``POST /api/deadletters/replay``: entry (or message) ids, or ``all``; optionally one flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = Field(default=None, min_length=1, max_length=1000, description="ids from the list")
+    all: bool = Field(default=False, description="replay every dead letter (of flow, if given)")
+    flow: str | None = Field(default=None, pattern=FLOW_RE.pattern, description="only messages of this flow")
+
+
+def parse_body(req: HttpRequest, model: type[BaseModel]) -> Any:
+    """The JSON body validated by ``model``; the first problem is a ValidationError naming its field."""
+    data = req.json()
+    try:
+        return model.model_validate({} if data is None else data)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        raise ValidationError(str(err.get("msg", "invalid")), field=where) from None
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -366,6 +400,31 @@ class Api:
         # from_step null: the engine restarts at the run's first step that did not succeed.
         body = {**_run_ref(run), "from_step": from_step}
         return json_response(202, body, {"Location": status_url(run.run_id)})
+
+    # ------------------------------------------------------------ dead letters
+    @_guarded
+    def dead_letters(self, req: HttpRequest) -> HttpResponse:
+        raw = req.query.get("limit")
+        limit = 100
+        if raw is not None and raw.strip():
+            try:
+                limit = int(raw)
+            except ValueError:
+                raise ValidationError(f"must be an integer, got {raw[:20]!r}", field="limit") from None
+            if not 1 <= limit <= MAX_DEAD_LETTERS:
+                raise ValidationError(f"must be between 1 and {MAX_DEAD_LETTERS}", field="limit")
+        entries = self.services.queue.dead_letters(limit=limit)
+        return json_response(200, {"dead_letters": [d.as_json() for d in entries], "count": len(entries)})
+
+    @_guarded
+    def replay_dead_letters(self, req: HttpRequest) -> HttpResponse:
+        body = parse_body(req, ReplayBody)
+        if (body.ids is None) == (not body.all):
+            raise ValidationError("give ids or all: true (not both)", field="ids")
+        if any(not isinstance(i, str) or not 0 < len(i) <= 200 or not i.isprintable() for i in body.ids or []):
+            raise ValidationError("each id must be 1-200 printable characters", field="ids")
+        report = self.services.queue.replay_dead_letters(None if body.all else body.ids, flow=body.flow)
+        return json_response(200, report.as_json())
 
 
 # ---------------------------------------------------------------- request parsing

@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.api.handlers import FLOW_RE, IDEMPOTENCY_KEY_RE, MAX_LIMIT, ROUTES, RUN_ID_RE, STEP_RE
+from shared.api.handlers import FLOW_RE, IDEMPOTENCY_KEY_RE, MAX_DEAD_LETTERS, MAX_LIMIT, ROUTES, RUN_ID_RE, STEP_RE
 
 JSON = "application/json"
 TITLE = "Conveyor"
@@ -90,6 +90,38 @@ HANDWRITTEN_SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "items": {"type": "object", "required": ["from", "to"], "properties": {"from": STRING, "to": STRING}},
             },
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "required": ["id", "message_id", "reason", "description", "delivery_count", "replayable", "body"],
+        "properties": {
+            "id": STRING,
+            "message_id": STRING,
+            "reason": STRING,
+            "description": STRING,
+            "delivery_count": {"type": "integer"},
+            "run_id": {"type": ["string", "null"]},
+            "flow": {"type": ["string", "null"]},
+            "kind": {"type": ["string", "null"]},
+            "enqueued_at": {"type": ["string", "null"]},
+            "dead_lettered_at": {"type": ["string", "null"]},
+            "replayable": {"type": "boolean"},
+            "body": STRING,
+        },
+    },
+    "DeadLetterList": {
+        "type": "object",
+        "required": ["dead_letters", "count"],
+        "properties": {"dead_letters": {"type": "array", "items": ref("DeadLetter")}, "count": {"type": "integer"}},
+    },
+    "ReplayReport": {
+        "type": "object",
+        "required": ["replayed", "kept", "missing"],
+        "properties": {
+            "replayed": {"type": "array", "items": ref("DeadLetter")},
+            "kept": {"type": "array", "items": {"allOf": [ref("DeadLetter")], "required": ["why"]}},
+            "missing": {"type": "array", "items": STRING},
         },
     },
     "InstancePage": {
@@ -358,6 +390,21 @@ ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
         tags=("triggers",),
         response_headers={200: {"WebHook-Allowed-Origin": {"schema": STRING}}},
     ),
+    ("GET", "dead_letters"): RouteDoc(
+        "Messages the work queue gave up on (local poison queue / Service Bus dead-letter sub-queue)",
+        {200: ("the dead letters", "DeadLetterList")},
+        query=(
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEAD_LETTERS}},
+        ),
+        tags=("operations",),
+    ),
+    ("POST", "replay_dead_letters"): RouteDoc(
+        "Re-send dead letters (message id intact); each is removed only after its send succeeded",
+        {200: ("what was replayed, kept (with why) and not found", "ReplayReport")},
+        request="ReplayRequest",
+        request_required=True,
+        tags=("operations",),
+    ),
     ("GET", "openapi"): RouteDoc(
         "This document", {200: ("the OpenAPI document", "OpenApiDocument")}, tags=("meta",), security=()
     ),
@@ -443,7 +490,11 @@ def _model_schemas() -> dict[str, Any]:
         "properties": {**schema["properties"], "status_url": STRING, "graph": ref("RunGraph")},
         "required": [*schema.get("required", []), "status_url", "graph"],
     }
-    return {**defs, "Run": schema, "RunDocument": document}
+    from shared.api.handlers import ReplayBody
+
+    replay = ReplayBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    replay.pop("title", None)
+    return {**defs, "Run": schema, "RunDocument": document, "ReplayRequest": replay}
 
 
 @functools.cache

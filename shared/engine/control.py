@@ -8,7 +8,9 @@ in ``tick`` so that a duplicate delivered after a later rerun does nothing.
 
 from __future__ import annotations
 
-from shared.engine.model import Message, Run
+from typing import Any
+
+from shared.engine.model import Message, Run, StepRun
 from shared.errors import ConcurrencyError, ConflictError, ValidationError
 from shared.flows.model import FlowsFile
 from shared.queue.base import WorkQueue
@@ -78,14 +80,14 @@ def request_rerun(
             f"step {from_step!r} is no longer in flow {run.flow} (steps: {', '.join(flow_names)})", field="from_step"
         )
     graph = flow.graph()
-    upstream = graph.ancestors(from_step)
-    for s in run.steps:
-        if s.name in upstream and not s.ok:
-            where = "before" if graph.is_chain() else "upstream of"
-            raise ValidationError(
-                f"step {s.name!r} {where} {from_step!r} has not succeeded ({s.state.value}); rerun from {s.name!r}",
-                field="from_step",
-            )
+    blocker = _not_ok_upstream(run, graph, from_step)
+    if blocker is not None:
+        where = "before" if graph.is_chain() else "upstream of"
+        raise ValidationError(
+            f"step {blocker.name!r} {where} {from_step!r} has not succeeded ({blocker.state.value}); "
+            f"rerun from {blocker.name!r}",
+            field="from_step",
+        )
     queue.send(
         Message(
             kind="rerun",
@@ -100,4 +102,23 @@ def request_rerun(
     return run
 
 
-__all__ = ["request_cancel", "request_rerun"]
+def rerun_steps(run: Run, flows: FlowsFile) -> list[str]:
+    """The steps ``request_rerun`` accepts as ``from_step`` for ``run``, in run order ([] while it runs).
+
+    The console's step picker offers exactly these; tests/unit/engine checks the two agree.
+    """
+    flow = flows.flows.get(run.flow)
+    if not run.status.terminal or flow is None:
+        return []
+    in_flow = {s.name for s in flow.steps}
+    graph = flow.graph()
+    return [s.name for s in run.steps if s.name in in_flow and _not_ok_upstream(run, graph, s.name) is None]
+
+
+def _not_ok_upstream(run: Run, graph: Any, step: str) -> StepRun | None:
+    """The first step ``step`` waits for (directly or not) that did not end ok, or None."""
+    upstream = graph.ancestors(step)
+    return next((s for s in run.steps if s.name in upstream and not s.ok), None)
+
+
+__all__ = ["request_cancel", "request_rerun", "rerun_steps"]

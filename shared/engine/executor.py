@@ -72,6 +72,7 @@ from shared.queue.base import WorkQueue
 from shared.store.base import ITEMS_PER_PAGE, InstanceStore, RunStore
 
 if TYPE_CHECKING:
+    from shared.events.publisher import LifecycleEvents
     from shared.telemetry.base import Span, Telemetry
     from shared.wiring import Services
 
@@ -133,6 +134,7 @@ class Executor:
         telemetry: Telemetry | None = None,
         clock: Clock = utcnow,
         instances: InstanceStore | None = None,
+        events: LifecycleEvents | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -143,6 +145,7 @@ class Executor:
         self.instances = instances
         self._cache: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.events = events  # lifecycle CloudEvents out (shared.events), fed from Emit
 
     @classmethod
     def from_services(cls, services: Services) -> Executor:
@@ -153,6 +156,7 @@ class Executor:
             services.backend,
             services.telemetry,
             instances=services.instances,
+            events=services.events,
         )
 
     # -------------------------------------------------------------- entry points
@@ -171,6 +175,8 @@ class Executor:
             self._fan_out(message, delivery_count)
             return
         redelivered = delivery_count > 1
+        if redelivered and self.events is not None:
+            self._reconcile_events(message.run_id)
         events: deque[Observation | None] = deque([None])
         handled = 0
         latest: _Loaded | None = None  # the run (and fan-out rows) as last loaded or saved, with ETags
@@ -525,9 +531,19 @@ class Executor:
         except Exception:
             log.warning("run %s step %s: cancelling %s failed", run.run_id, cmd.step, cmd.remote_id, exc_info=True)
 
+    def _reconcile_events(self, run_id: str) -> None:
+        """A redelivery may follow a crash between a save and its Emits: re-record those events."""
+        assert self.events is not None
+        try:
+            self.events.reconcile(self.store.get(run_id))
+        except Exception:  # lifecycle events never fail the message
+            log.debug("run %s: lifecycle events not reconciled", run_id, exc_info=True)
+
     def _emit(self, run: Run, cmd: Emit) -> None:
         level = logging.WARNING if cmd.name in ("step.failed", "step.retrying") else logging.INFO
         log.log(level, "%s", event_text(run, cmd))
+        if self.events is not None:
+            self.events.on_emit(run, cmd.name, cmd.attributes)  # never raises
         if self.telemetry is None:
             return
         try:

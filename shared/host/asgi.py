@@ -1,12 +1,14 @@
 """The socket side of ``conveyor up``: ``HostApp`` served as an ASGI app by Hypercorn.
 
-``host_app(app, host, port)`` is the ASGI app: ``/api/...``, ``/admin/...`` and ``/runtime/...``
-go to :meth:`shared.host.server.HostApp.handle` (the same routes and handlers the Functions
-app serves) through :class:`shared.web.asgi.Bridge`; every request first passes the host's
-:class:`shared.api.guard.RequestPolicy` (Host = the bound address, same-origin only,
-``application/json`` for state-changing requests). More routes -- a web console's pages and
-static files -- are added with ``extra_routes`` and get their own policy with
-``extra_policies`` (a path prefix and a policy, e.g. form media types and a CSP header).
+``host_app(app, host, port)`` is the ASGI app: ``/api/...``, ``/admin/...`` and
+``/runtime/...`` go to :meth:`shared.host.server.HostApp.handle` (the same routes and handlers
+the Functions app serves) through :class:`shared.web.asgi.Bridge`, and so do the web console's
+pages (``/``, ``/runs/...``, ``/models``, ``/dead-letters``, ``/static/...``, form posts
+allowed); every request first passes the host's :class:`shared.api.guard.RequestPolicy` (Host =
+the bound address, same-origin only, ``application/json`` for state-changing requests). More
+routes -- a web console's pages and static files -- are added with ``extra_routes`` and get
+their own policy with ``extra_policies`` (a path prefix and a policy, e.g. form media types and
+a CSP header).
 
 :class:`HostServer` binds the port, builds that app for the bound address and serves it from a
 daemon thread (:class:`shared.web.server.ServerThread`).
@@ -36,13 +38,23 @@ def host_app(
 ) -> ASGIApp:
     from starlette.routing import Mount
 
+    from shared.api.guard import FORM_MEDIA_TYPES
+    from shared.console.paths import CONSOLE_PREFIXES
+
     limits = limits or HttpLimits()
     handler = Bridge(app.handle, limits)
     routes = [Mount(prefix, app=handler) for prefix in HOST_PREFIXES]
     policy = RequestPolicy.for_address(
         host, port, max_headers=limits.max_headers, max_header_bytes=limits.max_header_bytes
     )
-    return json_app([*routes, *extra_routes], [("/", policy), *extra_policies])
+    # The web console's pages (HostApp.handle hands them to shared.console): same Host and
+    # Origin rules, but its cancel/rerun/replay forms post form bodies (checked again there:
+    # same origin + page token). Everything else HostApp answers itself (a JSON 404).
+    console = policy.with_media_types(*FORM_MEDIA_TYPES)
+    console_policies = [(prefix.rstrip("/"), console) for prefix in CONSOLE_PREFIXES]
+    return json_app(
+        [*routes, *extra_routes, Mount("", app=handler)], [("/", policy), *console_policies, *extra_policies]
+    )
 
 
 class HostServer:

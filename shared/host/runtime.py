@@ -138,6 +138,9 @@ class LocalHost:
                 self.services.telemetry.flush()
             except Exception:
                 log.debug("host: telemetry flush failed", exc_info=True)
+            events = self.services.__dict__.get("events")
+            if events is not None:  # undelivered lifecycle events stay in the outbox for the next start
+                events.close()
         if self._started or self._previous_services is not None:
             wiring.set_services(self._previous_services)
             self._previous_services = None

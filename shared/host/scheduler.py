@@ -3,6 +3,10 @@
 In Azure the ``schedules`` blueprint's timer calls ``IngestService.fire_schedules(now)`` and
 the sweeper; locally this thread does the same every few seconds. Both are idempotent (a
 schedule's run id is a hash of flow + fire time), so firing twice starts nothing new.
+The daily retention purge (``CONVEYOR_RETENTION_SCHEDULE``, the ``retention`` timer in
+Azure) runs here too, first at the schedule's next fire after the host started, and so does
+a delivery pass over the lifecycle-event outbox with each sweep (the ``lifecycle_events``
+timer in Azure).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Scheduler:
         self.clock = clock
         self.resume_stalled_seconds = resume_stalled_seconds
         self._last_sweep: float | None = None
+        self._retention_fire: datetime | None = None  # the last retention fire handled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -60,12 +65,33 @@ class Scheduler:
 
         return sweep(self.services, now or self.clock(), self.resume_stalled_seconds)
 
+    def deliver_events(self) -> Any:
+        """A delivery pass over the lifecycle-event outbox (what a stopped host left, retries)."""
+        events = self.services.events
+        return events.deliver_due() if events is not None else None
+
+    def retention(self, now: datetime) -> Any:
+        """Purge at each fire of ``CONVEYOR_RETENTION_SCHEDULE`` (not for a fire before the start)."""
+        from shared.flows.cron import Cron
+        from shared.ops.retention import apply_retention
+
+        due = Cron.parse(self.services.settings.retention_schedule).last_at_or_before(now, "UTC")
+        if self._retention_fire is None or due is None or due <= self._retention_fire:
+            self._retention_fire = self._retention_fire or due or now
+            return None
+        self._retention_fire = due
+        return apply_retention(self.services, now)
+
     def tick(self, now: datetime | None = None) -> None:
         now = now or self.clock()
         try:
             self.fire(now)
         except Exception:
             log.exception("scheduler: firing schedules failed")
+        try:
+            self.retention(now)
+        except Exception:
+            log.exception("scheduler: the retention purge failed")
         mono = now.timestamp()
         if self._last_sweep is None or mono - self._last_sweep >= self.sweep_every:
             self._last_sweep = mono
@@ -73,6 +99,10 @@ class Scheduler:
                 self.sweep(now)
             except Exception:
                 log.exception("scheduler: sweeping pending runs failed")
+            try:
+                self.deliver_events()
+            except Exception:
+                log.exception("scheduler: delivering lifecycle events failed")
 
     def start(self) -> Scheduler:
         if self._thread is None:

@@ -78,6 +78,7 @@ class HostApp:
         self._eventgrid = eventgrid
         self.functions = functions
         self._lock = threading.Lock()
+        self._console: Any = None
 
     # ------------------------------------------------------------ lazily built handlers
     @property
@@ -96,6 +97,16 @@ class HostApp:
                 self._eventgrid = functions_blob_created(self.services)
             return self._eventgrid
 
+    @property
+    def console(self) -> Any:
+        """The web console (``shared.console``), built on first request."""
+        with self._lock:
+            if self._console is None:
+                from shared.console.handlers import Console
+
+                self._console = Console(self.services)
+            return self._console
+
     # ------------------------------------------------------------ routing
     def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         parts = urlsplit(raw_path)
@@ -113,6 +124,9 @@ class HostApp:
                 return self._eventgrid_delivery(query, headers, body)
             if low == "/api" or low.startswith("/api/"):
                 return self._api_call(method, path, query, headers, body)
+            if _console_path(path):  # the web console: HTML pages and its static assets
+                req = HttpRequest(method=method, path=path, query=query, headers=dict(headers), body=body)
+                return _reply(self.console.handle(req))
             return _error(404, f"no route for {path}")
         except Exception as exc:  # the one error mapping the HTTP blueprints use too
             return _reply(map_error(exc))
@@ -155,6 +169,12 @@ class HostApp:
         ignored = [i.as_json() for i in outcome.ignored]
         doc = {"function": fn, "events": outcome.events, "runs": runs, "created": created, "ignored": ignored}
         return _json_reply(202, doc)
+
+
+def _console_path(path: str) -> bool:
+    from shared.console.paths import is_console_path
+
+    return is_console_path(path)
 
 
 def functions_blob_created(services: Services | None) -> EventGridSink:

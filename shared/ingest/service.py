@@ -339,9 +339,11 @@ class IngestService:
             self._blob_account = BlobAccount.from_settings(self.settings or get_settings())
         return self._blob_account
 
-    def _blob_plans(self, ev: BlobEvent, now: datetime) -> list[_Plan]:
+    def _blob_plans(self, ev: BlobEvent, now: datetime, only: str | None = None) -> list[_Plan]:
         plans: list[_Plan] = []
         for flow_name in sorted(self.flows.flows):
+            if only is not None and flow_name != only:
+                continue
             flow = self.flows.flows[flow_name]
             for trig in flow.triggers:
                 if not isinstance(trig, BlobTrigger):
@@ -381,12 +383,16 @@ class IngestService:
         """The folder's URL: the manifest's URL without its last ``manifest``-many path segments."""
         return ev.url.rsplit("/", manifest.count("/") + 1)[0] + "/"
 
-    def ingest_blob_events(self, events: Sequence[BlobEvent | Mapping[str, Any]]) -> list[IngestResult]:
+    def ingest_blob_events(
+        self, events: Sequence[BlobEvent | Mapping[str, Any]], *, flow: str | None = None, dry_run: bool = False
+    ) -> list[IngestResult]:
         """Start every flow whose blob trigger matches each event. See the module docstring.
 
         ``events`` are :class:`BlobEvent` objects, or raw event objects of either Event Grid
         schema (validated here first by the one parser; other event types are skipped and
         refused events reported, as :meth:`ingest_delivery` does).
+        ``flow`` limits the flows considered to that one (a backfill of one flow); ``dry_run``
+        creates and sends nothing and says per run ``new`` (no run yet), ``duplicate`` or ``ignored``.
         """
         raw = [e for e in events if not isinstance(e, BlobEvent)]
         parsed: list[BlobEvent] = [e for e in events if isinstance(e, BlobEvent)]
@@ -397,11 +403,22 @@ class IngestService:
         now = self.clock()
         plans: list[_Plan] = []
         for ev in parsed:
-            matched = self._blob_plans(ev, now)
+            matched = self._blob_plans(ev, now, flow)
             if not matched:
                 self._emit("trigger.unmatched", traceparent=new_traceparent(), kind="blob", source=ev.url)
             plans.extend(matched)
-        return self._submit(plans)
+        return self._dry_run(plans) if dry_run else self._submit(plans)
+
+    def _dry_run(self, plans: list[_Plan]) -> list[IngestResult]:
+        out: list[IngestResult] = []
+        for p in plans:
+            if p.run is None:
+                out.append(IngestResult(p.flow, "", False, p.status or "ignored", p.reason))
+            elif self._has_run(p.run.run_id):
+                out.append(IngestResult(p.flow, p.run.run_id, False, "duplicate", "run already exists"))
+            else:
+                out.append(IngestResult(p.flow, p.run.run_id, False, "new", p.run.trigger.source))
+        return out
 
     def ingest_eventgrid(self, body: bytes | str, headers: Mapping[str, str]) -> EventGridOutcome:
         """One Event Grid webhook POST (both HTTP routes): the strict parser, then :meth:`ingest_delivery`."""

@@ -22,6 +22,15 @@ deliveries beyond ``max_delivery_count`` (``MaxDeliveryCountExceeded``), like th
 Queue adapter. The lock duration is a property of the queue (infra: PT1M), so
 ``visibility_timeout`` is not used here.
 
+Dead letters: ``dead_letters`` peeks the queue's dead-letter sub-queue (nothing is locked or
+moved; reason, description, delivery count, and the run from the body). ``replay_dead_letters``
+receives from the sub-queue in PEEK_LOCK, sends a copy of each chosen message to the queue (same
+body, message id, subject, content type and application properties), completes the dead-letter
+copy only after that send succeeded, and abandons every message it did not replay. A message
+first enqueued less than the queue's duplicate-detection window ago (infra:
+``duplicateDetectionHistoryTimeWindow``, PT1H; ``duplicate_window``) is kept: the broker would
+silently drop a copy with the same message id, and removing the dead letter would lose it.
+
 SDK exceptions are mapped into shared.errors with the service's own message (see
 ``map_servicebus_error``). ``azure.servicebus`` is imported lazily.
 """
@@ -32,7 +41,7 @@ import contextlib
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +60,7 @@ from shared.errors import (
     TransientError,
     ValidationError,
 )
-from shared.queue.base import Received, WorkQueue
+from shared.queue.base import DeadLetter, Received, ReplayReport, WorkQueue, parse_dead_body, wanted
 
 if TYPE_CHECKING:
     from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiver, ServiceBusSender
@@ -64,6 +73,10 @@ MAX_RECEIVE = 256
 _DEAD_LETTER_TEXT_MAX = 1024
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._\-/]{0,258}[A-Za-z0-9_])?$")
 _MAX_DETAIL = 500
+DUPLICATE_WINDOW = timedelta(hours=1)  # infra/main.bicep duplicateDetectionHistoryTimeWindow (PT1H)
+_PEEK_PAGE = 250
+_REPLAY_PAGE = 50
+_MAX_REPLAY_SCAN = 5000
 
 
 def service_bus_message_id(message: Message) -> str:
@@ -140,6 +153,7 @@ class ServiceBusWorkQueue(WorkQueue):
         *,
         receive_wait_seconds: float = 1.0,
         clock: Callable[[], datetime] | None = None,
+        duplicate_window: timedelta = DUPLICATE_WINDOW,
     ) -> None:
         if not isinstance(queue_name, str) or not _QUEUE_RE.match(queue_name):
             raise ValidationError(
@@ -152,6 +166,7 @@ class ServiceBusWorkQueue(WorkQueue):
         self.queue_name = queue_name
         self.max_delivery_count = max_delivery_count
         self.receive_wait_seconds = receive_wait_seconds
+        self.duplicate_window = duplicate_window
         self._client = client
         self._clock = clock or (lambda: datetime.now(UTC))
         self._sender: ServiceBusSender | None = None
@@ -327,6 +342,130 @@ class ServiceBusWorkQueue(WorkQueue):
                 )
             except Exception as exc:
                 raise map_servicebus_error(exc) from exc
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def _dead_letter_receiver(self) -> ServiceBusReceiver:
+        from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+
+        try:
+            return self._client.get_queue_receiver(
+                self.queue_name, sub_queue=ServiceBusSubQueue.DEAD_LETTER, receive_mode=ServiceBusReceiveMode.PEEK_LOCK
+            )
+        except Exception as exc:
+            raise map_servicebus_error(exc) from exc
+
+    @staticmethod
+    def _dead_letter_of(sb_message: Any) -> DeadLetter:
+        body = _body_bytes(sb_message).decode("utf-8", "replace")
+        return DeadLetter(
+            id=str(sb_message.sequence_number),
+            message_id=str(sb_message.message_id or ""),
+            reason=str(sb_message.dead_letter_reason or ""),
+            description=str(sb_message.dead_letter_error_description or ""),
+            delivery_count=int(sb_message.delivery_count or 0),
+            body=body,
+            enqueued_at=sb_message.enqueued_time_utc,
+            message=parse_dead_body(body),
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        receiver = self._dead_letter_receiver()
+        found: list[DeadLetter] = []
+        try:
+            next_sequence: int | None = None
+            while len(found) < limit:
+                kwargs: dict[str, Any] = {"max_message_count": min(_PEEK_PAGE, limit - len(found))}
+                if next_sequence is not None:
+                    kwargs["sequence_number"] = next_sequence
+                page = list(receiver.peek_messages(**kwargs))
+                if not page:
+                    break
+                found.extend(self._dead_letter_of(m) for m in page)
+                next_sequence = max(int(m.sequence_number or 0) for m in page) + 1
+        except Exception as exc:
+            raise map_servicebus_error(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                receiver.close()
+        return found
+
+    def replay_dead_letters(self, ids: Collection[str] | None = None, flow: str | None = None) -> ReplayReport:
+        report = ReplayReport()
+        ids = None if ids is None else set(ids)
+        seen: set[str] = set()
+        scanned: set[str] = set()
+        held: list[Any] = []
+        receiver = self._dead_letter_receiver()
+        try:
+            while len(scanned) < _MAX_REPLAY_SCAN:
+                try:
+                    page = list(
+                        receiver.receive_messages(
+                            max_message_count=_REPLAY_PAGE, max_wait_time=self.receive_wait_seconds
+                        )
+                    )
+                except Exception as exc:
+                    raise map_servicebus_error(exc) from exc
+                if not page:
+                    break
+                for sb_message in page:
+                    entry = self._dead_letter_of(sb_message)
+                    scanned.add(entry.id)
+                    if not wanted(entry, ids, flow):
+                        held.append(sb_message)
+                        continue
+                    seen.update((entry.id, entry.message_id))
+                    why = self._replay_one(receiver, sb_message, entry)
+                    if why is None:
+                        report.replayed.append(entry)
+                    else:
+                        report.kept.append((entry, why))
+                        held.append(sb_message)
+                if ids is not None and ids <= seen:
+                    break
+        finally:
+            for sb_message in held:  # back to the dead-letter queue as they were
+                with contextlib.suppress(Exception):
+                    receiver.abandon_message(sb_message)
+            with contextlib.suppress(Exception):
+                receiver.close()
+        if ids is not None:
+            report.missing = sorted(ids - seen)
+        return report
+
+    def _replay_one(self, receiver: Any, sb_message: Any, entry: DeadLetter) -> str | None:
+        """Send the copy, then complete the dead letter; the reason it was kept, or None."""
+        from azure.servicebus import ServiceBusMessage
+
+        if entry.message is None:
+            return "not a Conveyor message: nothing to replay"
+        enqueued = entry.enqueued_at
+        if enqueued is not None and self._clock() < enqueued + self.duplicate_window:
+            until = (enqueued + self.duplicate_window).isoformat()
+            return f"inside the queue's duplicate-detection window until {until}: the broker would drop the copy"
+        properties = {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): v
+            for k, v in (sb_message.application_properties or {}).items()
+        }
+        copy = ServiceBusMessage(
+            body=_body_bytes(sb_message),
+            message_id=sb_message.message_id,
+            content_type=sb_message.content_type,
+            subject=sb_message.subject,
+            application_properties=properties,
+        )
+        with self._send_lock:
+            sender = self._get_sender()
+            try:
+                sender.send_messages(copy)
+            except Exception as exc:
+                return f"send failed, kept: {self._failed(exc)}"
+        try:
+            receiver.complete_message(sb_message)
+        except Exception as exc:  # sent, not removed: a second replay would send it again (same id)
+            return f"sent, but not removed from the dead-letter queue: {map_servicebus_error(exc)}"
+        return None
 
     def close(self) -> None:
         """Close the sender, the receiver and the client (each at most once)."""

@@ -6,6 +6,11 @@ no dead-letter queue, so this adapter keeps one: ``<queue>-poison`` receives
 ``{"reason", "description", "message", ...}`` JSON for messages delivered more than
 ``max_delivery_count`` times (``MaxDeliveryCountExceeded``), messages that do not parse
 (``InvalidMessage``) and explicit ``dead_letter`` calls.
+
+``dead_letters`` and ``replay_dead_letters`` read the poison queue by receiving its entries
+(a peek shows at most 32), each hidden for the scan (``SCAN_VISIBILITY``) and made visible
+again at once unless it was replayed: the original message is sent to the work queue with
+its message id, and only then is the poison entry deleted.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,8 +29,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from shared.azure_errors import map_azure_error
 from shared.engine.model import Message
-from shared.errors import ValidationError
-from shared.queue.base import Received, WorkQueue
+from shared.errors import ConveyorError, ValidationError
+from shared.queue.base import DeadLetter, Received, ReplayReport, WorkQueue, parse_dead_body, wanted
 from shared.transport import transport_kwargs
 
 if TYPE_CHECKING:
@@ -37,6 +42,8 @@ SERVICE = "queue"
 POISON_SUFFIX = "-poison"
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the service's visibility timeout limit
 MAX_BATCH = 32  # messages per receive call (service limit)
+SCAN_VISIBILITY = 120  # seconds a poison entry stays hidden while a list/replay scans the queue
+MAX_SCAN = 5000  # poison entries one list/replay looks at
 _QUEUE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
 
@@ -212,6 +219,119 @@ class StorageQueueWorkQueue(WorkQueue):
                 doc = {"reason": "Unreadable", "description": "", "message": qm.content}
             out.append(doc if isinstance(doc, dict) else {"reason": "Unreadable", "description": "", "message": doc})
         return out
+
+    # -- dead letters (the poison queue) ---------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        taken: list[QueueMessage] = []
+        try:
+            for batch in self._scan_poison(max(1, min(limit, MAX_SCAN))):
+                taken.extend(batch)
+        finally:
+            self._release(taken)
+        return [self._dead_letter_of(qm) for qm in taken]
+
+    def replay_dead_letters(self, ids: Collection[str] | None = None, flow: str | None = None) -> ReplayReport:
+        report = ReplayReport()
+        ids = None if ids is None else set(ids)
+        seen: set[str] = set()
+        held: list[QueueMessage] = []
+        try:
+            for batch in self._scan_poison(MAX_SCAN):
+                for qm in batch:  # a whole batch is handled: each entry it hid is replayed or released
+                    entry = self._dead_letter_of(qm)
+                    if not wanted(entry, ids, flow) or (ids is not None and ids <= seen):
+                        held.append(qm)
+                        continue
+                    seen.update((entry.id, entry.message_id))
+                    why = self._replay_one(qm, entry)
+                    if why is None:
+                        report.replayed.append(entry)
+                    else:
+                        report.kept.append((entry, why))
+                        held.append(qm)
+                if ids is not None and ids <= seen:
+                    break
+        finally:
+            self._release(held)
+        if ids is not None:
+            report.missing = sorted(ids - seen)
+        return report
+
+    def _replay_one(self, qm: QueueMessage, entry: DeadLetter) -> str | None:
+        """Send the original, then delete the poison entry; the reason it was kept, or None."""
+        if entry.message is None:
+            return "not a Conveyor message: nothing to replay"
+        try:
+            self.send(entry.message)  # with_id() keeps the message id it was sent with
+        except ConveyorError as exc:
+            return f"send failed, kept: {exc}"
+        self._delete_poison(qm)
+        return None
+
+    def _scan_poison(self, limit: int) -> Iterator[list[QueueMessage]]:
+        """Every poison entry once (up to ``limit``), in batches, each hidden while the scan runs."""
+        self._ensure_poison()
+        count = 0
+        while count < limit:
+            n = min(MAX_BATCH, limit - count)
+            try:
+                batch = list(
+                    self._poison.receive_messages(
+                        messages_per_page=n, max_messages=n, visibility_timeout=SCAN_VISIBILITY
+                    )
+                )
+            except Exception as exc:
+                raise map_azure_error(exc, SERVICE) from exc
+            if not batch:
+                return
+            count += len(batch)
+            yield batch
+
+    def _dead_letter_of(self, qm: QueueMessage) -> DeadLetter:
+        text = qm.content if isinstance(qm.content, str) else str(qm.content)
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            doc = {"reason": "Unreadable", "description": "the poison entry is not JSON", "message": text}
+        original = doc.get("message")
+        body = original if isinstance(original, str) else json.dumps(original, default=str)
+        message = parse_dead_body(body)
+        when = None
+        with contextlib.suppress(TypeError, ValueError):
+            when = datetime.fromisoformat(str(doc.get("dead_lettered_at")))
+        return DeadLetter(
+            id=str(qm.id),
+            message_id=message.message_id
+            if message is not None and message.message_id
+            else str(doc.get("message_id") or ""),
+            reason=str(doc.get("reason") or ""),
+            description=str(doc.get("description") or ""),
+            delivery_count=int(doc.get("dequeue_count") or 0),
+            body=body,
+            dead_lettered_at=when,
+            message=message,
+        )
+
+    def _delete_poison(self, qm: QueueMessage) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._poison.delete_message(qm.id, pop_receipt=qm.pop_receipt)
+        except ResourceNotFoundError:
+            pass
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+
+    def _release(self, messages: list[QueueMessage]) -> None:
+        """Make entries a scan hid visible again now (best effort: they reappear after the scan anyway)."""
+        for qm in messages:
+            try:
+                self._poison.update_message(qm.id, qm.pop_receipt, visibility_timeout=0)
+            except Exception:  # noqa: S112 - visible again after SCAN_VISIBILITY regardless
+                continue
 
     # -- internals -------------------------------------------------------------------------
 

@@ -214,8 +214,12 @@ class AzureMLv1Registry(AzureMLv1Workspace, ModelRegistry):
             model.add_tags(tags)
 
     def versions(self, name: str) -> list[ModelVersion]:
-        """Every version of ``name``, oldest first (for the CLI)."""
+        """Every version of ``name``, oldest first (the console, the CLI)."""
         return sorted((self._to_model_version(m) for m in self._list(name, [])), key=lambda m: int(m.version))
+
+    def model_names(self) -> list[str]:
+        """Every registered model's name in the workspace, sorted."""
+        return sorted({str(m.name) for m in self._list(None, [])})
 
 
 def _local_path(model_uri: str, field: str = "params.model_uri") -> Path:

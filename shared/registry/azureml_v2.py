@@ -219,9 +219,14 @@ class AzureMLRegistry(ModelRegistry):
         self._set_tags(name, str(version), gate_tags(decision))
 
     def versions(self, name: str) -> list[ModelVersion]:
-        """Every version of ``name``, oldest first (for the CLI)."""
+        """Every version of ``name``, oldest first (the console, the CLI)."""
         found = sorted(self._versions(name), key=lambda m: _version_number(m.version))
         return [self._to_model_version(m) for m in found]
+
+    def model_names(self) -> list[str]:
+        """Every model container's name in the workspace, sorted (``models.list()`` without a name)."""
+        with azureml_errors("list models"):
+            return sorted({str(m.name) for m in self.ml_client.models.list()})
 
 
 def _version_number(version: Any) -> tuple[int, str]:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import PermanentError
+
 METRIC_PREFIX = "metric."  # a version's metrics are stored as tags/properties metric.<name>
 GATE_PREFIX = "gate."  # a gate decision is stored as version tags gate.<key>
 
@@ -54,6 +56,20 @@ class ModelRegistry(ABC):
         search by tag may keep the default (None: "not registered").
         """
         return None
+
+    # ------------------------------------------------------------ listing (the console, the CLI)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, oldest first; [] when there is no such model."""
+        raise PermanentError(f"{type(self).__name__} cannot list model versions", service="registry")
+
+    def model_names(self) -> list[str]:
+        """The names of every registered model, sorted."""
+        raise PermanentError(f"{type(self).__name__} cannot list registered models", service="registry")
+
+    def previous(self, name: str) -> ModelVersion | None:
+        """The version that held the champion alias before the current one, if any."""
+        raise PermanentError(f"{type(self).__name__} does not keep the previous champion", service="registry")
 
 
 # ---------------------------------------------------------------- what the adapters store, the same way

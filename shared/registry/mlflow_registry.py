@@ -291,7 +291,20 @@ class MlflowRegistry(ModelRegistry):
                 self.client.set_model_version_tag(name, str(version), tag, value)
 
     def versions(self, name: str) -> list[ModelVersion]:
-        """Every version of ``name``, oldest first (for the CLI)."""
+        """Every version of ``name``, oldest first (the console, the CLI)."""
         with _mlflow_errors(f"versions of {name}"):
             found = self.client.search_model_versions(filter_string=f"name = {_quote(name)}", max_results=1000)
         return sorted((self._to_model_version(mv) for mv in found), key=lambda m: int(m.version))
+
+    def model_names(self) -> list[str]:
+        """Every registered model's name, sorted (at most 10 pages of the store's search, 10,000 names)."""
+        names: list[str] = []
+        token: str | None = None
+        with _mlflow_errors("list registered models"):
+            for _ in range(10):
+                page = self.client.search_registered_models(max_results=1000, page_token=token)
+                names.extend(str(m.name) for m in page)
+                token = getattr(page, "token", None)
+                if not token:
+                    break
+        return sorted(set(names))

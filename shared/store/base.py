@@ -5,9 +5,24 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from shared.engine.model import FanOut, InstanceRun, Run, RunStatus, StepState
+
+
+@dataclass
+class PurgeReport:
+    """What a retention purge found (``matched``) and removed (``deleted``; ``skipped`` changed meanwhile)."""
+
+    created_before: datetime
+    statuses: list[str]
+    dry_run: bool
+    matched: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    run_ids: list[str] = field(default_factory=list)  # deleted (or, in a dry run, matched)
 
 
 class RunStore(ABC):
@@ -31,9 +46,30 @@ class RunStore(ABC):
 
     @abstractmethod
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
-        """Runs, newest first, optionally filtered by flow and status."""
+        """Runs, newest first, optionally filtered by flow, status and creation time (before)."""
+
+    def purge(
+        self,
+        created_before: datetime,
+        statuses: Iterable[RunStatus],
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+    ) -> PurgeReport:
+        """Delete finished runs created before ``created_before`` with one of ``statuses``.
+
+        Active statuses are a ValidationError. ``dry_run`` only counts; ``limit`` caps one call.
+        A store without retention support (a read-only double) says so."""
+        from shared.errors import PermanentError
+
+        raise PermanentError(f"{type(self).__name__} cannot purge runs")
 
     def create_many(self, runs: list[Run]) -> list[bool]:
         """create_if_absent for many runs; adapters may batch."""

@@ -10,6 +10,9 @@ Entity layout (table ``settings.runs_table``):
 * ``flow``, ``status``, ``created_at``/``updated_at`` (ISO 8601 UTC strings, which sort
   lexicographically), ``version``, and the run JSON in ``doc`` — split across ``doc``,
   ``doc1``, ``doc2``… when it exceeds one string property (64 KiB of UTF-16).
+* for each run a time-index row (``shared.store.time_index``, partitions ``~a<day>`` and
+  ``~d<day>``): written before the run row is created, moved when the run's status changes,
+  read by ``list_runs`` and ``purge`` so neither scans the table.
 
 Concurrency: ``save`` replaces the entity only if its ETag still matches (If-Match).
 """
@@ -22,8 +25,8 @@ import json
 import re
 import threading
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from shared.azure_errors import map_azure_error
 from shared.engine.model import Run, RunStatus
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
-from shared.store.base import RunStore
+from shared.store.base import PurgeReport, RunStore
+from shared.store.time_index import ACTIVE, DONE, IndexRow, TimeIndex, index_entity, index_key, run_class
 from shared.transport import transport_kwargs
 
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ _KEYS_PER_QUERY = 14  # RowKey comparisons per existence query (+ PartitionKey =
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _MAX_LIST = 1000
+_KNOWN_MAX = 20_000  # runs whose stored status this store remembers (to skip index writes)
 _STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 _ETAG_LINE = re.compile(r"^ETag:\s*(.+?)\s*$", re.MULTILINE | re.IGNORECASE)
 
@@ -103,9 +108,10 @@ def join_doc(entity: Mapping[str, Any]) -> str:
 
 
 def check_run_id(run_id: str) -> None:
-    if not run_id or len(run_id) > 512 or _BAD_KEY_CHARS.search(run_id):
+    if not run_id or len(run_id) > 512 or _BAD_KEY_CHARS.search(run_id) or run_id.startswith("~"):
         raise ValidationError(
-            "run id must be 1-512 characters without '/', '\\', '#', '?' or control characters", field="run_id"
+            "run id must be 1-512 characters without '/', '\\', '#', '?' or control characters, not starting with '~'",
+            field="run_id",
         )
 
 
@@ -142,10 +148,21 @@ def table_client(
 
 
 class TableOnce:
-    """Creates a client's table on first use, once per process (thread-safe)."""
+    """Creates a client's table on first use, once per process (thread-safe).
 
-    def __init__(self, client: TableClient) -> None:
+    ``created()`` runs after this call created the table, ``existed()`` when it was there
+    already (the run store builds or checks its time index there)."""
+
+    def __init__(
+        self,
+        client: TableClient,
+        *,
+        created: Callable[[], Any] | None = None,
+        existed: Callable[[], Any] | None = None,
+    ) -> None:
         self._client = client
+        self._created = created
+        self._existed = existed
         self._ready = False
         self._lock = threading.Lock()
 
@@ -159,8 +176,11 @@ class TableOnce:
 
             try:
                 self._client.create_table()
+                if self._created is not None:
+                    self._created()
             except ResourceExistsError:
-                pass
+                if self._existed is not None:
+                    self._existed()
             except Exception as exc:
                 raise map_azure_error(exc, SERVICE) from exc
             self._ready = True
@@ -175,7 +195,14 @@ class TableRunStore(RunStore):
             client = TableClient.from_connection_string(connection_string, table_name=table_name, **transport_kwargs())
         self.table_name = table_name
         self._client = client
-        self._ensure_table = TableOnce(client)
+        self._index = TimeIndex(client)
+        # a new table: every run gets its index row at creation; runs written before the
+        # index existed are indexed once, by the first process that opens the table
+        self._ensure_table = TableOnce(client, created=self._index.mark_built, existed=self._index_if_unbuilt)
+        # run id -> (ETag, the stored Run's status and created_at): a save that keeps the status
+        # needs no index write; one that changes it knows which index row to move.
+        self._known: OrderedDict[str, tuple[str | None, _Stored]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -186,6 +213,38 @@ class TableRunStore(RunStore):
         return cls("", settings.runs_table, client)
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _index_if_unbuilt(self) -> None:
+        if not self._index.built():
+            self._index.build()
+
+    def _remember(self, run: Run) -> None:
+        with self._known_lock:
+            self._known[run.run_id] = (run.etag, _Stored(run.status, run.created_at))
+            self._known.move_to_end(run.run_id)
+            while len(self._known) > _KNOWN_MAX:
+                self._known.popitem(last=False)
+
+    def _stored_before(self, run: Run) -> _Stored | None:
+        """The stored status/created_at of ``run`` as of its ETag (remembered, else read)."""
+        with self._known_lock:
+            known = self._known.get(run.run_id)
+        if known is not None and known[0] == run.etag:
+            return known[1]
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            row = self._client.get_entity(partition_for(run.run_id), run.run_id, select=["status", "created_at"])
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
+        try:
+            return _Stored(RunStatus(str(row.get("status"))), datetime.fromisoformat(str(row.get("created_at"))))
+        except ValueError:
+            return None
+
+    # -- entities --------------------------------------------------------------------------
 
     @staticmethod
     def to_entity(run: Run) -> dict[str, Any]:
@@ -210,6 +269,11 @@ class TableRunStore(RunStore):
         return entity
 
     @staticmethod
+    def index_of(entity: Mapping[str, Any], run: Run) -> dict[str, Any]:
+        """The time-index row of the run row ``entity`` (see shared.store.time_index)."""
+        return index_entity(run, entity["created_at"])
+
+    @staticmethod
     def from_entity(entity: Mapping[str, Any], etag: str | None) -> Run:
         run = Run.model_validate_json(join_doc(entity))
         run.etag = etag
@@ -227,6 +291,7 @@ class TableRunStore(RunStore):
     def create_if_absent(self, run: Run) -> bool:
         entity = self.to_entity(run)
         self._ensure_table()
+        self._index.upsert(self.index_of(entity, run))  # first: a run is never without its index row
         return self._create_one(run, entity)
 
     def _create_one(self, run: Run, entity: dict[str, Any]) -> bool:
@@ -235,10 +300,11 @@ class TableRunStore(RunStore):
         try:
             metadata = self._client.create_entity(entity)
         except ResourceExistsError:
-            return False
+            return False  # our index row, if its created_at differs, is repaired when read
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         run.etag = self._etag_of(metadata)
+        self._remember(run)
         return True
 
     def get(self, run_id: str) -> Run:
@@ -252,14 +318,21 @@ class TableRunStore(RunStore):
             raise NotFoundError(f"run {run_id} not found", service=SERVICE, status=404) from exc
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
-        return self.from_entity(entity, self._etag_of(entity.metadata))
+        run = self.from_entity(entity, self._etag_of(entity.metadata))
+        self._remember(run)
+        return run
 
     def save(self, run: Run) -> Run:
+        """Replace the run row (If-Match); when its status changed, its index row follows.
+
+        The index row is written after the run row (the run row is the truth): a crash in
+        between leaves the index row stale until a reader repairs it."""
         if not run.etag:
             raise ConcurrencyError(f"run {run.run_id} has no ETag: load it before saving", service=SERVICE)
         saved = run.model_copy(update={"version": run.version + 1})
         entity = self.to_entity(saved)
         self._ensure_table()
+        before = self._stored_before(run)
         from azure.core import MatchConditions
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
@@ -279,61 +352,177 @@ class TableRunStore(RunStore):
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         saved.etag = self._etag_of(metadata)
+        if before is None or before.status is not saved.status or before.created_at != saved.created_at:
+            self._move_index(entity, before, saved)
+        self._remember(saved)
         return saved
 
+    def _move_index(self, entity: Mapping[str, Any], before: _Stored | None, saved: Run) -> None:
+        """The index row follows a status change; tried three times (each write is idempotent)."""
+        new = self.index_of(entity, saved)
+        old = None if before is None else index_key(saved.run_id, before.created_at, run_class(before.status))
+        last: Exception | None = None
+        for _ in range(3):
+            try:
+                self._index.upsert(new)
+                if old is not None and old != (new["PartitionKey"], new["RowKey"]):
+                    self._index.delete(*old)
+                return
+            except Exception as exc:
+                last = exc
+        import logging
+
+        logging.getLogger("conveyor.store").warning(
+            "run %s saved as %s, but its index row was not updated (repaired when next read): %s",
+            saved.run_id,
+            saved.status.value,
+            last,
+        )
+
     def list_runs(
-        self, flow: str | None = None, statuses: Iterable[RunStatus] | None = None, limit: int = 100
+        self,
+        flow: str | None = None,
+        statuses: Iterable[RunStatus] | None = None,
+        limit: int = 100,
+        *,
+        created_before: datetime | None = None,
     ) -> list[Run]:
-        """Newest first (at most 1000). First scans only keys and ``created_at`` of matching
-        rows, then fetches the documents of those at least as new as the ``limit``-th."""
+        """Newest first (at most 1000), through the time index: reads index rows of the
+        matching class(es) newest first, then the runs they point at, which are checked
+        again (and their index rows repaired when they disagree)."""
         limit = max(0, min(int(limit), _MAX_LIST))
-        wanted = list(dict.fromkeys(RunStatus(s).value for s in statuses)) if statuses is not None else None
+        wanted = list(dict.fromkeys(RunStatus(s) for s in statuses)) if statuses is not None else None
         if limit == 0 or wanted == []:
             return []
         self._ensure_table()
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if flow is not None:
-            clauses.append("flow eq @flow")
-            params["flow"] = flow
-        if wanted:
-            ors = []
-            for i, value in enumerate(wanted):
-                params[f"s{i}"] = value
-                ors.append(f"status eq @s{i}")
-            clauses.append("( " + " or ".join(ors) + " )")  # the SDK substitutes space-separated @params
-        query = " and ".join(clauses)
-        select = ["PartitionKey", "RowKey", "created_at"]
+        classes = [ACTIVE, DONE] if wanted is None else sorted({run_class(s) for s in wanted})
+        rows = self._index.rows(
+            classes,
+            flow=flow,
+            statuses=None if wanted is None else [s.value for s in wanted],
+            created_before=created_before,
+            page=limit + 10,
+        )
+        found: list[Run] = []
+        seen: set[str] = set()
+        batch = limit
+        while len(found) < limit:
+            chunk: list[IndexRow] = []
+            for row in rows:
+                if row.run_id in seen:  # a stale second row of a run: repair it, show the run once
+                    chunk.append(row)
+                    continue
+                seen.add(row.run_id)
+                chunk.append(row)
+                if len({r.run_id for r in chunk}) >= batch:
+                    break
+            if not chunk:
+                break
+            ids = list(dict.fromkeys(r.run_id for r in chunk))
+            runs = dict(zip(ids, self._get_many(ids), strict=True))
+            for row in chunk:
+                run = runs.get(row.run_id)
+                self._check_row(row, run)
+            for rid in ids:
+                run = runs[rid]
+                if run is None:
+                    continue
+                if flow is not None and run.flow != flow:
+                    continue
+                if wanted is not None and run.status not in wanted:
+                    continue
+                if created_before is not None and run.created_at >= created_before:
+                    continue
+                found.append(run)
+            batch = max(limit - len(found), 10)
+        found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        return found[:limit]
+
+    def _check_row(self, row: IndexRow, run: Run | None) -> None:
+        if run is None:
+            self._index.repair(row, None, None)
+            return
+        expected = index_entity(run, _iso(run.created_at))
+        moved = (expected["PartitionKey"], expected["RowKey"]) != (row.partition, row.row_key)
+        if moved or row.status != run.status.value or row.flow != run.flow:
+            self._index.repair(row, run, _iso(run.created_at))
+
+    def purge(
+        self,
+        created_before: datetime,
+        statuses: Iterable[RunStatus],
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+    ) -> PurgeReport:
+        """Delete finished runs created before ``created_before`` whose status is in ``statuses``.
+
+        Reads only index rows of finished runs in that time range; each run row is deleted
+        only if it is still what the index says (If-Match on its ETag, after checking its
+        stored status), then its index row. Active runs are never deleted."""
+        wanted = [RunStatus(s) for s in statuses]
+        active = [s.value for s in wanted if not s.terminal]
+        if active:
+            raise ValidationError(f"only finished runs can be purged, not {', '.join(active)}", field="status")
+        report = PurgeReport(created_before=created_before, statuses=[s.value for s in wanted], dry_run=dry_run)
+        if not wanted:
+            return report
+        self._ensure_table()
+        rows = self._index.rows([DONE], statuses=[s.value for s in wanted], created_before=created_before, page=1000)
+        candidates: list[IndexRow] = []
+        for row in rows:
+            if limit is not None and len(candidates) >= limit:
+                break
+            candidates.append(row)
+        report.matched = len(candidates)
+        if dry_run:
+            report.run_ids = [r.run_id for r in candidates]
+            return report
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outcomes = list(pool.map(lambda row: self._purge_one(row, wanted, created_before), candidates))
+        report.run_ids = [row.run_id for row, ok in zip(candidates, outcomes, strict=True) if ok]
+        report.deleted = len(report.run_ids)
+        report.skipped = report.matched - report.deleted
+        return report
+
+    def _purge_one(self, row: IndexRow, wanted: list[RunStatus], created_before: datetime) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        home = partition_for(row.run_id)
         try:
-            if query:
-                rows = self._client.query_entities(query, parameters=params, select=select, results_per_page=1000)
-            else:
-                rows = self._client.list_entities(select=select, results_per_page=1000)
-            keys = [(str(e.get("created_at") or ""), str(e["RowKey"])) for e in rows]
+            stored = self._client.get_entity(home, row.run_id, select=["status", "created_at"])
+        except ResourceNotFoundError:
+            self._index.delete(row.partition, row.row_key)  # an orphan index row
+            return False
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
-        if not keys:
-            return []
-        keys.sort(reverse=True)
-        cutoff = keys[min(limit, len(keys)) - 1][0]
-        at_least_as_new = sum(1 for created, _ in keys if created >= cutoff)
-        if at_least_as_new > limit + 100:  # many rows share the cutoff time: read exactly these
-            runs = self._get_many([rk for _, rk in keys[:limit]])
-            # a row may have changed between the scan and the read: re-check the filter
-            return [
-                r
-                for r in runs
-                if r is not None and (flow is None or r.flow == flow) and (wanted is None or r.status.value in wanted)
-            ]
-        # the documents of rows at least as new as the limit-th newest, in one query
-        params["cutoff"] = cutoff
-        query = " and ".join([*clauses, "created_at ge @cutoff"])
+        status = str(stored.get("status") or "")
+        created = str(stored.get("created_at") or "")
+        if created != row.created_at:
+            self._index.delete(row.partition, row.row_key)  # a duplicate create's index row: not this run's
+            return False
+        if status not in {s.value for s in wanted} or created >= _iso(created_before):
+            return False  # rerun, or not what the index says: left alone (and repaired when listed)
         try:
-            entities = list(self._client.query_entities(query, parameters=params, results_per_page=1000))
+            self._client.delete_entity(
+                home,
+                row.run_id,
+                etag=self._etag_of(stored.metadata),
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceNotFoundError:
+            pass
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                return False  # changed since it was read (a rerun): kept
+            raise map_azure_error(exc, SERVICE) from exc
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
-        entities.sort(key=lambda e: (str(e.get("created_at") or ""), str(e["RowKey"])), reverse=True)
-        return [self.from_entity(e, self._etag_of(e.metadata)) for e in entities[:limit]]
+        self._index.delete(row.partition, row.row_key)
+        with self._known_lock:
+            self._known.pop(row.run_id, None)
+        return True
 
     def _get_or_none(self, run_id: str) -> Run | None:
         try:
@@ -348,14 +537,16 @@ class TableRunStore(RunStore):
             return list(pool.map(self._get_or_none, run_ids))
 
     def create_many(self, runs: list[Run]) -> list[bool]:
-        """Bulk create-once: entity group transactions of up to 100 creates per partition,
-        chunks in parallel. A chunk refused because some ids exist is submitted again without
-        them (see ``_create_chunk``); one refused for another reason (a duplicate id in the
-        input) falls back to one create per entity. Each result says whether this call created."""
+        """Bulk create-once: first the runs' index rows (transactions per day partition), then
+        the runs in entity group transactions of up to 100 creates per partition, chunks in
+        parallel. A chunk refused because some ids exist is submitted again without them (see
+        ``_create_chunk``); one refused for another reason (a duplicate id in the input) falls
+        back to one create per entity. Each result says whether this call created."""
         if not runs:
             return []
         entities = [self.to_entity(r) for r in runs]
         self._ensure_table()
+        self._index_many([self.index_of(e, r) for e, r in zip(entities, runs, strict=True)])
         results: list[bool] = [False] * len(runs)
         by_partition: dict[str, list[int]] = defaultdict(list)
         for i, entity in enumerate(entities):
@@ -386,6 +577,29 @@ class TableRunStore(RunStore):
                 list(pool.map(run_chunk, chunks))
         return results
 
+    def _index_many(self, rows: list[dict[str, Any]]) -> None:
+        """Index rows of new runs: inserted 100 per transaction per partition; a transaction refused
+        (a row already there: the same run's retried create) is written row by row (upserts)."""
+        by_partition: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for row in rows:
+            by_partition[row["PartitionKey"]][row["RowKey"]] = row
+        chunks = []
+        for same in by_partition.values():
+            unique_rows = list(same.values())
+            chunks += [unique_rows[i : i + _TX_SIZE] for i in range(0, len(unique_rows), _TX_SIZE)]
+
+        def one(chunk: list[dict[str, Any]]) -> None:
+            if len(chunk) > 1 and self._submit_creates(chunk).etags is not None:
+                return
+            for row in chunk:
+                self._index.upsert(row)
+
+        if len(chunks) == 1:
+            one(chunks[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(chunks))) as pool:
+            list(pool.map(one, chunks))
+
     def _create_chunk(self, runs: list[Run], entities: list[dict[str, Any]]) -> list[bool]:
         """Creates of one partition: one transaction; when it is refused because some ids exist
         (a redelivered drop), look the chunk's ids up (a few queries), leave the existing ones
@@ -400,6 +614,7 @@ class TableRunStore(RunStore):
                 for i, etag in zip(pending, outcome.etags, strict=True):
                     runs[i].etag = etag
                     results[i] = True
+                    self._remember(runs[i])
                 return results
             if outcome.status != 409:  # a duplicate id in the input, a size limit: one by one
                 break
@@ -550,6 +765,14 @@ class TableRunStore(RunStore):
         if send_request is None or not isinstance(host, str) or scheme not in ("http", "https"):
             return None
         return send_request, f"{scheme}://{host}"
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What the store last saw of a run row: enough to find its index row."""
+
+    status: RunStatus
+    created_at: datetime
 
 
 @dataclass

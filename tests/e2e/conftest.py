@@ -130,19 +130,3 @@ def get(url: str) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
-
-
-def conveyor_env(settings: Settings, flows: Path) -> dict[str, str]:
-    """The environment a `conveyor` command needs to reach these settings' storage and host."""
-    return {
-        "CONVEYOR_ROOT": str(settings.root),
-        "CONVEYOR_HOME": str(settings.home),
-        "CONVEYOR_FLOWS_FILE": str(flows),
-        "CONVEYOR_AZURITE_BLOB_PORT": str(settings.azurite_blob_port),
-        "CONVEYOR_AZURITE_QUEUE_PORT": str(settings.azurite_queue_port),
-        "CONVEYOR_AZURITE_TABLE_PORT": str(settings.azurite_table_port),
-        "CONVEYOR_QUEUE_NAME": settings.queue_name,
-        "CONVEYOR_RUNS_TABLE": settings.runs_table,
-        "CONVEYOR_HOST_PORT": str(settings.host_port),
-        "CI": "true",
-    }

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from shared.cli import app
 from shared.host.runtime import LocalHost
 from shared.settings import Settings
-from tests.e2e.conftest import conveyor_env
+from tests.conftest import cli_environment
 
 FLOWS = """\
 flows:
@@ -36,7 +36,7 @@ def cli_env(e2e_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     flows = tmp_path / "flows.yaml"
     flows.write_text(FLOWS, encoding="utf-8")
     s = e2e_settings.with_overrides(flows_file=flows)
-    env = conveyor_env(s, flows)
+    env = cli_environment(s, flows)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return s

@@ -31,8 +31,8 @@ from shared.cli import app
 from shared.host.runtime import LocalHost
 from shared.local.azurite import port_open
 from shared.settings import Settings
-from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import conveyor_env, free_ports, get
+from tests.conftest import REPO_ROOT, cli_environment
+from tests.e2e.conftest import free_ports, get
 
 SAMPLE = "samples/data/sales_reference.csv"
 
@@ -160,7 +160,7 @@ def test_show_lists_the_failed_attempt_a_rerun_replaced(e2e_settings: Settings, 
     }
     flows.write_text(json.dumps({"flows": {"flaky": {"triggers": [{"kind": "manual"}], "steps": [step]}}}))
     s = e2e_settings.with_overrides(flows_file=flows, root=project)
-    env = conveyor_env(s, flows)
+    env = cli_environment(s, flows)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     runner = CliRunner()
@@ -204,7 +204,7 @@ def test_drop_follow_follows_the_run_the_file_starts(e2e_settings: Settings, tmp
     trigger = {"kind": "blob", "container": container, "suffix": ".csv"}
     flows.write_text(json.dumps({"flows": {"ingest": {"triggers": [trigger], "steps": [step]}}}))
     s = e2e_settings.with_overrides(flows_file=flows, root=project)
-    for k, v in conveyor_env(s, flows).items():
+    for k, v in cli_environment(s, flows).items():
         monkeypatch.setenv(k, v)
     data = tmp_path / "day [1].csv"
     data.write_text("a,b\n1,2\n")

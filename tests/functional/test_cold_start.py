@@ -58,7 +58,8 @@ def test_function_app_import_loads_no_heavy_sdk(mode: str, tmp_path: Path) -> No
         f"index {report['functions']} functions {report['index_s'] * 1000:.0f} ms"
     )
     assert report["heavy"] == [], f"heavy SDKs imported at cold start: {report['heavy']}"
-    assert report["functions"] == 12  # 9 HTTP routes (openapi.json, instances included), blob, timer, queue
+    # 11 HTTP routes (openapi.json, instances, dead letters), the console, blob, timer, queue, retention, events
+    assert report["functions"] == 17
     # The blueprints load shared/ lazily, inside the function bodies.
     assert report["shared"] == [], report["shared"]
 

@@ -300,7 +300,7 @@ def test_instances_of_a_for_each_step_are_separate_jobs_under_their_keys(
     from shared.engine.model import idempotency_key
 
     url = blobs.upload(container, "a.csv", b"a").url
-    params = {"command": "echo run >> ../../count", "inputs": url}
+    params = {"command": sh("echo run >> ../../count"), "inputs": url}
     keys = [idempotency_key("0123456789abcdef0123456789abcdef", "score", 1, i) for i in (0, 1)]
     for i, key in enumerate(keys):
         request = LaunchRequest(

@@ -114,3 +114,21 @@ def test_instances_of_a_register_step_are_versions_found_by_their_own_keys(
         assert found.tags["conveyor.index"] == str(i) and '"partition": "' + store in found.tags["conveyor.item"]
         versions.append(found)
     assert versions[0].source_uri != versions[1].source_uri
+
+
+def test_listing_versions_names_champion_and_previous(tmp_path: Path) -> None:
+    reg = MlflowRegistry.from_settings(Settings(home=tmp_path / "home", env={}))
+    assert reg.model_names() == [] and reg.versions("listed") == []
+    made = [
+        reg.register("listed", str(fake_model(tmp_path / f"m{i}", str(i))), {"r2": 0.5 + i / 10}, {}, key=f"k-{i}")
+        for i in range(3)
+    ]
+    reg.register("other", str(fake_model(tmp_path / "o", "o")), {"r2": 0.1}, {}, key="k-o")
+    assert reg.model_names() == ["listed", "other"]
+    listed = reg.versions("listed")
+    assert [v.version for v in listed] == [m.version for m in made] == ["1", "2", "3"]
+    assert [v.metrics["r2"] for v in listed] == [0.5, 0.6, 0.7]
+    assert reg.previous("listed") is None
+    reg.promote("listed", "1")
+    reg.promote("listed", "3")
+    assert reg.champion("listed").version == "3" and reg.previous("listed").version == "1"

@@ -4,6 +4,8 @@ and the run document stays small."""
 
 from __future__ import annotations
 
+import json
+
 from shared.engine.model import RunStatus, StepState
 from shared.settings import Settings
 from shared.store.table import TableRunStore
@@ -52,7 +54,7 @@ def test_diamond_with_a_fan_out_on_azurite(storage_settings: Settings) -> None:
     assert train.started_at < quality.ended_at and quality.started_at < train.ended_at  # type: ignore[operator]
     assert 1 <= peak <= 3
     (register,) = [j.request for j in h.backend.jobs.values() if j.request.step == "register"]
-    assert [o["item"] for o in register.params["parameters"][0]] == [f"p{i}" for i in range(12)]
+    assert [o["item"] for o in json.loads(register.params["parameters"][0])] == [f"p{i}" for i in range(12)]
     rows = h.instances.instances("run1", "train", 1, limit=100)
     assert len(rows) == 12 and all(r.state is StepState.SUCCEEDED for r in rows)
     assert len(run.model_dump_json()) < 6000

@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from shared import cli
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
-from shared.console import log_to_console
 from shared.engine.commands import Emit
 from shared.engine.executor import event_text
 from shared.engine.model import RunStatus, StepState
 from shared.errors import ValidationError
 from shared.runlogs import follow_logs, print_logs, targets
 from shared.settings import Settings
+from shared.terminal import log_to_console
 from shared.wiring import Services
 from tests.conftest import REPO_ROOT
 from tests.fakes import MemoryRunStore

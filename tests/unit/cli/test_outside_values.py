@@ -2,7 +2,7 @@
 
 A step error ``NotFoundError: [blob] blob apps/... not found`` lost ``[blob]`` in ``conveyor
 show``; one with ``[/x]`` crashed it with MarkupError. Every way the CLI prints (lines, table
-cells, tree labels, progress columns, errors) goes through shared/console.py.
+cells, tree labels, progress columns, errors) goes through shared/terminal.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from shared import cli
-from shared.console import make_console
 from shared.engine.model import RunStatus, StepState
+from shared.terminal import make_console
 from tests.fakes import MemoryRunStore
 from tests.unit.cli.test_render import make_run
 

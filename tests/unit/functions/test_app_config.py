@@ -71,7 +71,7 @@ def test_sample_has_the_functions_basics_and_binding_settings() -> None:
     assert values["CONVEYOR_SCHEDULE_TICK"] == "0 * * * * *"
     assert "ServiceBusConnection" in values
     # %NAME% placeholders in the bindings resolve from app settings.
-    for module in ("schedules", "orchestrator"):
+    for module in ("schedules", "orchestrator", "operations"):
         source = (ROOT / "functions" / f"{module}.py").read_text(encoding="utf-8")
         for placeholder in re.findall(r"%([A-Za-z0-9_]+)%", source):
             assert placeholder in values, (module, placeholder)

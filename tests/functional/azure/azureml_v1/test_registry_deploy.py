@@ -284,3 +284,12 @@ def test_register_and_gated_deploy_steps_run_on_the_v1_adapters(registry, deploy
         step_request("register", "r1-register-1", {"model_uri": uri, "metrics": {"auc": 0.8}}, model)
     )
     assert again.reattached and len(azure.models) == 3
+
+
+def test_listing_model_names_and_versions(registry, azure):
+    assert registry.model_names() == []
+    azure.add_model("churn", properties={"metric.auc": "0.8"})
+    azure.add_model("churn", properties={"metric.auc": "0.9"})
+    azure.add_model("fraud")
+    assert registry.model_names() == ["churn", "fraud"]
+    assert [(v.version, v.metrics.get("auc")) for v in registry.versions("churn")] == [("1", 0.8), ("2", 0.9)]

@@ -269,3 +269,14 @@ def test_deploy_step_gates_promotes_and_records_a_rejection(client: FakeMLClient
     assert tags["gate.key"] == "r2-deploy-1" and tags["gate.decision"] == "rejected" and "gate.result" in tags
     assert reg.champion(MODEL).version == "1"  # type: ignore[union-attr]
     assert dep.current("sales-forecaster").version == "1"  # type: ignore[union-attr]
+
+
+def test_listing_model_names_and_versions(client: FakeMLClient) -> None:
+    reg = AzureMLRegistry(client)
+    assert reg.model_names() == []
+    register(reg, "k1", 0.7)
+    register(reg, "k2", 0.8)
+    reg.register("other-model", "azureml://jobs/j/outputs/model", {"r2": 0.1}, {}, key="k3")
+    assert reg.model_names() == sorted([MODEL, "other-model"])
+    assert [(v.version, v.metrics["r2"]) for v in reg.versions(MODEL)] == [("1", 0.7), ("2", 0.8)]
+    assert reg.versions("never-registered") == []

@@ -6,13 +6,22 @@ What crosses the boundary is real SDK material: the adapter builds real
 ``azure.servicebus.ServiceBusMessage`` objects, batches are real ``ServiceBusMessageBatch``es
 (the SDK's own size accounting decides when one is full), and errors are the SDK's own
 exception classes with the messages the service sends.
+
+The dead-letter sub-queue is faked too: ``get_queue_receiver(..., sub_queue=DEAD_LETTER)``
+returns a receiver over ``FakeServiceBusClient.dead_letters`` with the broker's semantics the
+adapter relies on: ``peek_messages`` from a sequence number (nothing locked), PEEK_LOCK
+``receive_messages`` (a locked message is not handed out again until it is abandoned),
+``complete_message`` (removes it) and ``abandon_message`` (unlocks it). Dead-lettering a
+message from the main queue moves it there with its reason and description, as the broker does.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
@@ -75,6 +84,13 @@ class FakeReceivedMessage:
     raw: bytes
     delivery_count: int = 0  # the AMQP header value: 0 on the first delivery
     message_id: str = ""
+    sequence_number: int = 0
+    enqueued_time_utc: datetime | None = None
+    content_type: str | None = "application/json"
+    subject: str | None = None
+    application_properties: dict[bytes, Any] = field(default_factory=dict)  # received keys are bytes
+    dead_letter_reason: str | None = None
+    dead_letter_error_description: str | None = None
 
     @property
     def body(self) -> Iterator[bytes]:
@@ -86,6 +102,7 @@ class FakeReceiver:
     queue_name: str
     receive_mode: Any
     available: list[FakeReceivedMessage] = field(default_factory=list)
+    dead_letter_queue: list[FakeReceivedMessage] = field(default_factory=list)
     completed: list[FakeReceivedMessage] = field(default_factory=list)
     dead_lettered: list[tuple[FakeReceivedMessage, str | None, str | None]] = field(default_factory=list)
     waits: list[float | None] = field(default_factory=list)
@@ -111,6 +128,53 @@ class FakeReceiver:
         if self.errors:
             raise self.errors.pop(0)
         self.dead_lettered.append((message, reason, error_description))
+        message.dead_letter_reason = reason
+        message.dead_letter_error_description = error_description
+        message.delivery_count += 1
+        if not message.sequence_number:
+            message.sequence_number = max((m.sequence_number for m in self.dead_letter_queue), default=0) + 1
+        self.dead_letter_queue.append(message)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeDeadLetterReceiver:
+    """The dead-letter sub-queue: peek from a sequence number; PEEK_LOCK receive, complete, abandon."""
+
+    messages: list[FakeReceivedMessage]
+    receive_mode: Any
+    locked: set[int] = field(default_factory=set)
+    completed: list[FakeReceivedMessage] = field(default_factory=list)
+    abandoned: list[FakeReceivedMessage] = field(default_factory=list)
+    complete_errors: list[BaseException] = field(default_factory=list)
+    closed: bool = False
+
+    def peek_messages(self, max_message_count: int = 1, *, sequence_number: int = 0, **kwargs: Any) -> list[Any]:
+        ordered = sorted(self.messages, key=lambda m: m.sequence_number)
+        return [m for m in ordered if m.sequence_number >= sequence_number][:max_message_count]
+
+    def receive_messages(self, max_message_count: int | None = 1, max_wait_time: float | None = None) -> list[Any]:
+        free = [
+            m for m in sorted(self.messages, key=lambda m: m.sequence_number) if m.sequence_number not in self.locked
+        ]
+        taken = free[: max_message_count or 1]
+        self.locked.update(m.sequence_number for m in taken)
+        return taken
+
+    def complete_message(self, message: FakeReceivedMessage) -> None:
+        assert message.sequence_number in self.locked, "completing a message this receiver did not lock"
+        if self.complete_errors:
+            raise self.complete_errors.pop(0)
+        self.locked.discard(message.sequence_number)
+        self.messages.remove(message)
+        self.completed.append(message)
+
+    def abandon_message(self, message: FakeReceivedMessage) -> None:
+        assert message.sequence_number in self.locked, "abandoning a message this receiver did not lock"
+        self.locked.discard(message.sequence_number)
+        self.abandoned.append(message)
 
     def close(self) -> None:
         self.closed = True
@@ -123,15 +187,35 @@ class FakeServiceBusClient:
         self.receivers: list[FakeReceiver] = []
         self.send_errors: list[BaseException] = []
         self.available: list[FakeReceivedMessage] = []
+        self.dead_letters: list[FakeReceivedMessage] = []  # the queue's dead-letter sub-queue
+        self.dead_letter_receivers: list[FakeDeadLetterReceiver] = []
+        self._sequence = itertools.count(1)
         self.closed = False
+
+    def dead_letter(self, message: FakeReceivedMessage, reason: str, description: str) -> FakeReceivedMessage:
+        """Put ``message`` straight into the dead-letter sub-queue (as the broker does after MaxDeliveryCount)."""
+        message.sequence_number = message.sequence_number or next(self._sequence)
+        message.dead_letter_reason = reason
+        message.dead_letter_error_description = description
+        self.dead_letters.append(message)
+        return message
 
     def get_queue_sender(self, queue_name: str, **kwargs: Any) -> FakeSender:
         sender = FakeSender(queue_name, self.batch_bytes, self.send_errors)
         self.senders.append(sender)
         return sender
 
-    def get_queue_receiver(self, queue_name: str, *, receive_mode: Any = None, **kwargs: Any) -> FakeReceiver:
-        receiver = FakeReceiver(queue_name, receive_mode, available=self.available)
+    def get_queue_receiver(
+        self, queue_name: str, *, receive_mode: Any = None, sub_queue: Any = None, **kwargs: Any
+    ) -> Any:
+        from azure.servicebus import ServiceBusSubQueue
+
+        if sub_queue is not None:
+            assert ServiceBusSubQueue(sub_queue) is ServiceBusSubQueue.DEAD_LETTER
+            dlq = FakeDeadLetterReceiver(self.dead_letters, receive_mode)
+            self.dead_letter_receivers.append(dlq)
+            return dlq
+        receiver = FakeReceiver(queue_name, receive_mode, available=self.available, dead_letter_queue=self.dead_letters)
         self.receivers.append(receiver)
         return receiver
 

@@ -26,6 +26,7 @@ from shared.errors import AuthError, ThrottledError
 from shared.queue.storage_queue import StorageQueueWorkQueue
 from shared.settings import Settings
 from shared.store.table import TableRunStore, partition_for
+from shared.store.time_index import ACTIVE, INDEX_VERSION, MARKER_PARTITION, MARKER_ROW, index_key
 from tests.functional.azure.storage.conftest import FakeCredential, TlsServer
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -108,6 +109,14 @@ def table_exists(server: TlsServer) -> None:
     )
 
 
+def index_built(server: TlsServer) -> None:
+    """The store's first read of an existing table: the time index's marker row is there."""
+    marker = {"PartitionKey": MARKER_PARTITION, "RowKey": MARKER_ROW, "version": INDEX_VERSION}
+    server.server.expect_request(
+        f"/conveyorruns(PartitionKey='{MARKER_PARTITION}',RowKey='{MARKER_ROW}')", method="GET"
+    ).respond_with_response(entity_response(server, "conveyorruns", marker, ETAG_1))
+
+
 def requests_made(server: TlsServer) -> list[Request]:
     return [request for request, _ in server.server.log]
 
@@ -123,7 +132,12 @@ def test_table_insert_and_point_read_carry_the_bearer_token(
     run = make_run("run-0001")
     entity = TableRunStore.to_entity(run)
     pk = partition_for(run.run_id)
+    ipk, irk = index_key(run.run_id, run.created_at, ACTIVE)
     table_exists(storage_server)
+    index_built(storage_server)
+    storage_server.server.expect_request(
+        f"/conveyorruns(PartitionKey='{ipk}',RowKey='{irk}')", method="PUT"
+    ).respond_with_response(Response(status=204, headers={"ETag": ETAG_1}))
     storage_server.server.expect_request("/conveyorruns", method="POST").respond_with_response(
         Response(status=204, headers={"ETag": ETAG_1, "Preference-Applied": "return-no-content"})
     )
@@ -140,12 +154,15 @@ def test_table_insert_and_point_read_carry_the_bearer_token(
     log = requests_made(storage_server)
     assert [(r.method, unquote(r.path)) for r in log] == [
         ("POST", "/Tables"),
+        ("GET", f"/conveyorruns(PartitionKey='{MARKER_PARTITION}',RowKey='{MARKER_ROW}')"),
+        ("PUT", f"/conveyorruns(PartitionKey='{ipk}',RowKey='{irk}')"),  # the index row, before the run
         ("POST", "/conveyorruns"),
         ("GET", f"/conveyorruns(PartitionKey='{pk}',RowKey='run-0001')"),
     ]
     assert all(r.headers.get("Authorization") == "Bearer fake" for r in log)
     assert all(r.headers.get("x-ms-version") for r in log)
-    inserted = json.loads(log[1].get_data())
+    assert json.loads(log[2].get_data())["run_id"] == "run-0001"
+    inserted = json.loads(log[3].get_data())
     assert inserted["PartitionKey"] == pk and inserted["RowKey"] == "run-0001"
     assert inserted["flow"] == "retrain" and json.loads(inserted["doc"])["traceparent"] == run.traceparent
     assert credential.scopes and all(scopes == (STORAGE_SCOPE,) for scopes in credential.scopes)
@@ -161,6 +178,7 @@ def test_table_bulk_create_uses_the_lean_batch_with_the_bearer_token(
     same = [i for i in ids if partition_for(i) == first][:3]  # one partition: one transaction
     assert len(same) == 3
     table_exists(storage_server)
+    index_built(storage_server)
     parts = "".join(
         "--changesetresponse_c1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
         "HTTP/1.1 204 No Content\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n"
@@ -179,7 +197,10 @@ def test_table_bulk_create_uses_the_lean_batch_with_the_bearer_token(
     assert store.create_many(runs) == [True, True, True]
 
     assert [r.etag for r in runs] == [f"W/\"datetime'2024-05-01T10%3A00%3A0{n}.0Z'\"" for n in range(3)]
-    batch = requests_made(storage_server)[-1]
+    batches = [r for r in requests_made(storage_server) if r.path.endswith("/$batch")]
+    assert len(batches) == 2  # the three index rows (one day: one transaction), then the three runs
+    assert batches[0].get_data().decode().count('"PartitionKey":"~a') == 3
+    batch = batches[-1]
     assert batch.headers["Authorization"] == "Bearer fake"
     assert batch.headers["Content-Type"].startswith("multipart/mixed; boundary=batch_")
     sent = batch.get_data().decode()
@@ -218,6 +239,7 @@ def test_table_503_is_retried_then_succeeds(
     run = make_run("run-0002")
     path = f"/conveyorruns(PartitionKey='{partition_for(run.run_id)}',RowKey='run-0002')"
     table_exists(storage_server)
+    index_built(storage_server)
     storage_server.server.expect_oneshot_request(path, method="GET").respond_with_response(
         Response(
             table_error("ServerBusy", BUSY),
@@ -231,7 +253,7 @@ def test_table_503_is_retried_then_succeeds(
     )
 
     assert store.get("run-0002").run_id == "run-0002"
-    gets = [r for r in requests_made(storage_server) if r.method == "GET"]
+    gets = [r for r in requests_made(storage_server) if r.method == "GET" and "run-0002" in r.path]
     assert len(gets) == 2
     assert all(r.headers["Authorization"] == "Bearer fake" for r in gets)
 
