@@ -21,8 +21,7 @@ from shared.demo import run_demo
 from shared.local.azurite import port_open
 from shared.registry.mlflow_registry import MlflowRegistry
 from shared.settings import Settings
-from tests.conftest import REPO_ROOT
-from tests.e2e.conftest import conveyor_env
+from tests.conftest import REPO_ROOT, cli_environment
 
 STORES = 6
 
@@ -73,7 +72,7 @@ def test_conveyor_demo_many_command_ends_with_predictions_from_24_partition_mode
     s = own_azurite_settings
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
-        **conveyor_env(s, REPO_ROOT / "flows.yaml"),
+        **cli_environment(s, REPO_ROOT / "flows.yaml"),
         "CONVEYOR_SCORING_PORT": str(s.scoring_port),
     }
     done = subprocess.run(
