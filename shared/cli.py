@@ -1051,9 +1051,7 @@ def demo(
         serve = sys.stdin.isatty() and not os.environ.get("CI")
     linger = wait_for_enter(console) if serve else None
     settings = demo_settings(load_settings(), "demo-many" if many else "demo")
-    result = run_demo(
-        settings, fresh=not keep, timeout=timeout, out=console, linger=linger, many=many, stores=stores
-    )
+    result = run_demo(settings, fresh=not keep, timeout=timeout, out=console, linger=linger, many=many, stores=stores)
     raise typer.Exit(0 if result.ok else 1)
 
 

@@ -14,7 +14,7 @@ remote job per key, whatever the number of redeliveries.
      "outputs": {"<node>.<output>": "azureml://jobs/<job>/outputs/<output>", ...},
      "model_uri": <the first node output named "model">,
      "studio_url": <job.studio_url>,
-     "inputs": {...}}                      # the literal params.inputs, from the job's conveyor.input.* tags
+     "inputs": {...}}                      # the literal params.inputs (if any), from the job's conveyor.input.* tags
 
 A node output bound to a pipeline output (``${{parent.outputs.model}}``) is addressed on the
 pipeline job (``azureml://jobs/<pipeline>/outputs/<name>``); an unbound one on its child job,
@@ -345,18 +345,21 @@ class AzureMLv2Backend(JobBackend):
         if reader is not None:
             for child in ordered_children or [job]:
                 metrics.update(reader(str(child.name)))
-        return {
+        result: dict[str, Any] = {
             "pipeline_run": name,
             "metrics": metrics,
             "outputs": outputs,
             "model_uri": model_uri,
             "studio_url": _studio_url(job),
-            "inputs": {
-                str(k)[len(INPUT_TAG_PREFIX) :]: str(v)
-                for k, v in dict(getattr(job, "tags", None) or {}).items()
-                if str(k).startswith(INPUT_TAG_PREFIX)
-            },
         }
+        literals = {
+            str(k)[len(INPUT_TAG_PREFIX) :]: str(v)
+            for k, v in dict(getattr(job, "tags", None) or {}).items()
+            if str(k).startswith(INPUT_TAG_PREFIX)
+        }
+        if literals:
+            result["inputs"] = literals
+        return result
 
     def _metrics(self) -> MetricsReader | None:
         if self._metrics_reader is None:

@@ -37,9 +37,10 @@ metrics as JSON lines ``{"name", "value"}`` to ``$CONVEYOR_TASK_METRICS_FILE`` (
 needed; the last value of a name wins).
 
 Outputs: ``pipeline_run`` (the key), ``metrics``, ``outputs`` (``<job>.<output>`` paths),
-``model_uri`` (the first output named ``model``) and ``inputs``: the literal values of
-``params.inputs`` the pipeline ran with (data inputs left out), so a step after a for_each
-over these outputs can name what each instance was for (``${item.inputs.partition}``).
+``model_uri`` (the first output named ``model``) and, when there are any, ``inputs``: the
+literal values of ``params.inputs`` the pipeline ran with (data inputs left out), so a step
+after a for_each over these outputs can name what each instance was for
+(``${item.inputs.partition}``).
 
 ``params.inputs`` override pipeline inputs: a blob URL (downloaded into
 ``<run dir>/inputs/<name>/``; a URL ending in ``/`` is a folder prefix), a local path
@@ -368,16 +369,15 @@ class LocalAzureMLBackend(LocalRunBackend):
             if "model" in job["outputs"]:
                 model_uri = outputs[f"{job['name']}.model"]
                 break
-        return {
-            "state": "succeeded",
-            "outputs": {
-                "pipeline_run": run.key,
-                "metrics": metrics,
-                "outputs": outputs,
-                "model_uri": model_uri,
-                "inputs": dict(spec.get("literal_inputs") or {}),
-            },
+        result: dict[str, Any] = {
+            "pipeline_run": run.key,
+            "metrics": metrics,
+            "outputs": outputs,
+            "model_uri": model_uri,
         }
+        if spec.get("literal_inputs"):
+            result["inputs"] = dict(spec["literal_inputs"])
+        return {"state": "succeeded", "outputs": result}
 
     def _materialise_inputs(self, run: LocalRun) -> dict[str, str]:
         values: dict[str, str] = {}

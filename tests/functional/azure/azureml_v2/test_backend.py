@@ -159,8 +159,7 @@ def test_launch_submits_the_real_pipeline_named_by_key_then_polls_to_outputs(
         },
         "model_uri": "azureml://jobs/3f2a9c-train-1/outputs/model",
         "studio_url": res.url,
-        "inputs": {},  # no literal inputs: the gold folder is data
-    }
+    }  # no "inputs": the gold folder is data, not a literal
 
 
 def test_literal_inputs_are_bound_quoted_and_come_back_as_outputs_inputs(client: FakeMLClient) -> None:
