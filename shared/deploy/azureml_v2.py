@@ -268,7 +268,7 @@ class AzureMLOnlineDeployer(Deployer):
 
     # ------------------------------------------------------------ many models
 
-    def _many_settings(self, prefix: str, partition_key: str) -> dict[str, str]:
+    def _many_settings(self, endpoint: str, prefix: str, partition_key: str) -> dict[str, str]:
         ws = {
             "CONVEYOR_MANY_SUBSCRIPTION_ID": str(getattr(self.ml_client, "subscription_id", "") or ""),
             "CONVEYOR_MANY_RESOURCE_GROUP": str(getattr(self.ml_client, "resource_group_name", "") or ""),
@@ -280,7 +280,7 @@ class AzureMLOnlineDeployer(Deployer):
                 "the many-models deployment needs the workspace's subscription, resource group and name",
                 field="CONVEYOR_AZUREML_WORKSPACE",
             )
-        return {MANY_PREFIX_ENV: prefix, MANY_KEY_ENV: partition_key, **ws}
+        return {MANY_PREFIX_ENV: prefix, MANY_KEY_ENV: partition_key, "CONVEYOR_MANY_ENDPOINT": endpoint, **ws}
 
     @staticmethod
     def _many_of(dep: Any) -> tuple[str, str] | None:
@@ -322,7 +322,7 @@ class AzureMLOnlineDeployer(Deployer):
                 endpoint_name=endpoint,
                 code_configuration=CodeConfiguration(code=str(SCORING_CODE), scoring_script=SCORING_SCRIPT),
                 environment=Environment(image=SCORING_IMAGE, conda_file=str(SCORING_CODE / "environment.yml")),
-                environment_variables=self._many_settings(prefix, partition_key),
+                environment_variables=self._many_settings(endpoint, prefix, partition_key),
                 instance_type=self.instance_type,
                 instance_count=self.instance_count,
                 tags={"conveyor.many_models": "true", "conveyor.model_prefix": prefix},

@@ -14,6 +14,8 @@ the column that routes rows to them::
 
 Deploying one partition rewrites the file with only that partition changed; the server reloads
 only the partitions whose entry changed. An endpoint is single-model or routed, never both.
+One file per endpoint keeps every swap atomic; it suits the local scale (hundreds of
+partitions: each deploy rewrites the whole file).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Settings (environment variables the deployer puts on the deployment):
 
   CONVEYOR_MANY_MODEL_PREFIX        the model names' common prefix (``sales-forecaster-``)
   CONVEYOR_MANY_PARTITION_KEY       the column routing each row (``store``)
+  CONVEYOR_MANY_ENDPOINT            the endpoint's name (for error messages)
   CONVEYOR_MANY_SUBSCRIPTION_ID, CONVEYOR_MANY_RESOURCE_GROUP, CONVEYOR_MANY_WORKSPACE
                                     the workspace whose registry holds the models
   CONVEYOR_MANY_IDENTITY_CLIENT_ID  a user-assigned identity's client id (default: the
@@ -112,6 +113,7 @@ class PartitionModels:
         self._champions: dict[str, tuple[float, str | None]] = {}
         self._models: OrderedDict[tuple[str, str], tuple[Any, protocol.Columns]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}  # one download per model at a time
 
     def name_of(self, partition: str) -> str:
         return f"{self.prefix}{partition}"
@@ -132,16 +134,20 @@ class PartitionModels:
         name = self.name_of(partition)
         key = (name, version)
         with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                model, columns = self._models[key]
-                return name, version, model, columns
-        model = self._download_and_load(name, version)
-        columns = protocol.input_columns(model)
-        with self._lock:
-            self._models[key] = (model, columns)
-            while len(self._models) > self.cache_size:
-                self._models.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    model, columns = self._models[key]
+                    return name, version, model, columns
+            model = self._download_and_load(name, version)
+            columns = protocol.input_columns(model)
+            with self._lock:
+                self._models[key] = (model, columns)
+                while len(self._models) > self.cache_size:
+                    self._models.popitem(last=False)
+                self._loading.pop(key, None)
         return name, version, model, columns
 
     def _download_and_load(self, name: str, version: str) -> Any:
@@ -233,7 +239,7 @@ def init(client: Any = None) -> None:
         refresh=float(os.environ.get("CONVEYOR_MANY_REFRESH_SECONDS") or 60),
         cache_size=int(os.environ.get("CONVEYOR_MANY_CACHE_MODELS") or 200),
     )
-    endpoint = os.environ.get("ENDPOINT_NAME") or "many-models"
+    endpoint = os.environ.get("CONVEYOR_MANY_ENDPOINT") or "many-models"
     _scorer = ManyModelsScorer(models, os.environ["CONVEYOR_MANY_PARTITION_KEY"], endpoint)
 
 

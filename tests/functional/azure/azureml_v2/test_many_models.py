@@ -96,7 +96,6 @@ def scoring_script(client: FakeMLClient, monkeypatch: pytest.MonkeyPatch) -> Any
     for name, value in deployment.environment_variables.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("CONVEYOR_MANY_REFRESH_SECONDS", "0")  # look the champion up on every request
-    monkeypatch.setenv("ENDPOINT_NAME", ENDPOINT)
     azureml_score.init(client=client)
     return azureml_score
 
@@ -123,7 +122,7 @@ def test_one_deployment_serves_every_partition_and_a_rejected_one_keeps_its_cham
     assert dep.environment.conda_file  # the environment.yml next to the script, read by the entity
     env = dep.environment_variables
     assert env["CONVEYOR_MANY_MODEL_PREFIX"] == "sales-forecaster-" and env["CONVEYOR_MANY_PARTITION_KEY"] == "store"
-    assert env["CONVEYOR_MANY_WORKSPACE"] == client.workspace_name
+    assert env["CONVEYOR_MANY_WORKSPACE"] == client.workspace_name and env["CONVEYOR_MANY_ENDPOINT"] == ENDPOINT
     assert client.online_endpoints.store[ENDPOINT].traffic == {MANY: 100}
 
     script = scoring_script(client, monkeypatch)
@@ -156,7 +155,10 @@ def test_one_deployment_serves_every_partition_and_a_rejected_one_keeps_its_cham
     # a partition the registry has no champion for: 404 naming it and its cell; no key: 400
     unknown = script.run(json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [[1, 0, 1.0], [99, 0, 1.0]]}}))
     assert unknown["status"] == 404 and unknown["error"]["code"] == "unknown_partition"
-    assert "'99'" in unknown["error"]["message"] and unknown["error"]["field"] == "dataframe_split.data[1][0]"
+    assert (
+        f"endpoint {ENDPOINT!r} serves no partition '99'" in unknown["error"]["message"]
+        and unknown["error"]["field"] == "dataframe_split.data[1][0]"
+    )
     keyless = script.run(json.dumps({"instances": [{"promo": 1, "price": 2.0}]}))
     assert keyless["status"] == 400 and keyless["error"]["field"] == "instances[0].store"
     routed = script.run(json.dumps({"instances": [{"promo": 1, "price": 2.0}], "params": {"partition": "1"}}))
