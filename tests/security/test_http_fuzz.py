@@ -302,18 +302,18 @@ def test_scoring_endpoint_with_hostile_requests(
     check(reply, method)
 
 
+def post_json(server: ScoringServer, path: str, body: Any) -> Any:
+    """POST ``body`` as JSON to ``path`` of the scoring server; the reply, checked like every reply."""
+    raw = request("POST", path, server.port, body=dumps(body), headers={"Content-Type": "application/json"})
+    reply = exchange(server.port, raw)
+    check(reply, "POST")
+    return reply
+
+
 @FUZZ
 @given(body=SCORING)
 def test_scoring_bodies_are_scored_or_refused_by_name(scoring_server: ScoringServer, body: Any) -> None:
-    raw = request(
-        "POST",
-        scoring_server.score_path,
-        scoring_server.port,
-        body=dumps(body),
-        headers={"Content-Type": "application/json"},
-    )
-    reply = exchange(scoring_server.port, raw)
-    check(reply, "POST")
+    reply = post_json(scoring_server, scoring_server.score_path, body)
     if reply.status == 200:
         assert isinstance(reply.json()["predictions"], list)
     else:
@@ -324,15 +324,7 @@ def test_scoring_bodies_are_scored_or_refused_by_name(scoring_server: ScoringSer
 @given(body=SCORING)
 def test_routed_scoring_bodies_are_routed_or_refused_by_name(scoring_server: ScoringServer, body: Any) -> None:
     """A routed endpoint (partitions 1 and 2 by store): rows answered by their partition, or a 4xx naming a field."""
-    raw = request(
-        "POST",
-        scoring_server.routed_score_path,
-        scoring_server.port,
-        body=dumps(body),
-        headers={"Content-Type": "application/json"},
-    )
-    reply = exchange(scoring_server.port, raw)
-    check(reply, "POST")
+    reply = post_json(scoring_server, scoring_server.routed_score_path, body)
     if reply.status == 200:
         doc = reply.json()
         assert len(doc["predictions"]) == len(doc["partitions"]) and set(doc["partitions"]) <= {"1", "2"}
