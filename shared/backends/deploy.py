@@ -9,17 +9,24 @@ when another version has been promoted since, so a late replay never demotes a n
 
 A rejection is a successful step: the current deployment stays, and the decision with both
 metrics is on the version, in the step outputs and therefore on the run.
+
+Many models: with ``params.partition`` (and ``params.partition_key``) the candidate is gated
+against its own partition's champion (``decide_gate(..., partition=)``) and, when promoted,
+served as that partition of the routed endpoint (``Deployer.deploy_partition``); a rejected
+candidate leaves its partition's champion serving, and no other partition is touched. The
+partition is stored with the decision, so replays and polls after a restart look at it again.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.backends.register import model_name_for, parse_params
-from shared.deploy.base import Deployer, Deployment
+from shared.deploy.base import Deployer, Deployment, check_partition, check_partition_key
 from shared.deploy.local_endpoint import check_endpoint_name
 from shared.errors import NotFoundError, ValidationError
 from shared.flows.model import DeployParams
@@ -28,6 +35,15 @@ from shared.registry.gate import GateDecision, decide_gate
 
 RESULT_TAG = "gate.result"
 KEY_TAG = "gate.key"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a deploy step serves: an endpoint, or one partition of a routed endpoint."""
+
+    endpoint: str
+    partition: str | None = None
+    partition_key: str | None = None
 
 
 def _remote_id(name: str, version: str, key: str) -> str:
@@ -66,29 +82,60 @@ class DeployBackend(JobBackend):
             raise ValidationError("must be a number", field="model.min_improvement") from None
         return str(metric), direction, min_improvement
 
-    def _serving(self, endpoint: str) -> Deployment | None:
+    def _serving(self, target: Target) -> Deployment | None:
         try:
-            return self.deployer.current(endpoint)
+            if target.partition is not None:
+                return self.deployer.current_partition(target.endpoint, target.partition)
+            return self.deployer.current(target.endpoint)
         except NotFoundError:
             return None
 
     @staticmethod
     def _outputs(
-        gate: dict[str, Any], candidate: ModelVersion, endpoint: str, deployment: Deployment | None
+        gate: dict[str, Any], candidate: ModelVersion, target: Target, deployment: Deployment | None
     ) -> dict[str, Any]:
-        return {
+        outputs = {
             "gate": {**gate, "version": candidate.version},
             "decision": gate["decision"],
             "model_name": candidate.name,
             "version": candidate.version,
-            "endpoint": endpoint,
+            "endpoint": target.endpoint,
             "scoring_url": deployment.scoring_url if deployment else None,
             "serving_version": deployment.version if deployment else None,
         }
+        if target.partition is not None:
+            outputs["partition"] = target.partition
+        return outputs
 
-    def _apply_promotion(self, candidate: ModelVersion, endpoint: str) -> Deployment:
+    def _apply_promotion(self, candidate: ModelVersion, target: Target) -> Deployment:
         self.registry.promote(candidate.name, candidate.version)
-        return self.deployer.deploy(endpoint, candidate)
+        if target.partition is not None:
+            assert target.partition_key is not None
+            return self.deployer.deploy_partition(target.endpoint, target.partition, candidate, target.partition_key)
+        return self.deployer.deploy(target.endpoint, candidate)
+
+    @staticmethod
+    def _target(params: DeployParams, request: LaunchRequest) -> Target:
+        endpoint = check_endpoint_name(params.endpoint or request.flow)
+        if params.partition is None:
+            if params.partition_key is not None:
+                raise ValidationError("partition_key needs params.partition", field="params.partition_key")
+            return Target(endpoint)
+        partition = check_partition(params.partition)
+        if params.partition_key is None:
+            raise ValidationError(
+                "a partition model needs the column that routes to it (e.g. partition_key: store)",
+                field="params.partition_key",
+            )
+        return Target(endpoint, partition, check_partition_key(params.partition_key))
+
+    @staticmethod
+    def _stored_target(doc: dict[str, Any], fallback: Target) -> Target:
+        endpoint = str(doc.get("endpoint") or fallback.endpoint)
+        if doc.get("partition"):
+            key = doc.get("partition_key") or fallback.partition_key
+            return Target(endpoint, str(doc["partition"]), str(key) if key else None)
+        return Target(endpoint, fallback.partition, fallback.partition_key)
 
     # ------------------------------------------------------------ port
 
@@ -98,16 +145,16 @@ class DeployBackend(JobBackend):
         version = str(params.version).strip()
         if not version or "${" in version:
             raise ValidationError(f"no model version to deploy (got {version!r})", field="params.version")
-        endpoint = check_endpoint_name(params.endpoint or request.flow)
+        target = self._target(params, request)
         metric, direction, min_improvement = self._gate_spec(request)
         with self._gate_lock:
             candidate = self.registry.get(name, version)
             stored = candidate.tags.get(RESULT_TAG)
             if stored:
-                outputs = self._replay(json.loads(stored), candidate, endpoint)
+                outputs = self._replay(json.loads(stored), candidate, target)
                 reattached = True
             else:
-                outputs = self._decide(request, candidate, endpoint, metric, direction, min_improvement)
+                outputs = self._decide(request, candidate, target, metric, direction, min_improvement)
                 reattached = False
         remote_id = _remote_id(name, version, request.key)
         self._results[remote_id] = outputs
@@ -117,41 +164,46 @@ class DeployBackend(JobBackend):
         self,
         request: LaunchRequest,
         candidate: ModelVersion,
-        endpoint: str,
+        target: Target,
         metric: str,
         direction: str,
         min_improvement: float,
     ) -> dict[str, Any]:
         champion = self.registry.champion(candidate.name)
-        decision: GateDecision = decide_gate(candidate, champion, metric, direction, min_improvement)
+        decision: GateDecision = decide_gate(
+            candidate, champion, metric, direction, min_improvement, partition=target.partition
+        )
         gate = decision.as_dict()
         # Record first: whatever happens next, a replay finds this decision.
+        where = {"endpoint": target.endpoint}
+        if target.partition is not None:
+            where.update(partition=target.partition, partition_key=str(target.partition_key))
         record = {
             **decision.as_tags(),
             "key": request.key,
             "run_id": request.run_id,
-            "endpoint": endpoint,
-            "result": json.dumps({"gate": gate, "endpoint": endpoint}),
+            "endpoint": target.endpoint,
+            "result": json.dumps({"gate": gate, **where}),
         }
         self.registry.record_decision(candidate.name, candidate.version, record)
-        deployment = self._apply_promotion(candidate, endpoint) if decision.promote else self._serving(endpoint)
-        return self._outputs(gate, candidate, endpoint, deployment)
+        deployment = self._apply_promotion(candidate, target) if decision.promote else self._serving(target)
+        return self._outputs(gate, candidate, target, deployment)
 
-    def _replay(self, stored: dict[str, Any], candidate: ModelVersion, endpoint: str) -> dict[str, Any]:
+    def _replay(self, stored: dict[str, Any], candidate: ModelVersion, target: Target) -> dict[str, Any]:
         gate = dict(stored.get("gate") or {})
-        endpoint = str(stored.get("endpoint") or endpoint)
+        target = self._stored_target(stored, target)
         deployment: Deployment | None
         if gate.get("promote"):
             champion = self.registry.champion(candidate.name)
             expected = {candidate.version, gate.get("champion_version")}
             if champion is None or champion.version in expected:
-                deployment = self._apply_promotion(candidate, endpoint)
+                deployment = self._apply_promotion(candidate, target)
             else:  # promoted since by a newer run: leave it; say so
                 gate["superseded_by"] = champion.version
-                deployment = self._serving(endpoint)
+                deployment = self._serving(target)
         else:
-            deployment = self._serving(endpoint)
-        return self._outputs(gate, candidate, endpoint, deployment)
+            deployment = self._serving(target)
+        return self._outputs(gate, candidate, target, deployment)
 
     def poll(self, remote_id: str) -> StepStatus:
         outputs = self._results.get(remote_id)
@@ -165,9 +217,9 @@ class DeployBackend(JobBackend):
             if not stored:
                 return StepStatus("failed", error=f"no gate decision recorded on {name} v{version}")
             doc = json.loads(stored)
-            endpoint = str(doc.get("endpoint") or "")
-            deployment = self._serving(endpoint) if endpoint else None
-            outputs = self._outputs(dict(doc.get("gate") or {}), candidate, endpoint, deployment)
+            target = self._stored_target(doc, Target(""))
+            deployment = self._serving(target) if target.endpoint else None
+            outputs = self._outputs(dict(doc.get("gate") or {}), candidate, target, deployment)
             self._results[remote_id] = outputs
         return StepStatus("succeeded", outputs=outputs)
 

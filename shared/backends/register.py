@@ -3,6 +3,10 @@
 Registration is quick, so ``launch`` does it synchronously and ``poll`` only reports. The
 remote id is the step's idempotency key; the registry is idempotent on it, and ``poll``
 looks the version up again by key, so both survive a restart or a redelivered message.
+
+``params.partition`` (many models: one model per store) is tagged ``conveyor.partition`` on
+the version, next to the lineage, and is in the outputs, so a deploy step after a for_each over
+the register outputs can route each version to its partition (``${item.partition}``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from typing import Any, TypeVar
 import pydantic
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.deploy.base import check_partition
 from shared.errors import ValidationError
 from shared.flows.model import RegisterParams
 from shared.registry.base import ModelRegistry, ModelVersion
+from shared.registry.gate import PARTITION_TAG
 
 P = TypeVar("P", bound=pydantic.BaseModel)
 
@@ -87,7 +93,10 @@ def lineage_tags(request: LaunchRequest) -> dict[str, str]:
 
 
 def version_outputs(mv: ModelVersion) -> dict[str, Any]:
-    return {"model_name": mv.name, "version": mv.version, "model_uri": mv.source_uri, "metrics": dict(mv.metrics)}
+    outputs = {"model_name": mv.name, "version": mv.version, "model_uri": mv.source_uri, "metrics": dict(mv.metrics)}
+    if mv.tags.get(PARTITION_TAG):
+        outputs["partition"] = mv.tags[PARTITION_TAG]
+    return outputs
 
 
 class RegisterBackend(JobBackend):
@@ -102,6 +111,8 @@ class RegisterBackend(JobBackend):
         name = model_name_for(request, params.model_name)
         metrics = cast_metrics(params.metrics)
         tags = {**{str(k): str(v) for k, v in params.tags.items()}, **lineage_tags(request)}
+        if params.partition is not None:
+            tags[PARTITION_TAG] = check_partition(params.partition)
         before = self.registry.find_by_key(request.key, name)
         mv = before or self.registry.register(name, params.model_uri, metrics, tags, request.key)
         self._done[request.key] = mv
