@@ -1052,6 +1052,12 @@ def open_page(
 def demo(
     timeout: float = typer.Option(600.0, "--timeout", help="seconds to wait for the run"),
     keep: bool = typer.Option(False, "--keep", help="keep the previous demo data instead of starting fresh"),
+    many: bool = typer.Option(
+        False, "--many", help="the many-models flow: one model per store, all behind one routed endpoint"
+    ),
+    stores: int | None = typer.Option(
+        None, "--stores", min=1, max=200, help="with --many: stores in the sample file (default 24)"
+    ),
     serve: bool | None = typer.Option(
         None, "--serve/--no-serve", help="keep the console up after the run until Enter (default: a terminal, not CI)"
     ),
@@ -1062,7 +1068,8 @@ def demo(
     if serve is None:
         serve = sys.stdin.isatty() and not os.environ.get("CI")
     linger = wait_for_enter(console) if serve else None
-    result = run_demo(demo_settings(load_settings()), fresh=not keep, timeout=timeout, out=console, linger=linger)
+    settings = demo_settings(load_settings(), "demo-many" if many else "demo")
+    result = run_demo(settings, fresh=not keep, timeout=timeout, out=console, linger=linger, many=many, stores=stores)
     raise typer.Exit(0 if result.ok else 1)
 
 

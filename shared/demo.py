@@ -9,6 +9,10 @@ progress bars, prints the summary
 (every step with state and duration, the gate decision with both metrics, the model name and
 version) and POSTs sample rows to the deployed scoring URL. It always stops what it started
 (host, Azurite, scoring server). Exit 0 only when the run succeeded and a prediction came back.
+
+``many=True`` (``conveyor demo --many``) takes the same path with the many-models flow: a file
+with many stores into ``landing-stores``, one model per store behind one routed endpoint, and
+a row of every store scored through it (shared/demo_many.py).
 """
 
 from __future__ import annotations
@@ -54,13 +58,14 @@ class DemoResult:
     error: str | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    served: dict[str, dict[str, Any]] | None = None  # --many: {partition: {model, version, prediction}}
 
 
-def demo_settings(base: Settings) -> Settings:
-    """The demo's settings: its own data home and free ports when the defaults are taken."""
+def demo_settings(base: Settings, name: str = "demo") -> Settings:
+    """The demo's settings: its own data home (``<home>/<name>``) and free ports when the defaults are taken."""
     from shared.local.azurite import free_port, port_open
 
-    home = base.home if base.home.name == "demo" else base.home / "demo"
+    home = base.home if base.home.name == name else base.home / name
     changes: dict[str, Any] = {"home": home}
     h = base.azurite_host
     storage_ports = (base.azurite_blob_port, base.azurite_queue_port, base.azurite_table_port)
@@ -102,14 +107,14 @@ def _load_module(path: Path, name: str) -> Any:
 
 
 def generate_data(
-    settings: Settings, out_dir: Path, *, rows: int = 300, seed: int = 7, name: str | None = None
+    settings: Settings, out_dir: Path, *, rows: int = 300, seed: int = 7, stores: int = 4, name: str | None = None
 ) -> Path:
     """One sample sales CSV written by samples/data/make_sales.py into ``out_dir``."""
     script = settings.root / "samples" / "data" / "make_sales.py"
     if not script.is_file():
         raise ConveyorError(f"sample data generator not found: {script}", service="demo")
     mod = _load_module(script, "conveyor_make_sales")
-    path = Path(mod.make_sales(out_dir / (name or f"sales-{seed:03d}.csv"), rows=rows, seed=seed))
+    path = Path(mod.make_sales(out_dir / (name or f"sales-{seed:03d}.csv"), rows=rows, seed=seed, stores=stores))
     if not path.is_file():
         raise ConveyorError(f"make_sales.py wrote no CSV at {path}", service="demo")
     return path
@@ -136,17 +141,23 @@ def sample_rows(csv_path: Path, n: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
     return rows
 
 
-def gold_rows(run: Run, n: int = SAMPLE_ROWS) -> list[dict[str, Any]] | None:
-    """The first ``n`` rows of the gold table the run's ETL wrote (the model's own features), target dropped.
-
-    None when the run has no readable gold table (the caller falls back to the CSV).
-    """
+def gold_table(run: Run) -> str | None:
+    """The folder of the gold table the run's ETL wrote (its ``result.gold``), if it is there."""
     gold = None
     for step in run.steps:
         result = step.outputs.get("result")
         if isinstance(result, dict) and result.get("gold"):
             gold = str(result["gold"])
-    if not gold or not Path(gold).is_dir():
+    return gold if gold and Path(gold).is_dir() else None
+
+
+def gold_rows(run: Run, n: int = SAMPLE_ROWS) -> list[dict[str, Any]] | None:
+    """The first ``n`` rows of the gold table the run's ETL wrote (the model's own features), target dropped.
+
+    None when the run has no readable gold table (the caller falls back to the CSV).
+    """
+    gold = gold_table(run)
+    if gold is None:
         return None
     try:
         from deltalake import DeltaTable
@@ -161,7 +172,15 @@ def gold_rows(run: Run, n: int = SAMPLE_ROWS) -> list[dict[str, Any]] | None:
 
 def score(url: str, rows: list[dict[str, Any]], timeout: float = 30.0, attempts: int = 10) -> list[Any]:
     """POST ``{"rows": [...]}`` to a scoring URL; returns the predictions (retries while it starts)."""
-    body = json.dumps({"rows": rows}).encode("utf-8")
+    preds = post_scoring(url, {"rows": rows}, timeout=timeout, attempts=attempts).get("predictions")
+    if not isinstance(preds, list):
+        raise ConveyorError(f"scoring answer has no predictions list: {str(preds)[:200]}", service="scoring")
+    return preds
+
+
+def post_scoring(url: str, payload: dict[str, Any], timeout: float = 30.0, attempts: int = 10) -> dict[str, Any]:
+    """POST a scoring body to a scoring URL; returns the answer (retries while the server starts)."""
+    body = json.dumps(payload).encode("utf-8")
     last = ""
     for attempt in range(attempts):
         req = urllib.request.Request(  # noqa: S310 - the local scoring endpoint we deployed
@@ -170,10 +189,9 @@ def score(url: str, rows: list[dict[str, Any]], timeout: float = 30.0, attempts:
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
                 doc = json.loads(resp.read().decode("utf-8"))
-            preds = doc.get("predictions") if isinstance(doc, dict) else None
-            if not isinstance(preds, list):
-                raise ConveyorError(f"scoring answer has no predictions list: {str(doc)[:200]}", service="scoring")
-            return preds
+            if not isinstance(doc, dict):
+                raise ConveyorError(f"scoring answer is not an object: {str(doc)[:200]}", service="scoring")
+            return doc
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code}: {exc.read()[:300].decode('utf-8', 'replace')}"
             if exc.code < 500:
@@ -191,6 +209,8 @@ def run_demo(
     timeout: float = 600.0,
     out: Console | None = None,
     workers: int = 2,
+    many: bool = False,
+    stores: int | None = None,
     linger: Linger | None = None,
 ) -> DemoResult:
     """The demo path; see the module docstring. Never raises for a ConveyorError: it's in the result.
@@ -198,10 +218,14 @@ def run_demo(
     ``linger(result, console_url)``, when given, runs after the run (and the prediction) and
     before the host stops: the console keeps serving until it returns.
     """
+    from shared import demo_many
     from shared.cli import RunFollower, model_of, print_run
+    from shared.cli_graph import fanout_progress, print_graph
     from shared.deploy.local_endpoint import stop_server
     from shared.host.runtime import LocalHost
     from shared.terminal import make_console, say
+
+    flow, landing = (demo_many.FLOW, demo_many.LANDING) if many else (FLOW, LANDING)
 
     out = out or make_console()
     started = time.monotonic()
@@ -221,31 +245,45 @@ def run_demo(
         assert host.services is not None
         services = host.services
         mark("host_start", t)
-        say(out, f"host running at {host.url}; watching {', '.join(host.watcher.containers if host.watcher else [])}")
+        # the containers this demo's flow watches (the host watches every flow's)
+        watched = [c for c in (host.watcher.containers if host.watcher else []) if c == landing]
+        say(out, f"host running at {host.url}; watching {', '.join(watched)}")
         print_console_url(out, host.url)
 
         t = time.monotonic()
-        drop = generate_data(settings, settings.home / "sample-data")
-        info = services.blobs.upload_file(LANDING, drop.name, drop)
+        data_dir = settings.home / "sample-data"
+        if many:
+            drop = demo_many.generate_stores_data(settings, data_dir, stores=stores or demo_many.STORES)
+        else:
+            drop = generate_data(settings, data_dir)
+        info = services.blobs.upload_file(landing, drop.name, drop)
         mark("data", t)
-        say(out, f"dropped {drop.name} into {LANDING} ({info.size} bytes, eTag {info.etag})")
+        say(out, f"dropped {drop.name} into {landing} ({info.size} bytes, eTag {info.etag})")
         say(out, "waiting for the BlobCreated event and following the run…")
 
         def ours(run: Run) -> bool:
             blob = run.trigger.blob or {}
             etag = str(blob.get("etag") or "").strip('"')
-            return run.flow == FLOW and blob.get("name") == drop.name and etag in ("", info.etag.strip('"'))
+            return run.flow == flow and blob.get("name") == drop.name and etag in ("", info.etag.strip('"'))
 
         t = time.monotonic()
+        enrich = fanout_progress(services.instances)
         with RunFollower(out) as follower:
-            run = host.wait_for_run(ours, timeout=timeout, on_progress=follower.update)
+            run = host.wait_for_run(ours, timeout=timeout, on_progress=lambda r: follower.update(enrich(r)))
         mark("run", t)
         result.run = run
         out.print()
         print_run(run, out)
+        if many:
+            print_graph(run, services.flows.flows.get(flow), services.instances.fanouts(run.run_id), out)
         result.model = model_of(run)
         if run.status.value != "succeeded":
             result.error = f"run {run.run_id} {run.status.value}: {run.error or 'see `conveyor show`'}"
+            return result
+        if many:
+            t = time.monotonic()
+            demo_many.score_partitions(services, run, result, out)
+            mark("score", t)
             return result
 
         deploy_outputs: dict[str, Any] = {}

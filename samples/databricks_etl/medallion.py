@@ -4,13 +4,23 @@ bronze  the raw CSV as it arrived (all columns as text) + where it came from
 silver  typed, de-duplicated, no missing values, no outliers
 gold    one row per store and day with the model's features
 
-    python medallion.py --input <blob URL or local path> --lake <dbfs:/ URI or dir>
+    python medallion.py --input <blob URL or local path> --lake <dbfs:/ URI or dir> [--partition-by store]
+
+With ``--partition-by <column>`` gold is a Delta table partitioned by that column (one folder
+per value, as Databricks writes it) and the result also lists the partitions, so a flow can
+fan out one training per partition (the many-models flow)::
+
+    "partition_key": "store",
+    "partitions": [{"partition": "1", "rows": 40}, {"partition": "2", "rows": 40}, ...]
+
+``partition`` is the value as text (what a model name and a routed endpoint use).
 
 Tables are Delta tables written with the ``deltalake`` package (no Spark needed), so the same
 file runs as a Databricks job and locally. Blob URLs are read with azure-storage-blob using
 the read SAS in CONVEYOR_TASK_STORAGE_SAS when set (what a local run gets; a Databricks
 cluster reads through its own identity). The job ends with
-``dbutils.notebook.exit(json)`` (``{"bronze", "silver", "gold", "rows"}``); where there is no
+``dbutils.notebook.exit(json)`` (``{"bronze", "silver", "gold", "rows"}``, plus the partitions);
+where there is no
 ``dbutils`` (plain python) the JSON is printed instead.
 
 ``--lake dbfs:/conveyor/lake/<run>`` is written through the cluster's ``/dbfs`` mount and
@@ -75,7 +85,7 @@ def silver(raw: Any, lake: Path) -> Any:
     return clean
 
 
-def gold(clean: Any, lake: Path) -> Any:
+def gold(clean: Any, lake: Path, partition_by: str | None = None) -> Any:
     from deltalake import write_deltalake
 
     per_day = (
@@ -91,15 +101,24 @@ def gold(clean: Any, lake: Path) -> Any:
     )
     per_day["day_of_week"] = (per_day["day"] % 7).astype("int64")
     features = per_day[[*FEATURES, TARGET]]
-    write_deltalake(str(lake / "gold"), features, mode="overwrite")
+    partitions = [partition_by] if partition_by else None
+    write_deltalake(str(lake / "gold"), features, mode="overwrite", partition_by=partitions)
     return features
+
+
+def partition_list(features: Any, column: str) -> list[dict[str, Any]]:
+    """One entry per value of ``column`` in gold: the value as text and its row count, in value order."""
+    counts = features.groupby(column).size()
+    return [{"partition": str(value), "rows": int(n)} for value, n in sorted(counts.items())]
 
 
 DBFS = "dbfs:/"
 DBFS_MOUNT = Path("/dbfs")  # where a Databricks cluster mounts DBFS for file APIs
 
 
-def run(source: str, lake: str | Path) -> dict[str, Any]:
+def run(source: str, lake: str | Path, partition_by: str | None = None) -> dict[str, Any]:
+    if partition_by is not None and partition_by not in FEATURES:
+        raise SystemExit(f"--partition-by must be one of the gold columns {FEATURES}, got {partition_by!r}")
     given = str(lake)
     if given.startswith(DBFS):  # on a Databricks cluster DBFS is mounted at /dbfs
         where = DBFS_MOUNT / given[len(DBFS) :].strip("/")
@@ -110,21 +129,26 @@ def run(source: str, lake: str | Path) -> dict[str, Any]:
     where.mkdir(parents=True, exist_ok=True)
     raw = bronze(source, where)
     clean = silver(raw, where)
-    features = gold(clean, where)
-    return {
+    features = gold(clean, where, partition_by)
+    result: dict[str, Any] = {
         "bronze": name.format("bronze"),
         "silver": name.format("silver"),
         "gold": name.format("gold"),
         "rows": {"bronze": len(raw), "silver": len(clean), "gold": len(features)},
     }
+    if partition_by:
+        result["partition_key"] = partition_by
+        result["partitions"] = partition_list(features, partition_by)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="bronze -> silver -> gold for one sales file")
     parser.add_argument("--input", required=True, help="blob URL or local path of a sales CSV")
     parser.add_argument("--lake", required=True, help="dbfs:/ URI or directory of the bronze/silver/gold Delta tables")
+    parser.add_argument("--partition-by", default=None, help="a gold column to partition gold by (e.g. store)")
     args = parser.parse_args(argv)
-    result = json.dumps(run(args.input, args.lake))
+    result = json.dumps(run(args.input, args.lake, args.partition_by))
     dbutils = globals().get("dbutils") or getattr(builtins, "dbutils", None)
     if dbutils is not None:
         dbutils.notebook.exit(result)

@@ -13,7 +13,8 @@ remote job per key, whatever the number of redeliveries.
      "metrics": {...},                     # the child jobs' MLflow metrics, later nodes win
      "outputs": {"<node>.<output>": "azureml://jobs/<job>/outputs/<output>", ...},
      "model_uri": <the first node output named "model">,
-     "studio_url": <job.studio_url>}
+     "studio_url": <job.studio_url>,
+     "inputs": {...}}                      # the literal params.inputs (if any), from the job's conveyor.input.* tags
 
 A node output bound to a pipeline output (``${{parent.outputs.model}}``) is addressed on the
 pipeline job (``azureml://jobs/<pipeline>/outputs/<name>``); an unbound one on its child job,
@@ -68,6 +69,7 @@ _DATA_TYPES = ("uri_folder", "uri_file", "mltable", "mlflow_model", "custom_mode
 _LITERAL_TYPES = ("string", "number", "integer", "boolean")
 _URL_SCHEMES = ("https", "azureml", "abfss", "abfs", "wasbs", "wasb", "adl")
 _ARM_SCOPE = "https://management.azure.com/.default"
+INPUT_TAG_PREFIX = "conveyor.input."  # a literal params.inputs value, as bound (read back as outputs.inputs)
 
 
 def is_data_url(value: str) -> bool:
@@ -176,6 +178,7 @@ class AzureMLv2Backend(JobBackend):
         job.name = name
         job.experiment_name = params.experiment
         declared = dict(job.inputs or {})
+        literals: dict[str, str] = {}
         for iname, value in params.inputs.items():
             fld = f"params.inputs.{iname}"
             if iname not in declared:
@@ -186,6 +189,7 @@ class AzureMLv2Backend(JobBackend):
                 # Azure ML substitutes a literal into ${{inputs.x}} of a command it runs in a shell:
                 # quoted, the value is exactly one word there (a plain value is left as it is).
                 job.inputs[iname] = shell_word(value)
+                literals[iname] = value
             elif is_data_url(value):
                 if itype not in _DATA_TYPES:
                     itype = "uri_folder" if value.endswith("/") else "uri_file"
@@ -198,6 +202,7 @@ class AzureMLv2Backend(JobBackend):
                 )
             else:
                 job.inputs[iname] = shell_word(value)
+                literals[iname] = value
         for node in dict(job.jobs or {}).values():  # the step's env:, under what the YAML sets per job
             if request.env and hasattr(node, "environment_variables"):
                 node.environment_variables = {**request.env, **dict(node.environment_variables or {})}
@@ -213,6 +218,7 @@ class AzureMLv2Backend(JobBackend):
                 "conveyor.key": request.key,
                 "traceparent": request.traceparent,
                 **request.index_tags(),
+                **{f"{INPUT_TAG_PREFIX}{k}": v for k, v in literals.items()},
             }
         )
         job.tags = {k: v for k, v in tags.items() if v}
@@ -339,13 +345,21 @@ class AzureMLv2Backend(JobBackend):
         if reader is not None:
             for child in ordered_children or [job]:
                 metrics.update(reader(str(child.name)))
-        return {
+        result: dict[str, Any] = {
             "pipeline_run": name,
             "metrics": metrics,
             "outputs": outputs,
             "model_uri": model_uri,
             "studio_url": _studio_url(job),
         }
+        literals = {
+            str(k)[len(INPUT_TAG_PREFIX) :]: str(v)
+            for k, v in dict(getattr(job, "tags", None) or {}).items()
+            if str(k).startswith(INPUT_TAG_PREFIX)
+        }
+        if literals:
+            result["inputs"] = literals
+        return result
 
     def _metrics(self) -> MetricsReader | None:
         if self._metrics_reader is None:

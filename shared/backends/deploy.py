@@ -14,18 +14,25 @@ metrics is on the version, in the step outputs and therefore on the run.
 online endpoint) run in the background (shared.backends.background); ``poll`` reports, and
 after a restart reads the decision back from the version. Locally the same work runs in its
 own process (shared.backends.local_model_steps).
+
+Many models: with ``params.partition`` (and ``params.partition_key``) the candidate is gated
+against its own partition's champion (``decide_gate(..., partition=)``) and, when promoted,
+served as that partition of the routed endpoint (``Deployer.deploy_partition``); a rejected
+candidate leaves its partition's champion serving, and no other partition is touched. The
+partition is stored with the decision, so replays and polls after a restart look at it again.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from shared.backends.background import BackgroundWork, lost, unstamped
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.backends.register import failed_status, model_name_for, parse_params
-from shared.deploy.base import Deployer, Deployment
+from shared.deploy.base import Deployer, Deployment, check_partition, check_partition_key
 from shared.deploy.local_endpoint import check_endpoint_name
 from shared.errors import NotFoundError, ValidationError
 from shared.flows.model import DeployParams
@@ -34,6 +41,15 @@ from shared.registry.gate import GateDecision, decide_gate
 
 RESULT_TAG = "gate.result"
 KEY_TAG = "gate.key"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a deploy step serves: an endpoint, or one partition of a routed endpoint."""
+
+    endpoint: str
+    partition: str | None = None
+    partition_key: str | None = None
 
 
 def _remote_id(name: str, version: str, key: str) -> str:
@@ -72,55 +88,85 @@ class DeployBackend(JobBackend):
             raise ValidationError("must be a number", field="model.min_improvement") from None
         return str(metric), direction, min_improvement
 
-    def _serving(self, endpoint: str) -> Deployment | None:
+    def _serving(self, target: Target) -> Deployment | None:
         try:
-            return self.deployer.current(endpoint)
+            if target.partition is not None:
+                return self.deployer.current_partition(target.endpoint, target.partition)
+            return self.deployer.current(target.endpoint)
         except NotFoundError:
             return None
 
     @staticmethod
     def _outputs(
-        gate: dict[str, Any], candidate: ModelVersion, endpoint: str, deployment: Deployment | None
+        gate: dict[str, Any], candidate: ModelVersion, target: Target, deployment: Deployment | None
     ) -> dict[str, Any]:
-        return {
+        outputs = {
             "gate": {**gate, "version": candidate.version},
             "decision": gate["decision"],
             "model_name": candidate.name,
             "version": candidate.version,
-            "endpoint": endpoint,
+            "endpoint": target.endpoint,
             "scoring_url": deployment.scoring_url if deployment else None,
             "serving_version": deployment.version if deployment else None,
         }
+        if target.partition is not None:
+            outputs["partition"] = target.partition
+        return outputs
 
-    def _apply_promotion(self, candidate: ModelVersion, endpoint: str) -> Deployment:
+    def _apply_promotion(self, candidate: ModelVersion, target: Target) -> Deployment:
         self.registry.promote(candidate.name, candidate.version)
-        return self.deployer.deploy(endpoint, candidate)
+        if target.partition is not None:
+            assert target.partition_key is not None
+            return self.deployer.deploy_partition(target.endpoint, target.partition, candidate, target.partition_key)
+        return self.deployer.deploy(target.endpoint, candidate)
+
+    @staticmethod
+    def _target(params: DeployParams, request: LaunchRequest) -> Target:
+        endpoint = check_endpoint_name(params.endpoint or request.flow)
+        if params.partition is None:
+            if params.partition_key is not None:
+                raise ValidationError("partition_key needs params.partition", field="params.partition_key")
+            return Target(endpoint)
+        partition = check_partition(params.partition)
+        if params.partition_key is None:
+            raise ValidationError(
+                "a partition model needs the column that routes to it (e.g. partition_key: store)",
+                field="params.partition_key",
+            )
+        return Target(endpoint, partition, check_partition_key(params.partition_key))
+
+    @staticmethod
+    def _stored_target(doc: dict[str, Any], fallback: Target) -> Target:
+        endpoint = str(doc.get("endpoint") or fallback.endpoint)
+        if doc.get("partition"):
+            key = doc.get("partition_key") or fallback.partition_key
+            return Target(endpoint, str(doc["partition"]), str(key) if key else None)
+        return Target(endpoint, fallback.partition, fallback.partition_key)
 
     # ------------------------------------------------------------ port
 
-    def check(self, request: LaunchRequest) -> tuple[str, str, str, tuple[str, str, float]]:
-        """(model name, version, endpoint, gate spec) from the params; ValidationError naming the field."""
+    def check(self, request: LaunchRequest) -> tuple[str, str, Target, tuple[str, str, float]]:
+        """(model name, version, target, gate spec) from the params; ValidationError naming the field."""
         params = parse_params(DeployParams, request.params)
         name = model_name_for(request, params.model_name)
         version = str(params.version).strip()
         if not version or "${" in version:
             raise ValidationError(f"no model version to deploy (got {version!r})", field="params.version")
-        endpoint = check_endpoint_name(params.endpoint or request.flow)
-        return name, version, endpoint, self._gate_spec(request)
+        return name, version, self._target(params, request), self._gate_spec(request)
 
     def gate_and_deploy(self, request: LaunchRequest) -> dict[str, Any]:
         """The step's work, synchronously: gate the candidate (or replay its stored decision),
         then promote and deploy it when the gate says so. Returns the step's outputs."""
-        name, version, endpoint, (metric, direction, min_improvement) = self.check(request)
+        name, version, target, (metric, direction, min_improvement) = self.check(request)
         with self._gate_lock:
             candidate = self.registry.get(name, version)
             stored = candidate.tags.get(RESULT_TAG)
             if stored:
-                return self._replay(json.loads(stored), candidate, endpoint)
-            return self._decide(request, candidate, endpoint, metric, direction, min_improvement)
+                return self._replay(json.loads(stored), candidate, target)
+            return self._decide(request, candidate, target, metric, direction, min_improvement)
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
-        name, version, _endpoint, _gate = self.check(request)  # bad params fail the launch at once
+        name, version, _target, _gate = self.check(request)  # bad params fail the launch at once
         remote_id, again = self._work.start(
             request.key, _remote_id(name, version, request.key), lambda: self.gate_and_deploy(request)
         )
@@ -130,41 +176,46 @@ class DeployBackend(JobBackend):
         self,
         request: LaunchRequest,
         candidate: ModelVersion,
-        endpoint: str,
+        target: Target,
         metric: str,
         direction: str,
         min_improvement: float,
     ) -> dict[str, Any]:
         champion = self.registry.champion(candidate.name)
-        decision: GateDecision = decide_gate(candidate, champion, metric, direction, min_improvement)
+        decision: GateDecision = decide_gate(
+            candidate, champion, metric, direction, min_improvement, partition=target.partition
+        )
         gate = decision.as_dict()
         # Record first: whatever happens next, a replay finds this decision.
+        where = {"endpoint": target.endpoint}
+        if target.partition is not None:
+            where.update(partition=target.partition, partition_key=str(target.partition_key))
         record = {
             **decision.as_tags(),
             "key": request.key,
             "run_id": request.run_id,
-            "endpoint": endpoint,
-            "result": json.dumps({"gate": gate, "endpoint": endpoint}),
+            "endpoint": target.endpoint,
+            "result": json.dumps({"gate": gate, **where}),
         }
         self.registry.record_decision(candidate.name, candidate.version, record)
-        deployment = self._apply_promotion(candidate, endpoint) if decision.promote else self._serving(endpoint)
-        return self._outputs(gate, candidate, endpoint, deployment)
+        deployment = self._apply_promotion(candidate, target) if decision.promote else self._serving(target)
+        return self._outputs(gate, candidate, target, deployment)
 
-    def _replay(self, stored: dict[str, Any], candidate: ModelVersion, endpoint: str) -> dict[str, Any]:
+    def _replay(self, stored: dict[str, Any], candidate: ModelVersion, target: Target) -> dict[str, Any]:
         gate = dict(stored.get("gate") or {})
-        endpoint = str(stored.get("endpoint") or endpoint)
+        target = self._stored_target(stored, target)
         deployment: Deployment | None
         if gate.get("promote"):
             champion = self.registry.champion(candidate.name)
             expected = {candidate.version, gate.get("champion_version")}
             if champion is None or champion.version in expected:
-                deployment = self._apply_promotion(candidate, endpoint)
+                deployment = self._apply_promotion(candidate, target)
             else:  # promoted since by a newer run: leave it; say so
                 gate["superseded_by"] = champion.version
-                deployment = self._serving(endpoint)
+                deployment = self._serving(target)
         else:
-            deployment = self._serving(endpoint)
-        return self._outputs(gate, candidate, endpoint, deployment)
+            deployment = self._serving(target)
+        return self._outputs(gate, candidate, target, deployment)
 
     def poll(self, remote_id: str) -> StepStatus:
         base, launched_at = unstamped(remote_id)
@@ -189,11 +240,11 @@ class DeployBackend(JobBackend):
                 "failed", error=f"no gate decision recorded on {name} v{version}{lost_note}", retryable=bool(lost_note)
             )
         doc = json.loads(stored)
-        endpoint = str(doc.get("endpoint") or "")
-        deployment = self._serving(endpoint) if endpoint else None
+        target = self._stored_target(doc, Target(""))
+        deployment = self._serving(target) if target.endpoint else None
         return StepStatus(
-            "succeeded", outputs=self._outputs(dict(doc.get("gate") or {}), candidate, endpoint, deployment)
+            "succeeded", outputs=self._outputs(dict(doc.get("gate") or {}), candidate, target, deployment)
         )
 
     def cancel(self, remote_id: str) -> None:
-        """The gate and the deployment finish inside launch: nothing to stop."""
+        """The gate and the deployment are a few calls that leave a consistent record: nothing to stop."""

@@ -36,6 +36,12 @@ step's ``env:``, the job's ``environment_variables``, then the task's own values
 metrics as JSON lines ``{"name", "value"}`` to ``$CONVEYOR_TASK_METRICS_FILE`` (no MLflow
 needed; the last value of a name wins).
 
+Outputs: ``pipeline_run`` (the key), ``metrics``, ``outputs`` (``<job>.<output>`` paths),
+``model_uri`` (the first output named ``model``) and, when there are any, ``inputs``: the
+literal values of ``params.inputs`` the pipeline ran with (data inputs left out), so a step
+after a for_each over these outputs can name what each instance was for
+(``${item.inputs.partition}``).
+
 ``params.inputs`` override pipeline inputs: a blob URL (downloaded into
 ``<run dir>/inputs/<name>/``; a URL ending in ``/`` is a folder prefix), a local path
 (relative to the project root, or absolute under the Conveyor home), or a literal.
@@ -131,6 +137,7 @@ class LocalAzureMLBackend(LocalRunBackend):
             inputs[name] = self._param_input(value, declared_type, fld)
         for job in jobs:
             self._check_job(job, inputs, jobs)
+        literals = {name: inputs[name]["value"] for name in params.inputs if inputs[name]["kind"] == "literal"}
         return {
             "key": request.key,
             "run_id": request.run_id,
@@ -140,6 +147,7 @@ class LocalAzureMLBackend(LocalRunBackend):
             "experiment": params.experiment,
             "pipeline": str(yaml_path),
             "inputs": inputs,
+            "literal_inputs": literals,
             "jobs": _ordered(jobs),
             "env": dict(request.env),
         }
@@ -366,10 +374,15 @@ class LocalAzureMLBackend(LocalRunBackend):
             if "model" in job["outputs"]:
                 model_uri = outputs[f"{job['name']}.model"]
                 break
-        return {
-            "state": "succeeded",
-            "outputs": {"pipeline_run": run.key, "metrics": metrics, "outputs": outputs, "model_uri": model_uri},
+        result: dict[str, Any] = {
+            "pipeline_run": run.key,
+            "metrics": metrics,
+            "outputs": outputs,
+            "model_uri": model_uri,
         }
+        if spec.get("literal_inputs"):
+            result["inputs"] = dict(spec["literal_inputs"])
+        return {"state": "succeeded", "outputs": result}
 
     def _materialise_inputs(self, run: LocalRun) -> dict[str, str]:
         values: dict[str, str] = {}

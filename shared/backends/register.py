@@ -6,6 +6,10 @@ and its SQLite, or Azure ML's API). The remote id is the step's idempotency key 
 launch time; the registry is idempotent on the key, and ``poll`` looks the version up again
 by key when this process did not register it, so both survive a restart or a redelivered
 message. Locally the same work runs in its own process (shared.backends.local_model_steps).
+
+``params.partition`` (many models: one model per store) is tagged ``conveyor.partition`` on
+the version, next to the lineage, and is in the outputs, so a deploy step after a for_each over
+the register outputs can route each version to its partition (``${item.partition}``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import pydantic
 
 from shared.backends.background import BackgroundWork, lost, unstamped
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
+from shared.deploy.base import check_partition
 from shared.errors import ConveyorError, ValidationError
 from shared.flows.model import RegisterParams
 from shared.registry.base import ModelRegistry, ModelVersion
+from shared.registry.gate import PARTITION_TAG
 
 P = TypeVar("P", bound=pydantic.BaseModel)
 
@@ -91,7 +97,10 @@ def lineage_tags(request: LaunchRequest) -> dict[str, str]:
 
 
 def version_outputs(mv: ModelVersion) -> dict[str, Any]:
-    return {"model_name": mv.name, "version": mv.version, "model_uri": mv.source_uri, "metrics": dict(mv.metrics)}
+    outputs = {"model_name": mv.name, "version": mv.version, "model_uri": mv.source_uri, "metrics": dict(mv.metrics)}
+    if mv.tags.get(PARTITION_TAG):
+        outputs["partition"] = mv.tags[PARTITION_TAG]
+    return outputs
 
 
 def failed_status(exc: BaseException) -> StepStatus:
@@ -114,6 +123,8 @@ class RegisterBackend(JobBackend):
         name = model_name_for(request, params.model_name)
         metrics = cast_metrics(params.metrics)
         tags = {**{str(k): str(v) for k, v in params.tags.items()}, **lineage_tags(request)}
+        if params.partition is not None:
+            tags[PARTITION_TAG] = check_partition(params.partition)
         before = self.registry.find_by_key(request.key, name)
         return before or self.registry.register(name, params.model_uri, metrics, tags, request.key)
 
@@ -123,6 +134,8 @@ class RegisterBackend(JobBackend):
         params = parse_params(RegisterParams, request.params)
         model_name_for(request, params.model_name)
         cast_metrics(params.metrics)
+        if params.partition is not None:
+            check_partition(params.partition)
 
     def launch(self, request: LaunchRequest) -> LaunchResult:
         self.check(request)

@@ -253,3 +253,22 @@ class AzureMLWebServiceDeployer(AzureMLv1Workspace, Deployer):
         """``name:version`` entries served before the current one, oldest first."""
         service = self._service(endpoint)
         return self._history(self._tags(service)) if service is not None else []
+
+    # ------------------------------------------------------------ many models
+
+    def _no_partitions(self) -> PermanentError:
+        return PermanentError(
+            f"an ACI/AKS web service (CONVEYOR_AZUREML_DEPLOYMENT_TARGET={self.target}) cannot serve partition "
+            "models: many models are served by one Azure ML managed online deployment; set "
+            "CONVEYOR_AZUREML_SDK=v2 and CONVEYOR_AZUREML_DEPLOYMENT_TARGET=online",
+            service="azureml",
+        )
+
+    def deploy_partition(self, endpoint: str, partition: str, model: ModelVersion, partition_key: str) -> Deployment:
+        raise self._no_partitions()
+
+    def current_partition(self, endpoint: str, partition: str) -> Deployment | None:
+        raise self._no_partitions()
+
+    def partitions(self, endpoint: str) -> dict[str, Deployment]:
+        raise self._no_partitions()

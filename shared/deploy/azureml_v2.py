@@ -15,16 +15,33 @@ switch the traffic; failed → update it again). A future change should move tha
 the deploy step's ``poll`` so no function ever blocks for minutes.
 
 ``scoring_url`` is the endpoint's ``scoring_uri``. azure-ai-ml is imported lazily.
+
+Many models (``deploy_partition``). A managed online endpoint takes only a few deployments, so
+partitions are not deployments: the endpoint gets ONE deployment, ``many``, whose scoring code
+is shared/deploy/scoring/ (``azureml_score.py`` with the protocol module, on the conda
+environment next to it) and whose environment variables name the workspace, the model-name
+prefix (``sales-forecaster-`` for ``sales-forecaster-<store>``) and the partition key column.
+The scoring code routes each row by that column and loads partition ``p``'s champion of model
+``<prefix><p>`` from the workspace registry (cached; looked up again every refresh interval).
+So a promotion is the registry's champion tag, which the deploy step moves before calling
+``deploy_partition``; ``deploy_partition`` only makes sure the deployment exists with the same
+prefix and key (creating it once, with 100 % of the traffic) and that the model's name is
+``<prefix><partition>``. A rejected candidate changes nothing, so its partition keeps its champion.
+The endpoint's system-assigned identity needs read access to the workspace's models
+(``AzureML Data Scientist`` on the workspace, or a custom role with
+``Microsoft.MachineLearningServices/workspaces/models/*/read``). An endpoint is blue/green
+(one model) or ``many``, never both.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.azureml_common import azureml_errors
-from shared.deploy.base import Deployer, Deployment
-from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
+from shared.deploy.base import Deployer, Deployment, check_partition, check_partition_key
+from shared.errors import ConflictError, NotFoundError, PermanentError, TransientError, ValidationError
 from shared.registry.base import ModelVersion
 
 if TYPE_CHECKING:
@@ -33,6 +50,12 @@ if TYPE_CHECKING:
 COLOURS = ("blue", "green")
 MODEL_NAME_TAG = "conveyor.model_name"
 MODEL_VERSION_TAG = "conveyor.model_version"
+MANY = "many"  # the one deployment of a many-models endpoint
+MANY_PREFIX_ENV = "CONVEYOR_MANY_MODEL_PREFIX"
+MANY_KEY_ENV = "CONVEYOR_MANY_PARTITION_KEY"
+SCORING_CODE = Path(__file__).resolve().parent / "scoring"  # shipped as the many deployment's code
+SCORING_SCRIPT = "azureml_score.py"
+SCORING_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 # Azure ML online endpoint names: 3-32 characters, a letter first, then letters, digits and '-'.
 _ENDPOINT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 _MODEL_ID_RE = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
@@ -158,9 +181,8 @@ class AzureMLOnlineDeployer(Deployer):
 
     # ------------------------------------------------------------ port
 
-    def deploy(self, endpoint: str, model: ModelVersion) -> Deployment:
-        check_azure_endpoint_name(endpoint)
-        from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
+    def _ensure_endpoint(self, endpoint: str) -> Any:
+        from azure.ai.ml.entities import ManagedOnlineEndpoint
 
         ep = self._endpoint(endpoint)
         if ep is None:
@@ -172,8 +194,21 @@ class AzureMLOnlineDeployer(Deployer):
             ep = self._endpoint(endpoint)
             if ep is None:
                 raise TransientError(f"online endpoint {endpoint} not found after creation", service="azureml")
+        return ep
+
+    def deploy(self, endpoint: str, model: ModelVersion) -> Deployment:
+        check_azure_endpoint_name(endpoint)
+        from azure.ai.ml.entities import ManagedOnlineDeployment
+
+        ep = self._ensure_endpoint(endpoint)
         wanted = (model.name, str(model.version))
         live = self._live(ep)
+        if live == MANY:
+            raise ConflictError(
+                f"endpoint {endpoint} serves partition models (deployment {MANY}); a single model needs an "
+                "endpoint of its own",
+                service="azureml",
+            )
         if live is not None:
             current = self._deployment(endpoint, live)
             if current is not None and served_model(current) == wanted:
@@ -230,3 +265,143 @@ class AzureMLOnlineDeployer(Deployer):
                 ep = self._set_traffic(ep, colour, others)
                 return self._result(endpoint, ep, colour)
         return None
+
+    # ------------------------------------------------------------ many models
+
+    def _many_settings(self, endpoint: str, prefix: str, partition_key: str) -> dict[str, str]:
+        ws = {
+            "CONVEYOR_MANY_SUBSCRIPTION_ID": str(getattr(self.ml_client, "subscription_id", "") or ""),
+            "CONVEYOR_MANY_RESOURCE_GROUP": str(getattr(self.ml_client, "resource_group_name", "") or ""),
+            "CONVEYOR_MANY_WORKSPACE": str(getattr(self.ml_client, "workspace_name", "") or ""),
+        }
+        missing = [k for k, v in ws.items() if not v]
+        if missing:
+            raise ValidationError(
+                "the many-models deployment needs the workspace's subscription, resource group and name",
+                field="CONVEYOR_AZUREML_WORKSPACE",
+            )
+        return {MANY_PREFIX_ENV: prefix, MANY_KEY_ENV: partition_key, "CONVEYOR_MANY_ENDPOINT": endpoint, **ws}
+
+    @staticmethod
+    def _many_of(dep: Any) -> tuple[str, str] | None:
+        """(model prefix, partition key) a ``many`` deployment serves with, from its environment."""
+        env = dict(getattr(dep, "environment_variables", None) or {})
+        if env.get(MANY_PREFIX_ENV) and env.get(MANY_KEY_ENV):
+            return str(env[MANY_PREFIX_ENV]), str(env[MANY_KEY_ENV])
+        return None
+
+    def _many_deployment(self, endpoint: str, prefix: str, partition_key: str) -> Any:
+        """The endpoint's ``many`` deployment, created once with 100 % of the traffic."""
+        from azure.ai.ml.entities import CodeConfiguration, Environment, ManagedOnlineDeployment
+
+        ep = self._ensure_endpoint(endpoint)
+        live = self._live(ep)
+        if live is not None and live != MANY:
+            raise ConflictError(
+                f"endpoint {endpoint} serves one model (deployment {live}); partition models need an endpoint "
+                "of their own",
+                service="azureml",
+            )
+        dep = self._deployment(endpoint, MANY)
+        state = str(getattr(dep, "provisioning_state", "") or "") if dep is not None else ""
+        serving = self._many_of(dep) if dep is not None else None
+        if serving is not None and serving != (prefix, partition_key):
+            raise ConflictError(
+                f"endpoint {endpoint} serves models {serving[0]}<partition> routed by {serving[1]!r}, not "
+                f"{prefix}<partition> by {partition_key!r}",
+                service="azureml",
+            )
+        if dep is not None and serving is not None and state in _PROVISIONING:
+            raise TransientError(
+                f"deployment {MANY} of {endpoint} is still {state.lower()}; a retry of the step picks it up",
+                service="azureml",
+            )
+        if dep is None or serving is None or state not in ("Succeeded", ""):
+            deployment = ManagedOnlineDeployment(
+                name=MANY,
+                endpoint_name=endpoint,
+                code_configuration=CodeConfiguration(code=str(SCORING_CODE), scoring_script=SCORING_SCRIPT),
+                environment=Environment(image=SCORING_IMAGE, conda_file=str(SCORING_CODE / "environment.yml")),
+                environment_variables=self._many_settings(endpoint, prefix, partition_key),
+                instance_type=self.instance_type,
+                instance_count=self.instance_count,
+                tags={"conveyor.many_models": "true", "conveyor.model_prefix": prefix},
+            )
+            what = f"create the many-models deployment {endpoint}/{MANY}"
+            poller = self._call(what, self.ml_client.online_deployments.begin_create_or_update, deployment)
+            dep = self._wait(poller, what)
+            final = str(getattr(dep, "provisioning_state", "") or "")
+            if final and final not in ("Succeeded",):
+                raise PermanentError(f"{what}: provisioning ended {final}", service="azureml")
+        if live != MANY:
+            others = [str(k) for k in dict(getattr(ep, "traffic", None) or {})]
+            self._set_traffic(ep, MANY, others)
+        return dep
+
+    def _champion(self, name: str) -> str | None:
+        from shared.deploy.scoring.azureml_score import champion_version, list_versions
+
+        with azureml_errors(f"versions of model {name}"):
+            return champion_version(list_versions(self.ml_client, name))
+
+    def _partition_deployment(self, ep: Any, prefix: str, partition: str) -> Deployment | None:
+        version = self._champion(f"{prefix}{partition}")
+        if version is None:
+            return None
+        return Deployment(
+            endpoint=str(ep.name),
+            model_name=f"{prefix}{partition}",
+            version=version,
+            scoring_url=str(getattr(ep, "scoring_uri", None) or ""),
+            partition=partition,
+        )
+
+    def deploy_partition(self, endpoint: str, partition: str, model: ModelVersion, partition_key: str) -> Deployment:
+        check_azure_endpoint_name(endpoint)
+        check_partition(partition)
+        check_partition_key(partition_key)
+        prefix = model.name[: -len(partition)] if model.name.endswith(partition) else ""
+        if not prefix:
+            raise ValidationError(
+                f"the many-models deployment finds partition {partition!r}'s model by the name <prefix>{partition}: "
+                f"name it so (e.g. sales-forecaster-${{item.inputs.partition}}), got {model.name!r}",
+                field="params.model_name",
+            )
+        self._many_deployment(endpoint, prefix, partition_key)
+        ep = self._endpoint(endpoint)
+        return Deployment(
+            endpoint=endpoint,
+            model_name=model.name,
+            version=str(model.version),
+            scoring_url=str(getattr(ep, "scoring_uri", None) or ""),
+            partition=partition,
+        )
+
+    def _many(self, endpoint: str) -> tuple[Any, str] | None:
+        ep = self._endpoint(endpoint)
+        if ep is None or self._live(ep) != MANY:
+            return None
+        dep = self._deployment(endpoint, MANY)
+        serving = self._many_of(dep) if dep is not None else None
+        return (ep, serving[0]) if serving is not None else None
+
+    def current_partition(self, endpoint: str, partition: str) -> Deployment | None:
+        """The champion the ``many`` deployment serves for ``partition`` (what its scoring code loads)."""
+        many = self._many(endpoint)
+        return self._partition_deployment(many[0], many[1], partition) if many is not None else None
+
+    def partitions(self, endpoint: str) -> dict[str, Deployment]:
+        """Every ``<prefix><partition>`` model of the workspace that has a champion."""
+        many = self._many(endpoint)
+        if many is None:
+            return {}
+        ep, prefix = many
+        with azureml_errors("list registered models"):
+            names = sorted({str(m.name) for m in self.ml_client.models.list()})
+        found = {}
+        for name in names:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                deployment = self._partition_deployment(ep, prefix, name[len(prefix) :])
+                if deployment is not None:
+                    found[name[len(prefix) :]] = deployment
+        return found

@@ -5,6 +5,17 @@ An endpoint is a file ``<home>/endpoints/<endpoint>.json``:
 (history: the entries served before, oldest first). ``deploy`` rewrites it atomically and makes
 sure the scoring server is up; the server notices the change on its next request and swaps
 the model in place. ``stop_server(home)`` stops the server this module started.
+
+A routed endpoint (many models, ``deploy_partition``) holds one such entry per partition and
+the column that routes rows to them::
+
+    {"endpoint", "partition_key": "store",
+     "partitions": {"7": {"current": {...}, "history": [...]}, "8": {...}, ...}}
+
+Deploying one partition rewrites the file with only that partition changed; the server reloads
+only the partitions whose entry changed. An endpoint is single-model or routed, never both.
+One file per endpoint keeps every swap atomic; it suits the local scale (hundreds of
+partitions: each deploy rewrites the whole file).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.deploy.base import Deployer, Deployment
+from shared.deploy.base import Deployer, Deployment, check_partition, check_partition_key
 from shared.errors import ConflictError, TransientError, ValidationError
 from shared.registry.base import ModelVersion
 
@@ -148,36 +159,52 @@ class LocalScoringDeployer(Deployer):
         tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
         os.replace(tmp, path)
 
-    def _deployment(self, endpoint: str, entry: dict[str, Any]) -> Deployment:
+    def _deployment(self, endpoint: str, entry: dict[str, Any], partition: str | None = None) -> Deployment:
         return Deployment(
             endpoint=endpoint,
             model_name=str(entry["model_name"]),
             version=str(entry["version"]),
             scoring_url=self.scoring_url(endpoint),
+            partition=partition,
         )
 
-    # ------------------------------------------------------------ port
-
-    def deploy(self, endpoint: str, model: ModelVersion) -> Deployment:
-        check_endpoint_name(endpoint)
-        entry = {
+    @staticmethod
+    def _entry(model: ModelVersion) -> dict[str, Any]:
+        return {
             "model_name": model.name,
             "version": str(model.version),
             "source_uri": model.source_uri,
             "deployed_at": datetime.now(UTC).isoformat(),
         }
+
+    @staticmethod
+    def _swap(slot: dict[str, Any], model: ModelVersion) -> bool:
+        """Make ``model`` the slot's current entry (the old one to history); False when it already was."""
+        current = slot.get("current")
+        if (
+            isinstance(current, dict)
+            and current.get("model_name") == model.name
+            and str(current.get("version")) == str(model.version)
+        ):
+            return False  # deploying what is already served changes nothing (idempotent)
+        if isinstance(current, dict):
+            slot.setdefault("history", []).append(current)
+        slot["current"] = LocalScoringDeployer._entry(model)
+        return True
+
+    # ------------------------------------------------------------ port
+
+    def deploy(self, endpoint: str, model: ModelVersion) -> Deployment:
+        check_endpoint_name(endpoint)
         with self._lock:
             doc = self._read(endpoint) or {"endpoint": endpoint, "current": None, "history": []}
-            current = doc.get("current")
-            same = (
-                isinstance(current, dict)
-                and current.get("model_name") == model.name
-                and str(current.get("version")) == str(model.version)
-            )
-            if not same:  # deploying what is already served changes nothing (idempotent)
-                if isinstance(current, dict):
-                    doc.setdefault("history", []).append(current)
-                doc["current"] = entry
+            if "partitions" in doc:
+                raise ConflictError(
+                    f"endpoint {endpoint!r} routes partition models (by {doc.get('partition_key')!r}); "
+                    "a single model needs an endpoint of its own",
+                    service=_SERVICE,
+                )
+            if self._swap(doc, model):
                 self._write(endpoint, doc)
             served = doc["current"]
         if self.start_server:
@@ -189,6 +216,44 @@ class LocalScoringDeployer(Deployer):
         if not doc or not isinstance(doc.get("current"), dict):
             return None
         return self._deployment(endpoint, doc["current"])
+
+    def deploy_partition(self, endpoint: str, partition: str, model: ModelVersion, partition_key: str) -> Deployment:
+        check_endpoint_name(endpoint)
+        check_partition(partition)
+        check_partition_key(partition_key)
+        with self._lock:
+            doc = self._read(endpoint) or {"endpoint": endpoint, "partition_key": partition_key, "partitions": {}}
+            if "partitions" not in doc:
+                raise ConflictError(
+                    f"endpoint {endpoint!r} serves one model; partition models need an endpoint of their own",
+                    service=_SERVICE,
+                )
+            if doc.get("partition_key") != partition_key:
+                raise ConflictError(
+                    f"endpoint {endpoint!r} routes by {doc.get('partition_key')!r}, not {partition_key!r}",
+                    service=_SERVICE,
+                )
+            slot = doc["partitions"].setdefault(partition, {"current": None, "history": []})
+            if self._swap(slot, model):
+                self._write(endpoint, doc)
+            served = slot["current"]
+        if self.start_server:
+            self.ensure_server()
+        return self._deployment(endpoint, served, partition)
+
+    def current_partition(self, endpoint: str, partition: str) -> Deployment | None:
+        slot = ((self._read(endpoint) or {}).get("partitions") or {}).get(partition)
+        if not isinstance(slot, dict) or not isinstance(slot.get("current"), dict):
+            return None
+        return self._deployment(endpoint, slot["current"], partition)
+
+    def partitions(self, endpoint: str) -> dict[str, Deployment]:
+        slots = (self._read(endpoint) or {}).get("partitions") or {}
+        return {
+            str(p): self._deployment(endpoint, slot["current"], str(p))
+            for p, slot in slots.items()
+            if isinstance(slot, dict) and isinstance(slot.get("current"), dict)
+        }
 
     def rollback(self, endpoint: str) -> Deployment | None:
         with self._lock:

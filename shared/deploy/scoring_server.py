@@ -4,8 +4,10 @@
 
 Routes:
   GET  /health                      -> {"status": "ok", "home": ..., "pid": ...}
-  GET  /endpoints/<name>            -> the endpoint file (current + history) and the loaded version
+  GET  /endpoints/<name>            -> the endpoint file (current + history) and the loaded version(s)
   POST /endpoints/<name>/score      -> {"predictions": [...], "model": name, "version": v}
+                                       a routed endpoint: {"predictions": [...], "partitions": [p per row],
+                                                           "models": {p: {"model", "version"}}}
 
 The scoring body speaks MLflow's scoring protocol -- what ``mlflow models serve`` and an Azure
 ML managed online endpoint serving an MLflow model accept -- so one client works against both:
@@ -23,9 +25,19 @@ shared.safejson (16 MiB, depth, number length, NaN/Infinity, surrogates). Every 
 ``{"error": {"code", "message", "field"}}`` naming the field (``dataframe_split.data[3][1]``,
 ``rows[0].price``); nothing a model or a library raised is echoed (it is logged).
 
+Routed endpoints (many models: one champion per partition, e.g. per store). Each row is
+routed by its value in the endpoint's partition key column (``partition_key`` of the endpoint
+file, e.g. ``store``: ``7``, ``7.0`` and ``"7"`` all name partition ``7``), so one request may
+mix partitions; the predictions come back in row order with each row's partition. A request
+whose rows lack the column may name the partition once as ``"params": {"partition": "7"}``
+(the column is then filled in with it). A partition the endpoint does not serve is a 404
+``unknown_partition`` naming it and the cell (or ``params.partition``) it came from; a row
+without the column and no ``params.partition`` is a 400 naming the column.
+
 The endpoint files (``<home>/endpoints/<name>.json``) are written by LocalScoringDeployer.
-Every request compares the file's mtime with the loaded one and reloads under a per-endpoint
-lock, so a promotion swaps the model without restarting the server.
+Every request looks at the file's stamp (inode, mtime, size), parses it again only when it
+changed, and reloads a model (under a per-endpoint/partition lock) only when its entry
+changed, so a promotion swaps that one model without restarting the server.
 
 Loading models safely. MLflow 3 saves scikit-learn models in the skops format by default and
 skops refuses types outside its allow-list; tree ensembles (RandomForest) need
@@ -43,39 +55,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.deploy.scoring.protocol import (
+    PROTOCOL_KEYS,
+    RequestError,
+    Table,
+    input_columns,
+    parse_scoring_body,
+    partition_order,
+    predict_rows,
+    route_rows,
+    unknown_partition,
+)
 from shared.errors import ValidationError
+
+__all__ = ["PROTOCOL_KEYS", "RequestError", "ScoringState", "check_model_is_safe", "parse_scoring_body", "serve"]
 
 ENDPOINT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 PID_FILE = "scoring-server.json"
 MAX_BODY = 16 * 1024 * 1024
 TRUSTED_SKOPS_TYPES = frozenset({"sklearn.tree._tree.Tree"})
-PROTOCOL_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs", "rows")
-# long/integer columns go to int64/int32: larger magnitudes would overflow in the cast
-INT_BOUNDS = {"long": 2**63, "integer": 2**31}
-NUMERIC_TYPES = ("double", "float", "long", "integer")
-
 log = logging.getLogger("conveyor.scoring")
-
-_CODES = {400: "validation_error", 404: "not_found", 503: "model_unavailable"}
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
 
 
 def _truthy(value: str | None) -> bool:
@@ -115,194 +124,120 @@ def check_model_is_safe(model_dir: Path) -> None:
 
 
 class LoadedModel:
-    def __init__(self, entry: dict[str, Any], model: Any, mtime: float) -> None:
+    def __init__(self, entry: dict[str, Any], model: Any) -> None:
         self.entry = entry
         self.model = model
-        self.mtime = mtime
-        self.columns: list[tuple[str, str, bool]] = []  # (name, type, required)
-        schema = None
-        try:
-            schema = model.metadata.get_input_schema()
-        except Exception:
-            schema = None
-        if schema is not None and getattr(schema, "has_input_names", lambda: False)():
-            for spec in schema.inputs:
-                typ = getattr(spec, "type", None)
-                self.columns.append((spec.name, str(getattr(typ, "name", typ)), bool(getattr(spec, "required", True))))
+        self.columns = input_columns(model)
 
 
 @dataclass
-class Table:
-    """Rows of ``{column: value}`` from one scoring body, and how to name a cell of it in an error."""
+class Endpoint:
+    """One endpoint file as read, and the stamp (inode, mtime, size) it was read at."""
 
-    rows: list[dict[str, Any]]
-    cell: Callable[[int, str], str]  # field of row i, column c
-    missing: Callable[[int, str], str]  # field to name when row i lacks column c
+    name: str
+    doc: dict[str, Any]
+    stamp: tuple[int, int, int]
 
+    @property
+    def routed(self) -> bool:
+        return isinstance(self.doc.get("partitions"), dict)
 
-def _records(value: Any, key: str) -> Table:
-    if not isinstance(value, list) or not value:
-        raise RequestError(400, "must be a non-empty list of {column: value} objects", field=key)
-    for i, row in enumerate(value):
-        if not isinstance(row, dict):
-            raise RequestError(400, "must be an object of {column: value}", field=f"{key}[{i}]")
-    return Table(value, lambda i, c: f"{key}[{i}].{c}", lambda i, c: f"{key}[{i}].{c}")
+    @property
+    def partition_key(self) -> str:
+        return str(self.doc.get("partition_key") or "")
 
+    def served_partitions(self) -> list[str]:
+        slots = self.doc.get("partitions") or {}
+        served = [p for p, slot in slots.items() if isinstance(slot, dict) and isinstance(slot.get("current"), dict)]
+        return sorted(served, key=partition_order)
 
-def _split(value: Any) -> Table:
-    key = "dataframe_split"
-    if not isinstance(value, dict):
-        raise RequestError(400, 'must be an object {"columns": [...], "data": [[...]]}', field=key)
-    for extra in sorted(set(value) - {"columns", "data", "index"}):
-        raise RequestError(400, "unknown field; expected columns, data and optionally index", field=f"{key}.{extra}")
-    columns, data = value.get("columns"), value.get("data")
-    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
-        raise RequestError(400, "must be a non-empty list of column names", field=f"{key}.columns")
-    if len(set(columns)) != len(columns):
-        raise RequestError(400, "column names must be unique", field=f"{key}.columns")
-    if not isinstance(data, list) or not data:
-        raise RequestError(400, "must be a non-empty list of rows (lists of values)", field=f"{key}.data")
-    index = value.get("index")
-    if index is not None and (not isinstance(index, list) or len(index) != len(data)):
-        raise RequestError(400, "must be a list with one entry per row of data", field=f"{key}.index")
-    rows = []
-    for i, row in enumerate(data):
-        if not isinstance(row, list) or len(row) != len(columns):
-            raise RequestError(
-                400, f"must be a list of {len(columns)} values (one per column)", field=f"{key}.data[{i}]"
-            )
-        rows.append(dict(zip(columns, row, strict=True)))
-    position = {c: j for j, c in enumerate(columns)}
-    return Table(rows, lambda i, c: f"{key}.data[{i}][{position[c]}]", lambda i, c: f"{key}.columns")
+    def entry(self, partition: str | None) -> dict[str, Any]:
+        if partition is None:
+            return dict(self.doc["current"])
+        slot = (self.doc.get("partitions") or {}).get(partition)
+        if not isinstance(slot, dict) or not isinstance(slot.get("current"), dict):
+            raise self.unknown(partition, None)
+        return dict(slot["current"])
 
-
-def _columns(value: dict[str, Any]) -> Table:
-    key = "inputs"
-    if not value:
-        raise RequestError(400, "must name at least one column", field=key)
-    lengths = set()
-    for col, values in value.items():
-        if not isinstance(values, list) or not values:
-            raise RequestError(400, "must be a non-empty list of values (one per row)", field=f"{key}.{col}")
-        lengths.add(len(values))
-    if len(lengths) != 1:
-        raise RequestError(400, "every column must have the same number of values", field=key)
-    n = lengths.pop()
-    rows = [{col: values[i] for col, values in value.items()} for i in range(n)]
-    return Table(rows, lambda i, c: f"{key}.{c}[{i}]", lambda i, c: f"{key}.{c}")
-
-
-def parse_scoring_body(body: Any) -> Table:
-    """The rows of a scoring body in any accepted format (see the module docstring)."""
-    if isinstance(body, list):
-        return _records(body, "rows")  # Conveyor's bare list of rows
-    accepted = ", ".join(PROTOCOL_KEYS)
-    if not isinstance(body, dict):
-        raise RequestError(400, f"must be a JSON object with one of {accepted}", field="body")
-    for extra in sorted(set(body) - {*PROTOCOL_KEYS, "params"}):
-        raise RequestError(
-            400, f"unknown field; expected one of {accepted} (and optionally params)", field=extra or '""'
-        )
-    keys = [k for k in PROTOCOL_KEYS if k in body]
-    if len(keys) != 1:
-        raise RequestError(400, f"needs exactly one of {accepted}", field="body")
-    params = body.get("params")
-    if params is not None and not isinstance(params, dict):
-        raise RequestError(400, "must be an object", field="params")
-    key = keys[0]
-    value = body[key]
-    if key == "dataframe_split":
-        return _split(value)
-    if key == "inputs" and isinstance(value, dict):
-        return _columns(value)
-    return _records(value, key)
-
-
-def _number(value: Any, typ: str, field: str) -> float | int:
-    """A finite number for a numeric column (integral and in range for long/integer)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise RequestError(400, f"must be a number, got {_show(value)}", field=field)
-    try:
-        number = float(value) if not isinstance(value, int) else value
-    except ValueError:
-        raise RequestError(400, f"must be a number, got {_show(value)}", field=field) from None
-    if isinstance(number, float) and not math.isfinite(number):
-        raise RequestError(400, f"must be a finite number, got {_show(value)}", field=field)
-    bound = INT_BOUNDS.get(typ)
-    if bound is not None:
-        if isinstance(number, float):
-            if not number.is_integer():
-                raise RequestError(400, f"must be an integer, got {_show(value)}", field=field)
-            number = int(number)
-        if not -bound <= number < bound:
-            raise RequestError(400, f"out of range for a {typ} column", field=field)
-    elif abs(number) > 1.7e308:
-        raise RequestError(400, "out of range for a double column", field=field)
-    return number
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
+    def unknown(self, partition: str, field: str | None) -> RequestError:
+        return unknown_partition(self.name, partition, field, self.served_partitions())
 
 
 class ScoringState:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.endpoints_dir = home / "endpoints"
-        self._models: dict[str, LoadedModel] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self._models: dict[tuple[str, str | None], LoadedModel] = {}
+        self._docs: dict[str, Endpoint] = {}
+        self._locks: dict[tuple[str, str | None], threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
-    def _lock(self, name: str) -> threading.Lock:
+    def _lock(self, key: tuple[str, str | None]) -> threading.Lock:
         with self._locks_guard:
-            return self._locks.setdefault(name, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
     def endpoint_file(self, name: str) -> Path:
         if not ENDPOINT_RE.match(name):
             raise RequestError(404, f"no endpoint {name[:64]!r}", field="endpoint")
         return self.endpoints_dir / f"{name}.json"
 
-    def read_endpoint(self, name: str) -> tuple[dict[str, Any], float]:
+    def read_endpoint(self, name: str) -> Endpoint:
+        """The endpoint file, parsed again only when it was replaced or changed since the last read."""
         path = self.endpoint_file(name)
         try:
-            mtime = path.stat().st_mtime_ns / 1e9
+            st = path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._docs.get(name)
+            if cached is not None and cached.stamp == stamp:
+                return cached
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RequestError(404, f"no endpoint {name!r}", field="endpoint") from None
         except (OSError, ValueError):
             log.exception("scoring: cannot read the endpoint file %s", path)
             raise RequestError(503, f"endpoint {name!r} cannot be read; see the scoring server's log") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("current"), dict):
+        if not isinstance(doc, dict):
             raise RequestError(404, f"endpoint {name!r} serves no model", field="endpoint")
-        return doc, mtime
+        endpoint = Endpoint(name, doc, stamp)
+        if not (isinstance(doc.get("current"), dict) or (endpoint.routed and endpoint.served_partitions())):
+            raise RequestError(404, f"endpoint {name!r} serves no model", field="endpoint")
+        self._docs[name] = endpoint
+        return endpoint
 
-    def model(self, name: str) -> LoadedModel:
-        doc, mtime = self.read_endpoint(name)
-        loaded = self._models.get(name)
-        if loaded is not None and loaded.mtime == mtime and loaded.entry == doc["current"]:
+    def model(self, name: str, partition: str | None = None) -> LoadedModel:
+        """The model ``name`` serves (for ``partition`` of a routed endpoint), loaded once per entry."""
+        return self._served(self.read_endpoint(name), partition)
+
+    def _served(self, endpoint: Endpoint, partition: str | None) -> LoadedModel:
+        entry = endpoint.entry(partition)
+        key = (endpoint.name, partition)
+        loaded = self._models.get(key)
+        if loaded is not None and loaded.entry == entry:
             return loaded
-        with self._lock(name):
-            doc, mtime = self.read_endpoint(name)
-            loaded = self._models.get(name)
-            if loaded is not None and loaded.mtime == mtime and loaded.entry == doc["current"]:
-                return loaded
-            entry = doc["current"]
+        with self._lock(key):
+            loaded = self._models.get(key)
             if loaded is not None and loaded.entry == entry:
-                loaded.mtime = mtime  # rewritten with the same model: no reload
-                return loaded
+                return loaded  # loaded by the request that held the lock
+            what = endpoint.name if partition is None else f"{endpoint.name} partition {partition}"
             try:
-                fresh = LoadedModel(entry, self._load(entry), mtime)
+                fresh = LoadedModel(entry, self._load(entry))
             except RequestError:
                 raise
             except Exception:
-                log.exception("scoring: endpoint %s: loading %s failed", name, entry.get("source_uri"))
+                log.exception("scoring: endpoint %s: loading %s failed", what, entry.get("source_uri"))
                 raise RequestError(
-                    503, f"endpoint {name!r}: its model could not be loaded; see the scoring server's log"
+                    503, f"endpoint {what!r}: its model could not be loaded; see the scoring server's log"
                 ) from None
-            self._models[name] = fresh
-            print(f"endpoint {name}: serving {entry.get('model_name')} v{entry.get('version')}", flush=True)
+            self._models[key] = fresh
+            print(f"endpoint {what}: serving {entry.get('model_name')} v{entry.get('version')}", flush=True)
             return fresh
+
+    def warm(self, name: str) -> None:
+        """Load every model ``name`` serves (each partition of a routed endpoint)."""
+        endpoint = self.read_endpoint(name)
+        partitions: list[str | None] = [*endpoint.served_partitions()] if endpoint.routed else [None]
+        for partition in partitions:
+            self._served(endpoint, partition)
 
     @staticmethod
     def _load(entry: dict[str, Any]) -> Any:
@@ -318,46 +253,46 @@ class ScoringState:
         return mlflow.pyfunc.load_model(str(model_dir))
 
     def describe(self, name: str) -> dict[str, Any]:
-        doc, _ = self.read_endpoint(name)
-        loaded = self._models.get(name)
-        return {**doc, "loaded": None if loaded is None else loaded.entry}
+        endpoint = self.read_endpoint(name)
+        if endpoint.routed:
+            loaded_parts = {p: m.entry for (ep, p), m in list(self._models.items()) if ep == name and p is not None}
+            return {**endpoint.doc, "loaded": loaded_parts}
+        loaded = self._models.get((name, None))
+        return {**endpoint.doc, "loaded": None if loaded is None else loaded.entry}
 
     def score(self, name: str, body: Any) -> dict[str, Any]:
         table = parse_scoring_body(body)
-        rows = table.rows
-        loaded = self.model(name)
-        import pandas as pd
+        endpoint = self.read_endpoint(name)
+        if not endpoint.routed:
+            if "partition" in table.params:
+                raise RequestError(
+                    400,
+                    f"endpoint {name!r} serves one model; params.partition is for routed endpoints",
+                    field="params.partition",
+                )
+            loaded = self._served(endpoint, None)
+            return {
+                "predictions": self._predict(name, loaded, table, range(len(table.rows))),
+                "model": loaded.entry.get("model_name"),
+                "version": loaded.entry.get("version"),
+            }
+        served = set(endpoint.served_partitions())
+        routes = route_rows(table, endpoint.partition_key, served.__contains__, endpoint.unknown)
+        predictions: list[Any] = [None] * len(table.rows)
+        models: dict[str, dict[str, Any]] = {}
+        groups: dict[str, list[int]] = {}
+        for i, partition in enumerate(routes):
+            groups.setdefault(partition, []).append(i)
+        for partition, indices in groups.items():
+            loaded = self._served(endpoint, partition)
+            for i, value in zip(indices, self._predict(name, loaded, table, indices), strict=True):
+                predictions[i] = value
+            models[partition] = {"model": loaded.entry.get("model_name"), "version": loaded.entry.get("version")}
+        return {"predictions": predictions, "partitions": routes, "models": models}
 
-        if loaded.columns:
-            for col, typ, required in loaded.columns:
-                for i, row in enumerate(rows):
-                    if required and (col not in row or row[col] is None):
-                        raise RequestError(400, f"missing column {col!r}", field=table.missing(i, col))
-                    if col in row and row[col] is not None and typ in NUMERIC_TYPES:
-                        row[col] = _number(row[col], typ, table.cell(i, col))
-        try:
-            frame = pd.DataFrame.from_records(rows)
-            if loaded.columns:
-                for col, typ, _ in loaded.columns:
-                    if col in frame and typ in NUMERIC_TYPES:
-                        frame[col] = pd.to_numeric(frame[col]).astype(
-                            "float64" if typ in ("double", "float") else "int64"
-                        )
-                frame = frame[[c for c, _, _ in loaded.columns if c in frame]]
-            predictions = loaded.model.predict(frame)
-        except Exception:
-            log.warning("scoring: endpoint %s: predict failed", name, exc_info=True)
-            raise RequestError(
-                400, "the model could not score these rows (check the column names and types)", field="body"
-            ) from None
-        values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
-        values = [v.tolist() if hasattr(v, "tolist") else v for v in values]
-        values = [None if isinstance(v, float) and not math.isfinite(v) else v for v in values]
-        return {
-            "predictions": values,
-            "model": loaded.entry.get("model_name"),
-            "version": loaded.entry.get("version"),
-        }
+    @staticmethod
+    def _predict(name: str, loaded: LoadedModel, table: Table, indices: Iterable[int]) -> list[Any]:
+        return predict_rows(loaded.model, loaded.columns, table, indices, name)
 
 
 # ---------------------------------------------------------------- HTTP
@@ -382,7 +317,7 @@ class ScoringRoutes:
         try:
             return self._reply(200, fn())
         except RequestError as err:
-            resp = error_response(err.status, _CODES.get(err.status, "error"), err.message, err.field)
+            resp = error_response(err.status, err.code, err.message, err.field)
         except Exception as exc:  # ValidationError from the JSON decoder; anything else: a bare 500
             resp = map_error(exc)
         return resp.status, resp.body, resp.headers
@@ -463,7 +398,7 @@ def serve(home: Path, host: str, port: int, *, body_timeout: float | None = None
             for path in sorted(state.endpoints_dir.glob("*.json")):
                 if path.name != PID_FILE and ENDPOINT_RE.match(path.stem):
                     try:
-                        state.model(path.stem)
+                        state.warm(path.stem)
                     except Exception as exc:
                         print(f"endpoint {path.stem}: not loaded at start: {exc}", flush=True)
         except Exception as exc:

@@ -184,12 +184,27 @@ class RegisterParams(_Strict):
     model_name: str | None = Field(default=None, description="Defaults to the flow's model.name")
     metrics: dict[str, str | float] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
+    partition: str | None = Field(
+        default=None,
+        description="The partition this model is for (many models, e.g. ${item.inputs.partition}): "
+        "tagged conveyor.partition on the version and in the outputs",
+    )
 
 
 class DeployParams(_Strict):
     model_name: str | None = None
     version: str = Field(default="${steps.register.outputs.version}")
     endpoint: str | None = Field(default=None, description="Endpoint name; defaults to the flow's name")
+    partition: str | None = Field(
+        default=None,
+        description="Serve the model as this partition of a routed endpoint (many models): the gate "
+        "compares it with its own champion, and the endpoint routes each request by partition_key",
+    )
+    partition_key: str | None = Field(
+        default=None,
+        description="With partition: the column (or params.partition of a request) that routes rows to "
+        "partitions, e.g. store; the same for every partition of one endpoint",
+    )
 
 
 RUN_IF = ("all_succeeded", "always", "any_failed")

@@ -56,9 +56,18 @@ TRIGGER_COMMON = ("kind", "source", "params")
 STEP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "batch": ("job_id", "tasks", "output_prefix", "outputs", "outputs_truncated", "outputs_count"),
     "databricks": ("run_id", "result", "run_page_url"),
-    "azureml": ("pipeline_run", "metrics", "outputs", "model_uri", "studio_url", "portal_url"),
-    "register": ("model_name", "version", "model_uri", "metrics"),
-    "deploy": ("gate", "decision", "model_name", "version", "endpoint", "scoring_url", "serving_version"),
+    "azureml": ("pipeline_run", "metrics", "outputs", "model_uri", "studio_url", "portal_url", "inputs"),
+    "register": ("model_name", "version", "model_uri", "metrics", "partition"),
+    "deploy": (
+        "gate",
+        "decision",
+        "model_name",
+        "version",
+        "endpoint",
+        "scoring_url",
+        "serving_version",
+        "partition",
+    ),
 }
 STEP_FIELDS = ("outputs", "remote_id", "state")
 RUN_FIELDS = ("id", "flow", "reruns")

@@ -3,17 +3,23 @@
 A candidate is promoted when there is no champion yet, or when it beats the champion on the
 flow's metric by more than ``min_improvement`` in the flow's direction. Anything else is a
 rejection whose reason names both values, so the run (and the CLI) can say why.
+
+Per partition (many models): with ``partition`` the decision is that partition's alone. The
+candidate and the champion must both belong to it (their ``conveyor.partition`` tag, when they
+have one), so one partition's model is never compared with, or promoted over, another's; a
+rejection leaves that partition's champion serving and touches no other partition.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from shared.errors import ValidationError
 from shared.registry.base import ModelVersion
 
+PARTITION_TAG = "conveyor.partition"  # the version tag naming the partition a model is for
 Decision = Literal["promoted", "rejected"]
 Direction = Literal["maximize", "minimize"]
 
@@ -28,13 +34,14 @@ class GateDecision:
     candidate: float
     champion: float | None
     champion_version: str | None
+    partition: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def as_tags(self) -> dict[str, str]:
         """The decision as registry tags (values are strings)."""
-        return {
+        tags = {
             "decision": self.decision,
             "reason": self.reason,
             "metric": self.metric,
@@ -43,6 +50,9 @@ class GateDecision:
             "champion": "" if self.champion is None else repr(self.champion),
             "champion_version": self.champion_version or "",
         }
+        if self.partition is not None:
+            tags["partition"] = self.partition
+        return tags
 
 
 def _candidate_metric(model: ModelVersion, metric: str) -> float:
@@ -60,18 +70,42 @@ def _candidate_metric(model: ModelVersion, metric: str) -> float:
     return value
 
 
+def _check_partition(candidate: ModelVersion, champion: ModelVersion | None, partition: str) -> None:
+    """Both models belong to ``partition`` (a model without the tag is taken to)."""
+    for who, model in (("candidate", candidate), ("champion", champion)):
+        if model is None:
+            continue
+        own = model.tags.get(PARTITION_TAG)
+        if own and own != partition:
+            hint = (
+                "; give each partition's models a name of their own (e.g. sales-forecaster-${item.inputs.partition})"
+                if who == "champion"
+                else ""
+            )
+            raise ValidationError(
+                f"{who} {model.name} v{model.version} is the model of partition {own!r}, not of {partition!r}{hint}",
+                field="params.partition",
+            )
+
+
 def decide_gate(
     candidate: ModelVersion,
     champion: ModelVersion | None,
     metric: str,
     direction: str,
     min_improvement: float = 0.0,
+    partition: str | None = None,
 ) -> GateDecision:
     """Promote ``candidate`` iff it is strictly better than ``champion`` by ``min_improvement``.
 
     Also promoted: the first model (no champion), a candidate when the champion lacks the
     metric, and the champion itself (a no-op that keeps it deployed, e.g. on a retried deploy).
+    With ``partition``, both must be that partition's models (see the module docstring).
     """
+    if partition is not None:
+        _check_partition(candidate, champion, partition)
+        decision = decide_gate(candidate, champion, metric, direction, min_improvement)
+        return replace(decision, partition=partition, reason=f"partition {partition}: {decision.reason}")
     if direction not in ("maximize", "minimize"):
         raise ValidationError(f"must be 'maximize' or 'minimize', got {direction!r}", field="model.direction")
     if min_improvement < 0 or math.isnan(min_improvement):

@@ -127,6 +127,10 @@ class ScoringServer:
     def score_path(self) -> str:
         return "/endpoints/sales/score"
 
+    @property
+    def routed_score_path(self) -> str:
+        return "/endpoints/stores/score"
+
 
 def save_tiny_model(path: Path) -> Path:
     """A linear model over (store: long, promo: long, price: double), saved as MLflow saves it (skops)."""
@@ -168,6 +172,10 @@ def scoring_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     entry = {"model_name": "tiny", "version": "1", "source_uri": str(tiny_model), "deployed_at": "2024-01-01"}
     (home / "endpoints" / "sales.json").write_text(
         json.dumps({"endpoint": "sales", "current": entry, "history": []}), encoding="utf-8"
+    )
+    slots = {p: {"current": {**entry, "model_name": f"tiny-{p}"}, "history": []} for p in ("1", "2")}
+    (home / "endpoints" / "stores.json").write_text(  # a routed endpoint: partitions 1 and 2 by store
+        json.dumps({"endpoint": "stores", "partition_key": "store", "partitions": slots}), encoding="utf-8"
     )
     port = free_port()
     log = open(home / "scoring.log", "ab")  # noqa: SIM115 - closed below

@@ -280,7 +280,16 @@ SCORING = st.one_of(
 @FUZZ
 @given(
     method=METHODS,
-    path=st.sampled_from(["/endpoints/sales/score", "/endpoints/sales", "/health", "/endpoints/nope/score", "/"]),
+    path=st.sampled_from(
+        [
+            "/endpoints/sales/score",
+            "/endpoints/stores/score",
+            "/endpoints/sales",
+            "/health",
+            "/endpoints/nope/score",
+            "/",
+        ]
+    ),
     content_type=CONTENT_TYPES,
     origin=ORIGINS,
     body=bodies(SCORING),
@@ -293,19 +302,34 @@ def test_scoring_endpoint_with_hostile_requests(
     check(reply, method)
 
 
+def post_json(server: ScoringServer, path: str, body: Any) -> Any:
+    """POST ``body`` as JSON to ``path`` of the scoring server; the reply, checked like every reply."""
+    raw = request("POST", path, server.port, body=dumps(body), headers={"Content-Type": "application/json"})
+    reply = exchange(server.port, raw)
+    check(reply, "POST")
+    return reply
+
+
 @FUZZ
 @given(body=SCORING)
 def test_scoring_bodies_are_scored_or_refused_by_name(scoring_server: ScoringServer, body: Any) -> None:
-    raw = request(
-        "POST",
-        scoring_server.score_path,
-        scoring_server.port,
-        body=dumps(body),
-        headers={"Content-Type": "application/json"},
-    )
-    reply = exchange(scoring_server.port, raw)
-    check(reply, "POST")
+    reply = post_json(scoring_server, scoring_server.score_path, body)
     if reply.status == 200:
         assert isinstance(reply.json()["predictions"], list)
     else:
         assert reply.status == 400 and reply.json()["error"]["field"], reply.raw[:400]
+
+
+@FUZZ
+@given(body=SCORING)
+def test_routed_scoring_bodies_are_routed_or_refused_by_name(scoring_server: ScoringServer, body: Any) -> None:
+    """A routed endpoint (partitions 1 and 2 by store): rows answered by their partition, or a 4xx naming a field."""
+    reply = post_json(scoring_server, scoring_server.routed_score_path, body)
+    if reply.status == 200:
+        doc = reply.json()
+        assert len(doc["predictions"]) == len(doc["partitions"]) and set(doc["partitions"]) <= {"1", "2"}
+        assert set(doc["models"]) == set(doc["partitions"])
+    else:
+        assert reply.status in (400, 404) and reply.json()["error"]["field"], reply.raw[:400]
+        if reply.status == 404:
+            assert reply.json()["error"]["code"] == "unknown_partition"

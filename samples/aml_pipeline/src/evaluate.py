@@ -10,12 +10,8 @@ job's MLflow run with mlflow.log_metric (Azure ML).
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-from pathlib import Path
 
-from common import load_gold, split
+from common import holdout_metrics, load_gold, report_metrics, split
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,32 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gold", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--report", required=True)
+    parser.add_argument("--partition", default=None, help="only the rows of this store (a partitioned gold table)")
     args = parser.parse_args(argv)
 
     import mlflow.sklearn
-    from sklearn.metrics import mean_squared_error, r2_score
 
-    x, y = load_gold(args.gold)
+    x, y = load_gold(args.gold, args.partition)
     _x_train, x_test, _y_train, y_test = split(x, y)
     model = mlflow.sklearn.load_model(args.model)
-    predicted = model.predict(x_test)
-    metrics = {
-        "r2": float(r2_score(y_test, predicted)),
-        "rmse": float(math.sqrt(mean_squared_error(y_test, predicted))),
-        "holdout_rows": float(len(y_test)),
-    }
-    report = Path(args.report)
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    sink = os.environ.get("CONVEYOR_TASK_METRICS_FILE")
-    if sink:
-        with open(sink, "a", encoding="utf-8") as fh:
-            for name, value in metrics.items():
-                fh.write(json.dumps({"name": name, "value": value}) + "\n")
-    else:
-        for name, value in metrics.items():
-            mlflow.log_metric(name, value)
-    print(json.dumps(metrics))
+    report_metrics(holdout_metrics(model, x_test, y_test), args.report)
     return 0
 
 

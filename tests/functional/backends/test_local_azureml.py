@@ -104,6 +104,7 @@ def test_two_job_pipeline_with_metrics_and_model(project: Path, tmp_path: Path) 
         "evaluate.report": str(run_dir / "evaluate" / "outputs" / "report"),
     }
     assert out["model_uri"] == out["outputs"]["train.model"]
+    assert "inputs" not in out  # no literal params.inputs (alpha is the YAML's own)
     assert (Path(out["model_uri"]) / "model.json").read_text() == '{"rows": 3, "alpha": "0.5"}'
     assert (run_dir / "evaluate" / "outputs" / "report" / "report.txt").read_text() == "ok"
     # `conveyor logs`: each pipeline job's stdout/stderr, in pipeline order
@@ -158,3 +159,15 @@ def test_instances_are_separate_pipeline_runs_under_their_keys(project: Path, tm
         status = wait_done(be, key)
         assert status.state == "succeeded" and status.outputs["pipeline_run"] == key
         assert str(tmp_path / "home" / "azureml" / key) in status.outputs["model_uri"]
+
+
+def test_literal_params_inputs_come_back_as_outputs_inputs(project: Path, tmp_path: Path) -> None:
+    """What a step after a for_each over these outputs names each instance by (``${item.inputs.alpha}``)."""
+    be = LocalAzureMLBackend(tmp_path / "home", project, None)
+    result = be.launch(
+        req({"pipeline": "aml/pipeline.yml", "inputs": {"alpha": "0.9 $(x)", "data": "aml/data/train.csv"}})
+    )
+    status = wait_done(be, result.remote_id)
+    assert status.state == "succeeded", status.error
+    assert status.outputs["inputs"] == {"alpha": "0.9 $(x)"}  # the data file is not a literal
+    assert (Path(status.outputs["model_uri"]) / "model.json").read_text() == '{"rows": 3, "alpha": "0.9 $(x)"}'

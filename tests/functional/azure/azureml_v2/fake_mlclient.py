@@ -218,6 +218,18 @@ class FakeModels:
             return [self._copy(m) for m in latest.values()]
         return [self._copy(m) for (n, _v), m in self.store.items() if n == name]
 
+    def download(self, name: str, version: str, download_path: str = ".") -> None:
+        """The SDK's ``models.download``: the version's files under ``<download_path>/<name>/``.
+        Here a version's ``path`` is a local folder (tests register local MLflow models), copied."""
+        import shutil
+        from pathlib import Path
+
+        self.rec.hit("models.download", name, version)
+        model = self.get(name, version)
+        source = Path(str(model.path))
+        target = Path(download_path) / name / source.name
+        shutil.copytree(source, target)
+
 
 # ---------------------------------------------------------------- online endpoints
 

@@ -159,7 +159,19 @@ def test_launch_submits_the_real_pipeline_named_by_key_then_polls_to_outputs(
         },
         "model_uri": "azureml://jobs/3f2a9c-train-1/outputs/model",
         "studio_url": res.url,
-    }
+    }  # no "inputs": the gold folder is data, not a literal
+
+
+def test_literal_inputs_are_bound_quoted_and_come_back_as_outputs_inputs(client: FakeMLClient) -> None:
+    """A for_each over train's outputs names each instance's partition by ${item.inputs.partition}."""
+    b = backend(client)
+    req = request(pipeline="samples/aml_pipeline/partitions_pipeline.yml", inputs={"gold": GOLD, "partition": "7 $(x)"})
+    b.launch(req)
+    job, _ = submitted(client)
+    assert job.inputs["partition"] == "'7 $(x)'"  # one shell word where Azure ML pastes it
+    assert job.tags["conveyor.input.partition"] == "7 $(x)"  # the value itself
+    client.jobs.set_status("3f2a9c-train-1", "Completed")
+    assert b.poll("3f2a9c-train-1").outputs["inputs"] == {"partition": "7 $(x)"}
 
 
 def test_metrics_reader_defaults_to_the_workspace_tracking_uri(httpserver: HTTPServer) -> None:
