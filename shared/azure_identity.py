@@ -79,6 +79,16 @@ def storage_target(settings: Settings, service: str, port: str) -> StorageTarget
     return StorageTarget(connection_string=settings.connection_string)
 
 
+def client_options(settings: Settings, service: str, client_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword options of one storage client: shared.transport's (with injected faults when
+    the settings ask for them), then ``client_kwargs`` (retries, TLS in tests)."""
+    from shared.faults import FaultInjector
+    from shared.transport import transport_kwargs
+
+    faults = FaultInjector.from_settings(settings)
+    return {**transport_kwargs(faults=faults, service=service), **(client_kwargs or {})}
+
+
 def storage_clients(
     settings: Settings,
     service: str,
@@ -97,14 +107,10 @@ def storage_clients(
     credential is resolved once for every client it makes. Transport options are read once
     (:mod:`shared.transport`); ``client_kwargs`` (retries, TLS in tests) override them.
     """
-    from shared.faults import FaultInjector
-    from shared.transport import transport_kwargs
-
     target = storage_target(settings, service, port)
-    faults = FaultInjector.from_settings(settings)
 
     def kwargs() -> dict[str, Any]:  # per client: a faulty transport is one client's own
-        return {**transport_kwargs(faults=faults, service=service), **(client_kwargs or {})}
+        return client_options(settings, service, client_kwargs)
 
     if target.endpoint is None:
         conn = target.connection_string or settings.connection_string

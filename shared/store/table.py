@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import re
 import threading
-import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from shared.azure_errors import map_azure_error
 from shared.engine.model import Run, RunStatus
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.store.base import PurgeReport, RunStore
+from shared.store.table_batch import CreateTransactions
 from shared.store.time_index import ACTIVE, DONE, IndexRow, TimeIndex, index_entity, index_key, run_class
 from shared.transport import transport_kwargs
 
@@ -60,8 +59,6 @@ _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _MAX_LIST = 1000
 _KNOWN_MAX = 20_000  # runs whose stored status this store remembers (to skip index writes)
-_STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
-_ETAG_LINE = re.compile(r"^ETag:\s*(.+?)\s*$", re.MULTILINE | re.IGNORECASE)
 
 
 def partition_for(run_id: str) -> str:
@@ -187,14 +184,24 @@ class TableOnce:
 
 
 class TableRunStore(RunStore):
-    def __init__(self, connection_string: str, table_name: str, client: TableClient | None = None) -> None:
+    def __init__(
+        self,
+        connection_string: str,
+        table_name: str,
+        client: TableClient | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``client_options``: the options ``client`` was made with (shared.transport's), for the
+        bulk-create pipeline (shared.store.table_batch) that sits beside it."""
         check_table_name(table_name)
+        options = dict(client_options) if client_options is not None else transport_kwargs()
         if client is None:
             from azure.data.tables import TableClient
 
-            client = TableClient.from_connection_string(connection_string, table_name=table_name, **transport_kwargs())
+            client = TableClient.from_connection_string(connection_string, table_name=table_name, **options)
         self.table_name = table_name
         self._client = client
+        self._transactions = CreateTransactions.for_client(client, options)
         self._index = TimeIndex(client)
         # a new table: every run gets its index row at creation; runs written before the
         # index existed are indexed once, by the first process that opens the table
@@ -209,8 +216,10 @@ class TableRunStore(RunStore):
         cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
     ) -> TableRunStore:
         """The run store on ``settings.runs_table`` (see :func:`table_client`)."""
+        from shared.azure_identity import client_options
+
         client = table_client(settings, settings.runs_table, credential=credential, client_kwargs=client_kwargs)
-        return cls("", settings.runs_table, client)
+        return cls("", settings.runs_table, client, client_options(settings, "table", client_kwargs))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -705,8 +714,7 @@ class TableRunStore(RunStore):
         from azure.core.exceptions import HttpResponseError
         from azure.data.tables import TableTransactionError
 
-        lean = self._lean_batch_parts()
-        if lean is None:
+        if self._transactions is None:
             try:
                 replies = self._client.submit_transaction([("create", e) for e in entities])
             except TableTransactionError as exc:
@@ -720,78 +728,27 @@ class TableRunStore(RunStore):
                     raise _ConnectionReset from exc
                 raise map_azure_error(exc, SERVICE) from exc
             return _TxOutcome([self._etag_of(reply) for reply in replies])
-        send_request, base = lean
-        from azure.core.rest import HttpRequest
-
-        batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
-        target = f"POST {base}/{self.table_name} HTTP/1.1\r\n"
-        parts = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n"]
-        for i, entity in enumerate(entities):
-            body = json.dumps(entity, separators=(",", ":"))  # ASCII: length == bytes
-            parts.append(
-                f"--{changeset}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
-                f"Content-ID: {i}\r\n\r\n{target}Content-Type: application/json\r\n"
-                "Accept: application/json;odata=minimalmetadata\r\nPrefer: return-no-content\r\n"
-                f"DataServiceVersion: 3.0\r\nContent-Length: {len(body)}\r\n\r\n{body}\r\n"
-            )
-        parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
-        request = HttpRequest(
-            "POST",
-            f"{base}/$batch",
-            headers={
-                "x-ms-version": self._client.api_version,
-                "DataServiceVersion": "3.0",
-                "MaxDataServiceVersion": "3.0;NetFx",
-                "Content-Type": f"multipart/mixed; boundary={batch}",
-                "Accept": "application/json",
-            },
-            content="".join(parts).encode("ascii"),
-        )
         try:
-            response = send_request(request, stream=True)
-            text = response.read().decode("utf-8", "replace")
+            reply = self._transactions.submit(entities)
         except Exception as exc:
             if not retried and _is_connection_reset(exc):
                 raise _ConnectionReset from exc
             raise map_azure_error(exc, SERVICE) from exc
-        if response.status_code in (400, 413):
-            return _TxOutcome(None, response.status_code)
-        if response.status_code != 202:
-            raise map_azure_error(HttpResponseError(message=text[:300], response=response), SERVICE)
-        statuses = [int(m) for m in _STATUS_LINE.findall(text)]
+        if reply.status in (400, 413):
+            return _TxOutcome(None, reply.status)
+        if reply.status != 202:
+            raise map_azure_error(HttpResponseError(message=reply.text[:300], response=reply.response), SERVICE)
+        statuses = reply.statuses
         if statuses and all(200 <= st < 300 for st in statuses) and len(statuses) == len(entities):
-            etags: list[str | None] = [None] * len(entities)
-            for i, chunk in enumerate(_STATUS_LINE.split(text)[2::2]):
-                m = _ETAG_LINE.search(chunk)
-                etags[i] = m.group(1).strip() if m else None
-            return _TxOutcome(etags)
+            return _TxOutcome(reply.etags)
         failed = [st for st in statuses if not 200 <= st < 300]
         if failed and failed[0] in (400, 409, 413):
             return _TxOutcome(None, failed[0])
         status = failed[0] if failed else 500
         raise map_azure_error(
-            HttpResponseError(message=f"transaction failed with {status}: {text[:300]}", response=response),
+            HttpResponseError(message=f"transaction failed with {status}: {reply.text[:300]}", response=reply.response),
             SERVICE,
         )
-
-    def _lean_batch_parts(self) -> tuple[Any, str] | None:
-        """The SDK pipeline's ``send_request`` and the account URL (``TableClient.url``), when the
-        client has them.
-
-        The SDK builds and parses transaction bodies with the ``email`` package, ~0.5 ms of CPU
-        per entity; a plain-string body and a regex over the reply keep the SDK's auth, retry and
-        transport. It earns its keep (``bench/bench_ingest.py``, same Azurite, same run): ingest is
-        1.3x as fast as the floor of the same entities written with the public
-        ``submit_transaction``, and 0.56x of it without this path (ingest writes each run's
-        time-index row too). The one private attribute it reads is the SDK's own generated
-        client (``_client``), for its pipeline; a client without it (a test double) uses the
-        public ``submit_transaction``."""
-        inner = getattr(self._client, "_client", None)
-        send_request = getattr(inner, "send_request", None)
-        base = getattr(self._client, "url", None)
-        if send_request is None or not isinstance(base, str) or not base.startswith(("http://", "https://")):
-            return None
-        return send_request, base.rstrip("/")
 
 
 @dataclass(frozen=True)

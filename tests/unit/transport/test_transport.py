@@ -42,6 +42,7 @@ def test_the_adapters_build_their_clients_with_it(monkeypatch: pytest.MonkeyPatc
     )
     table: object = TableRunStore(conn, "runs")._client._client._client._pipeline._transport  # type: ignore[attr-defined]
     queue: object = StorageQueueWorkQueue(conn, "work")._client._pipeline._transport
-    for transport in (table, queue):
+    bulk: object = TableRunStore(conn, "runs")._transactions._pipeline._pipeline._transport  # type: ignore[union-attr]
+    for transport in (table, queue, bulk):
         assert getattr(transport, "_use_env_settings", None) is False
         assert getattr(transport, "connection_config").verify == "/some/ca.pem"  # noqa: B009
