@@ -3,7 +3,7 @@
 Why our own body: ``TableClient.submit_transaction`` builds and parses each transaction with the
 ``email`` package, ~0.5 ms of CPU per entity, and ingest writes two entities per run (the run and
 its time-index row); ``bench/bench_ingest.py`` measures ingest at 0.55x of a public
-``submit_transaction`` floor that way and above 1x with this module. What is ours is only the
+``submit_transaction`` floor that way and at 1.25-1.50x with this module. What is ours is only the
 multipart text (one f-string per entity) and two regexes over the reply; the request goes
 through an ``azure.core.PipelineClient`` with public policies: retries as the SDK client's
 (``shared.transport``: the same backoff, a POST retried on 500/503/504), the transport options
