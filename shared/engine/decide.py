@@ -241,20 +241,26 @@ def pending_due(run: Run) -> datetime:
     return run.due_at if run.due_at is not None else planned_start(run)
 
 
-def overdue(run: Run, now: datetime, grace_seconds: float, idle_seconds: float) -> bool:
+def overdue(
+    run: Run, now: datetime, grace_seconds: float, idle_seconds: float, instances_due: datetime | None = None
+) -> bool:
     """Whether ``run`` lost the message it waits on, so the sweep must nudge it.
 
     A running or pending run is overdue once its deadline (``Run.due_at``; a pending run's
     :func:`pending_due`) lies more than ``grace_seconds`` -- the queue's visibility timeout plus a
     margin: a message taken by a handler that died comes back by then -- in the past. A running
-    run without a deadline (only a fan-out active: its instances' deadlines are on their rows)
-    is overdue after ``idle_seconds`` without a save. Others wait for nothing the sweep can give."""
+    run without a deadline has only fan-outs active, whose instances keep their deadlines on
+    their rows: ``instances_due`` is the earliest of its active instances' (the caller reads the
+    rows), and the same rule applies to it. With no instance deadline either (a fan-out between
+    instances, waiting for its continuation), the run is overdue after ``idle_seconds`` without a
+    save. Others wait for nothing the sweep can give."""
     if run.status is RunStatus.PENDING:
         return (now - pending_due(run)).total_seconds() > grace_seconds
     if run.status is not RunStatus.RUNNING:
         return False
-    if run.due_at is not None:
-        return (now - run.due_at).total_seconds() > grace_seconds
+    due = run.due_at if run.due_at is not None else instances_due
+    if due is not None:
+        return (now - due).total_seconds() > grace_seconds
     return (now - run.updated_at).total_seconds() > idle_seconds
 
 

@@ -66,7 +66,7 @@ from shared.engine.decide import (
     overdue,
     start_message,
 )
-from shared.engine.model import MAX_START_BATCH, FanOut, InstanceRun, Message, Run, RunStatus
+from shared.engine.model import MAX_START_BATCH, FanOut, InstanceRun, Message, Run, RunStatus, StepState
 from shared.engine.scope import earlier_steps, fanout_refs, template_scope
 from shared.errors import ConcurrencyError, ConveyorError, NotFoundError, ValidationError
 from shared.flows.model import Flow, FlowsFile
@@ -84,6 +84,8 @@ MAX_SAVE_TRIES = 5
 MAX_EVENTS_PER_MESSAGE = 64  # observations fed back for one message (a guard, never reached normally)
 QUEUED_SCAN_LIMIT = 1000
 OUTPUTS_PAGE = 1000
+STALL_SCAN_INSTANCES = 1000  # active instance rows the sweep reads per fan-out for their deadlines
+ACTIVE_INSTANCE_STATES = (StepState.LAUNCHING, StepState.RUNNING, StepState.RETRY_WAIT)
 CACHE_ENTRIES = 64  # item pages and for_each outputs kept per executor (both immutable once written)
 
 
@@ -230,7 +232,8 @@ class Executor:
         now = now or self.clock()
         nudged: list[str] = []
         for run in self.store.list_runs(None, [RunStatus.RUNNING], limit=limit):
-            if not overdue(run, now, grace_seconds, idle_seconds):
+            instances_due = self._earliest_instance_due(run) if run.due_at is None else None
+            if not overdue(run, now, grace_seconds, idle_seconds, instances_due):
                 continue
             log.warning("run %s: its next message was due at %s and never came; resuming", run.run_id, run.due_at)
             self.handle(start_message(run), delivery_count=2)
@@ -246,6 +249,28 @@ class Executor:
             self.handle(start_message(run))
             nudged.append(run.run_id)
         return nudged
+
+    def _earliest_instance_due(self, run: Run) -> datetime | None:
+        """The earliest deadline among the active instances of ``run``'s active fan-outs (at most
+        ``STALL_SCAN_INSTANCES`` rows read per fan-out), or None when none has one."""
+        if self.instances is None:
+            return None
+        earliest: datetime | None = None
+        for step in run.steps:
+            if step.fanout is None or not step.state.active:
+                continue
+            start = 0
+            while start < STALL_SCAN_INSTANCES:
+                rows = self.instances.instances(
+                    run.run_id, step.name, step.fanout.epoch, states=ACTIVE_INSTANCE_STATES, start=start, limit=100
+                )
+                for row in rows:
+                    if row.due_at is not None and (earliest is None or row.due_at < earliest):
+                        earliest = row.due_at
+                if len(rows) < 100:
+                    break
+                start = rows[-1].index + 1
+        return earliest
 
     # -------------------------------------------------------------- decide + save
 

@@ -66,6 +66,25 @@ def test_a_running_run_without_a_deadline_waits_for_the_idle_bound() -> None:
     assert overdue(run, run.updated_at + timedelta(seconds=IDLE + 1), GRACE, IDLE)
 
 
+def test_a_run_with_only_fan_outs_active_goes_by_its_instances_earliest_deadline() -> None:
+    run = running_step(make_flow()).model_copy(update={"due_at": None})
+    due = run.updated_at + timedelta(seconds=IDLE * 3)  # instances ticking long after the run's last save
+    assert not overdue(run, due + timedelta(seconds=GRACE), GRACE, IDLE, instances_due=due)
+    assert overdue(run, due + timedelta(seconds=GRACE + 0.001), GRACE, IDLE, instances_due=due)
+    own = run.model_copy(update={"due_at": due + timedelta(days=1)})  # the run's own deadline comes first
+    assert not overdue(own, due + timedelta(seconds=GRACE + 1), GRACE, IDLE, instances_due=due)
+
+
+@given(st.floats(0, 10_000), st.floats(0, 10_000), st.floats(0, 100))
+@settings(max_examples=200, deadline=None)
+def test_an_instance_deadline_is_judged_like_the_run_s_own(due_after: float, now_after: float, grace: float) -> None:
+    base = running_step(make_flow())
+    due = base.updated_at + timedelta(seconds=due_after)
+    now = base.updated_at + timedelta(seconds=now_after)
+    by_instances = overdue(base.model_copy(update={"due_at": None}), now, grace, IDLE, instances_due=due)
+    assert by_instances == overdue(base.model_copy(update={"due_at": due}), now, grace, IDLE)
+
+
 def test_a_pending_run_is_due_at_its_planned_start_then_at_its_resent_start() -> None:
     flow = make_flow()
     run = make_run(flow)
