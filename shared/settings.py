@@ -73,6 +73,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value <= 0:
+        raise ValidationError(f"must be more than 0, got {value}", field=name)
+    return value
+
+
 def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 0:
@@ -314,7 +321,7 @@ class Settings:
             appinsights_authentication_string=env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or None,
             visibility_timeout_seconds=_positive(env, "CONVEYOR_VISIBILITY_TIMEOUT_SECONDS", 30),
             stall_margin_seconds=_non_negative(env, "CONVEYOR_STALL_MARGIN_SECONDS", 5),
-            sweep_interval_seconds=_float(env, "CONVEYOR_SWEEP_INTERVAL_SECONDS", 10.0),
+            sweep_interval_seconds=_positive_float(env, "CONVEYOR_SWEEP_INTERVAL_SECONDS", 10.0),
             stall_idle_seconds=_positive(env, "CONVEYOR_STALL_IDLE_SECONDS", 900),
             fault_rate=_float(env, "CONVEYOR_FAULT_RATE", 0.0),
             fault_seed=_int(env, "CONVEYOR_FAULT_SEED", -1) if env.get("CONVEYOR_FAULT_SEED") else None,

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from shared import safejson
 from shared.azure_errors import map_azure_error
 from shared.engine.model import Message
 from shared.errors import ConveyorError, ValidationError
@@ -410,7 +411,10 @@ def _decode(content: str | None) -> tuple[Message, int, str]:
     text = content if content is not None else ""
     if FAILURES_FIELD not in text:
         return Message.model_validate_json(text), 0, ""
-    data = json.loads(text)
+    try:
+        data = safejson.loads(text, field="message")
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
     if not isinstance(data, dict):
         raise ValueError("a message body must be a JSON object")
     failures = data.pop(FAILURES_FIELD, 0)
