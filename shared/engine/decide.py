@@ -473,6 +473,10 @@ class _Decider(FanOutRules):
                 # what it waited on is overdue: that time is not the step's, and the deadline of
                 # what is re-issued now is saved (else the sweep would come again and again)
                 attempts.note_stall(step, self.now)
+                if step.state in (StepState.RUNNING, StepState.RETRY_WAIT):
+                    # a new tick (a new message id): a broker that remembers the lost one's id
+                    # (Service Bus duplicate detection) would drop a re-send; the old is stale now
+                    step.tick += 1
                 self.changed = True
             if step.state is StepState.LAUNCHING and step.key:
                 self.commands.append(Launch(step.name, step.attempt, step.key))

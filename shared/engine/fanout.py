@@ -331,6 +331,13 @@ class FanOutRules:
         else:
             spec = self.flow.step(step)
             for inst in mine:
+                if inst.state in (StepState.RUNNING, StepState.RETRY_WAIT) and (
+                    inst.due_at is None or inst.due_at < self.now
+                ):  # overdue, as a plain step's in decide._resume: stall time, a new tick, its deadline saved
+                    attempts.note_stall(inst, self.now)
+                    inst.tick += 1
+                    self._writing(step, head=False)
+                    self._save_row(inst)
                 if inst.state is StepState.LAUNCHING and inst.key:
                     self.commands.append(Launch(step, inst.attempt, inst.key, inst.index))
                 elif inst.state is StepState.RUNNING:

@@ -481,4 +481,8 @@ def test_a_fan_out_is_nudged_by_its_instances_deadlines_not_by_the_idle_bound() 
     assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == []  # it may still come back
     h.queue.advance(1)
     assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == ["run1"]
-    assert len(h.queue.items) >= 1  # the lost ticks were re-issued
+    assert len(h.queue.items) == 3  # the lost ticks were re-issued, one per instance
+    rows = instances(h, "run1", "train")
+    assert all(r.due_at is not None and r.due_at >= h.now() for r in rows)  # their new deadlines saved
+    assert all(r.stalled_seconds > 35 for r in rows)  # the wait for the lost ticks is not the instances'
+    assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == []  # so the next sweep leaves it

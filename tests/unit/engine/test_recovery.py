@@ -143,9 +143,17 @@ def test_a_nudge_reissues_what_the_run_waits_on_and_saves_its_new_deadline() -> 
     flow = make_flow(poll={"initial_seconds": 5, "multiplier": 1, "max_seconds": 5})
     run = running_step(flow, now=at(0))  # tick 1 due at 5; it was lost
     d = apply(run, flow, Incoming(start(run), redelivered=True), at(50))  # the sweep's redelivered-style start
-    assert d.changed and [c.message.tick for c in of(d, Send)] == [1]
+    # a new tick, so a new message id: a broker that remembers the lost tick's id would drop a re-send
+    (resent,) = of(d, Send)
+    assert (
+        d.changed
+        and resent.message.tick == 2
+        and resent.message.with_id().message_id != the_tick(run, "extract").with_id().message_id
+    )
     assert d.run.due_at == at(55) and d.run.steps[0].stalled_seconds == 45
     assert not overdue(d.run, at(80), GRACE, IDLE)  # not nudged again before the re-sent tick is overdue
+    late = apply(d.run, flow, Incoming(the_tick(run, "extract")), at(51))  # the lost one turns up after all
+    assert not late.changed and not of(late, Send)  # stale: only the re-sent tick polls
 
 
 def test_a_retryable_launch_failure_launches_the_same_key_again_until_the_timeout() -> None:
