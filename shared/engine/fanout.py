@@ -217,7 +217,7 @@ class FanOutRules:
                 self.cancel_instances(head.step, [inst])
                 return True
             return False
-        if attempts.note_stall(inst, self.now):  # the tick came late: that time is not the instance's
+        if inst.state in ACTIVE and attempts.note_stall(inst, self.now):  # late: that time is not the instance's
             self._writing(inst.name, head=False)
             self._save_row(inst)
         if inst.state is StepState.RUNNING and inst.remote_id:
