@@ -128,77 +128,78 @@ def _bare_task(args: tuple[str, str, str, int, str]) -> int:
     return code
 
 
-def one_size(tasks: int, rounds: int, workers: int) -> bool:
+def one_size(root: Path, tasks: int, rounds: int, workers: int) -> bool:
+    """Both sides at ``workers`` workers, in ``root`` (a fresh directory)."""
     from shared.backends.local_batch import LocalBatchBackend
 
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-batch-") as tmp:
-        root = Path(tmp)
-        blob_root = root / "blobs"
-        (blob_root / "inputs").mkdir(parents=True)
-        names = [f"in-{i:05d}.csv" for i in range(tasks)]
-        for i, name in enumerate(names):
-            (blob_root / "inputs" / name).write_text(f"id,value\n{i},{i * 0.5}\n")
-        blobs = DirBlobStore(blob_root)
-        urls = [blobs.url("inputs", name) for name in names]
-        backend = LocalBatchBackend(blobs, root / "home", max_workers=workers)
-        ctx = multiprocessing.get_context("fork")
-        pool = ctx.Pool(workers)
-        failures: list[str] = []
-        times: dict[str, list[float]] = {"backend": [], "pool": []}
+    blob_root = root / "blobs"
+    (blob_root / "inputs").mkdir(parents=True)
+    names = [f"in-{i:05d}.csv" for i in range(tasks)]
+    for i, name in enumerate(names):
+        (blob_root / "inputs" / name).write_text(f"id,value\n{i},{i * 0.5}\n")
+    blobs = DirBlobStore(blob_root)
+    urls = [blobs.url("inputs", name) for name in names]
+    backend = LocalBatchBackend(blobs, root / "home", max_workers=workers)
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(workers)
+    failures: list[str] = []
+    times: dict[str, list[float]] = {"backend": [], "pool": []}
 
-        def run_backend(count: int = tasks) -> float:
-            # Untimed: drop the previous job's files (it has finished: a pool round ran since).
-            shutil.rmtree(root / "home" / "batch", ignore_errors=True)
-            shutil.rmtree(blob_root / "outputs", ignore_errors=True)
-            key = f"bench-{uuid.uuid4().hex[:12]}"
-            request = LaunchRequest(
-                run_id=key,
-                flow="bench",
-                step="batch",
-                kind="batch",
-                key=key,
-                attempt=1,
-                params={"command": COMMAND, "inputs": urls[:count], "output_container": "outputs"},
-            )
-            start = time.perf_counter()
-            backend.launch(request)
-            # Poll every 10 ms (the engine polls every few seconds): often enough to add at most
-            # ~10 ms to a multi-second job, rarely enough not to compete with the workers for the GIL.
-            while (status := backend.poll(key)).state == "running":
-                time.sleep(0.01)
-            elapsed = time.perf_counter() - start
-            if status.state != "succeeded" or status.outputs.get("tasks") != count:
-                failures.append(f"backend job {key}: {status.state} {status.error or ''}"[:300])
-            times["backend"].append(elapsed)
-            return elapsed
+    # Every round keeps its files (its own job key / directory, its own output prefix) until
+    # the end of the benchmark. Deleting them between rounds made every round slower than
+    # the one before (3 s -> 13 s): this ext4 has no journal, and then its inode allocator
+    # skips, one by one, every inode freed in the last 60-300 s (ialloc.c recently_deleted),
+    # so creating the next round's ~20,000 files scanned past all the ones just deleted.
+    # A host does not delete thousands of files just before each job, so neither do we.
 
-        def run_pool(count: int = tasks) -> float:
-            shutil.rmtree(root / "bare", ignore_errors=True)  # untimed, as above
-            shutil.rmtree(blob_root / "outputs", ignore_errors=True)
-            key = f"bare-{uuid.uuid4().hex[:12]}"
-            work = root / "bare" / key
-            work.mkdir(parents=True)
-            args = [(str(blob_root), str(work), name, i, key) for i, name in enumerate(names[:count])]
-            start = time.perf_counter()
-            # Small chunks: tasks go to whichever worker is free, as in the backend's FIFO pool
-            # (the default chunk of n/8 tasks lets one descheduled worker stall the tail).
-            codes = pool.map(_bare_task, args, chunksize=4)
-            elapsed = time.perf_counter() - start
-            if any(codes):
-                failures.append(f"bare pool {key}: {sum(1 for c in codes if c)} tasks failed")
-            times["pool"].append(elapsed)
-            return elapsed
+    def run_backend(count: int = tasks) -> float:
+        key = f"bench-{uuid.uuid4().hex[:12]}"
+        request = LaunchRequest(
+            run_id=key,
+            flow="bench",
+            step="batch",
+            kind="batch",
+            key=key,
+            attempt=1,
+            params={"command": COMMAND, "inputs": urls[:count], "output_container": "outputs"},
+        )
+        start = time.perf_counter()
+        backend.launch(request)
+        # Poll every 10 ms (the engine polls every few seconds): often enough to add at most
+        # ~10 ms to a multi-second job, rarely enough not to compete with the workers for the GIL.
+        while (status := backend.poll(key)).state == "running":
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        if status.state != "succeeded" or status.outputs.get("tasks") != count:
+            failures.append(f"backend job {key}: {status.state} {status.error or ''}"[:300])
+        times["backend"].append(elapsed)
+        return elapsed
 
-        try:
-            run_backend(50)  # warm-up: spawner helpers, pool workers
-            run_pool(50)
-            times["backend"].clear()
-            times["pool"].clear()
-            t_backend, t_pool = interleaved(run_backend, run_pool, rounds)
-        finally:
-            pool.close()
-            pool.join()
-            backend.close()
+    def run_pool(count: int = tasks) -> float:
+        key = f"bare-{uuid.uuid4().hex[:12]}"
+        work = root / "bare" / key
+        work.mkdir(parents=True)
+        args = [(str(blob_root), str(work), name, i, key) for i, name in enumerate(names[:count])]
+        start = time.perf_counter()
+        # Small chunks: tasks go to whichever worker is free, as in the backend's FIFO pool
+        # (the default chunk of n/8 tasks lets one descheduled worker stall the tail).
+        codes = pool.map(_bare_task, args, chunksize=4)
+        elapsed = time.perf_counter() - start
+        if any(codes):
+            failures.append(f"bare pool {key}: {sum(1 for c in codes if c)} tasks failed")
+        times["pool"].append(elapsed)
+        return elapsed
+
+    try:
+        run_backend(50)  # warm-up: spawner helpers, pool workers
+        run_pool(50)
+        times["backend"].clear()
+        times["pool"].clear()
+        t_backend, t_pool = interleaved(run_backend, run_pool, rounds)
+    finally:
+        pool.close()
+        pool.join()
+        backend.close()
 
     # The figure: the median of the per-round ratios (each backend round next to its pool
     # round), which is robust to the machine's load drifting between rounds.
@@ -219,8 +220,17 @@ def one_size(tasks: int, rounds: int, workers: int) -> bool:
 
 
 def main(tasks: int = 1000, rounds: int = 5, workers: tuple[int, ...] = (1, 2)) -> bool:
-    """Each worker count in turn (its own pool and backend); met only when every one is."""
-    results = [one_size(tasks, rounds, w) for w in workers]
+    """Each worker count in turn (its own pool, backend and directory); met only when every one
+    is. All the files are deleted once, at the end (see one_size on deleting between rounds)."""
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-batch-") as tmp:
+        results = []
+        for w in workers:
+            root = Path(tmp, f"x{w}")
+            root.mkdir()
+            results.append(one_size(root, tasks, rounds, w))
+    # Write the freed inodes back: the allocator then skips them for 60 s instead of 300 s,
+    # so a benchmark run right after this one is not slowed down by this one's cleanup.
+    os.sync()
     return all(results)
 
 
