@@ -13,13 +13,14 @@ the file system and processes:
 
 Orphans are adopted, not re-run. Commands are started by a small helper process (``Spawner``)
 in its own session, so it outlives a host killed with its whole process group. While a
-command runs the helper holds an ``flock`` on the command's lock file, and when it exits the
-helper writes its exit code to the command's record file (``{"rc": n, ...}``, by rename), then
-lets go of the lock. A restarted host that finds a command it did not finish waits for that
-lock (a live orphan is still running: its slot stays taken) and reads the record: the command
-finished, so its result is adopted (:func:`wait_for_record`). Only a command with no record
-(killed mid-flight, e.g. with its helper) runs again, and that is counted as a re-run after
-host loss.
+command runs the helper holds an ``flock`` on a path of the command's (a batch task's
+directory, a run part's ``.started`` file: one that exists anyway, so no lock file is made per
+command), and when it exits the helper writes its exit code to the command's record file
+(``{"rc": n, ...}``, by rename), then lets go of the lock. A restarted host that finds a
+command it did not finish waits for that lock (a live orphan is still running: its slot stays
+taken) and reads the record: the command finished, so its result is adopted
+(:func:`wait_for_record`). Only a command with no record (killed mid-flight, e.g. with its
+helper) runs again, and that is counted as a re-run after host loss.
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ for line in inp:
         if req.get("mkdir"):
             os.makedirs(req["mkdir"], exist_ok=True)
         if req.get("lock"):
-            lock = os.open(req["lock"], os.O_RDWR | os.O_CREAT, 0o644)
+            lock = os.open(req["lock"], os.O_RDONLY)
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with open(req["stdout"], "wb") as o, open(req["stderr"], "wb") as e:
             p = subprocess.Popen(req["argv"], cwd=req["cwd"], stdin=subprocess.DEVNULL,
@@ -341,7 +342,8 @@ class Spawner:
     code (negative: killed by that signal). ``env`` is added to the helper's environment
     (the allow-listed part of ``base_env``, default os.environ: see ``child_env``). ``mkdir``
     is a directory the helper creates first. ``lock`` and ``record`` make the command
-    adoptable (module docstring): the helper holds ``lock`` while it runs and writes
+    adoptable (module docstring): the helper holds an flock on ``lock`` (an existing file or
+    directory) while it runs and writes
     ``{**tag, "rc": code}`` to ``record`` when it exits. ``on_start(pid)`` is called as soon
     as the command runs, so callers can kill its process group.
     """
@@ -428,14 +430,21 @@ class Spawner:
 
 def wait_for_record(lock: Path, record: Path) -> dict[str, Any] | None:
     """The exit record of a command a gone host started: waits while a helper still runs it
-    (holds ``lock``), then returns ``record`` (``{"rc", ...}``), or None when the command left
-    none (it never ran, or was killed with its helper)."""
-    held = JobLock(lock)
-    held.acquire()
+    (holds an flock on ``lock``), then returns ``record`` (``{"rc", ...}``), or None when the
+    command left none (it never ran, or was killed with its helper)."""
     try:
-        rec = read_json(record)
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:  # no lock, no helper holding it
+        return _exit_record(record)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the GIL is released while waiting
+        return _exit_record(record)
     finally:
-        held.release()
+        os.close(fd)
+
+
+def _exit_record(record: Path) -> dict[str, Any] | None:
+    rec = read_json(record)
     return rec if isinstance(rec, dict) and isinstance(rec.get("rc"), int) else None
 
 
@@ -551,11 +560,12 @@ class LocalRunBackend(JobBackend):
 
     Layout ``<home>/<kind>/<key>/``: ``run.json`` (the run as launched; its creation decides
     idempotency), ``lock`` (held by the instance running it), ``progress.json``,
-    ``cancelled``, ``status.json`` (final), ``parts/<part>.{lock,exit,started}`` (each
-    process: see the module docstring). A new instance on the same home takes over a run
-    whose lock is free (its host died) and calls ``_execute`` again, which resumes from
-    ``progress.json`` where the subclass allows; a process of the dead host is waited for and
-    its exit code adopted (:meth:`run_process`), never started twice.
+    ``cancelled``, ``status.json`` (final), ``parts/<part>.{started,exit}`` (each process:
+    ``started`` is also the lock its helper holds while it runs; see the module docstring).
+    A new instance on the same home takes over a run whose lock is free (its host died) and
+    calls ``_execute`` again, which resumes from ``progress.json`` where the subclass allows;
+    a process of the dead host is waited for and its exit code adopted (:meth:`run_process`),
+    never started twice.
     """
 
     kind = ""
@@ -709,7 +719,7 @@ class LocalRunBackend(JobBackend):
             return None, "cancelled"
         parts = run.dir / "parts"
         parts.mkdir(exist_ok=True)
-        lock, record, started = parts / f"{part}.lock", parts / f"{part}.exit", parts / f"{part}.started"
+        record, started = parts / f"{part}.exit", parts / f"{part}.started"
         marker = f"{self.kind}/{run.key}/{part}"
         timed_out = threading.Event()
 
@@ -723,7 +733,7 @@ class LocalRunBackend(JobBackend):
                 token = self._watchdog.watch(
                     time.monotonic() + timeout, lambda: expire(lambda: kill_marked(marker, exact=True))
                 )
-            rec = wait_for_record(lock, record)
+            rec = wait_for_record(started, record)
             if token is not None:
                 self._watchdog.clear(token)
             if rec is not None:
@@ -760,7 +770,7 @@ class LocalRunBackend(JobBackend):
             stdout=str(stdout),
             stderr=str(stderr),
             on_start=on_start,
-            lock=str(lock),
+            lock=str(started),
             record=str(record),
         )
         run.pid = None

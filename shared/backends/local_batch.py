@@ -13,8 +13,9 @@ Layout of a job (``<home>/batch/<key>/``)::
     tasks.log           one JSON line per finished task (append-only, no fsync)
     cancelled           present once the job was cancelled
     status.json         final state, written once when the last task has finished
-    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/),
-                        running.lock + exit.json (the command's helper: see commandline)
+    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/), exit.json;
+                        the command's helper holds an flock on this directory while the
+                        command runs, then writes exit.json (see commandline)
 
 A backend instance runs a job only while it holds the job's lock. Another instance on the
 same home (a restarted host) that polls a job whose lock is free takes it over and goes
@@ -91,6 +92,7 @@ class _Job:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     mutex: threading.Lock = field(default_factory=threading.Lock)
     remaining: int = 0
+    reruns: int = 0  # results re-run after host loss (kept here so that a poll is O(1))
     log_fd: int = -1
     final: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -263,6 +265,7 @@ class LocalBatchBackend(JobBackend):
             job = _Job(key=key, dir=jdir, spec=spec, tasks=tasks, lock=lock)
             self._jobs[key] = job
         job.results = _read_log(jdir / "tasks.log")
+        job.reruns = _counts(job.results)["reruns"]
         todo = [t for t in tasks if t.id not in job.results]
         job.remaining = len(todo)
         if spec.get("error") or job.cancelled(fresh=True) or not todo:
@@ -293,6 +296,7 @@ class LocalBatchBackend(JobBackend):
         with job.mutex:
             if record is not None:
                 job.results[task.id] = record
+                job.reruns += int(record.get("h", 0))
             job.remaining -= 1
             last = job.remaining == 0
         if last:
@@ -319,14 +323,14 @@ class LocalBatchBackend(JobBackend):
         wd = os.path.join(tdir, "wd")
         out = os.path.join(wd, "output")
         stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
-        lock, record = os.path.join(tdir, "running.lock"), os.path.join(tdir, "exit.json")
+        record = os.path.join(tdir, "exit.json")
         wall = spec.get("max_wall_clock_seconds")
         tries = int(spec.get("max_task_retries") or 0) + 1
         first, rerun = 1, 0
         try:
             os.mkdir(tdir)
         except FileExistsError:  # started by a host that is gone: adopt what its command did
-            adopted = self._adopt(job, task, lock, record, wall)
+            adopted = self._adopt(job, task, record, wall)
             if adopted is None or "s" in adopted:
                 return adopted  # cancelled, or the command's own result
             first, rerun = int(adopted["next"]), int(adopted["h"])
@@ -372,7 +376,7 @@ class LocalBatchBackend(JobBackend):
                 stderr=stderr,
                 mkdir=out,
                 on_start=started,
-                lock=lock,
+                lock=tdir,
                 record=record,
                 tag={"attempt": attempt},
             )
@@ -387,7 +391,7 @@ class LocalBatchBackend(JobBackend):
                 return _record(task, "succeeded", 0, attempt, rerun, o=self._upload(job, task, out))
         return _record(task, "failed", code, tries, rerun, e=tail_text(Path(stderr), lines=5, max_bytes=600))
 
-    def _adopt(self, job: _Job, task: _Task, lock: str, record: str, wall: Any) -> dict[str, Any] | None:
+    def _adopt(self, job: _Job, task: _Task, record: str, wall: Any) -> dict[str, Any] | None:
         """A task a gone host started: its final record when its command finished (waiting
         while it still runs), None when cancelled, else ``{"next": attempt, "h": 0|1}`` -- where
         to go on: a failed attempt with retries left, or (``h``) a re-run after host loss."""
@@ -398,7 +402,7 @@ class LocalBatchBackend(JobBackend):
         token = None
         if wall:  # an orphan gets the wall clock again from now: at most twice its limit in all
             token = self._watchdog.watch(time.monotonic() + wall, _bind(_expire_marked, marker, expired))
-        rec = wait_for_record(Path(lock), Path(record))
+        rec = wait_for_record(Path(tdir), Path(record))
         if token is not None:
             self._watchdog.clear(token)
         if rec is not None:
@@ -499,9 +503,12 @@ class LocalBatchBackend(JobBackend):
                 return StepStatus("cancelled", progress=progress, reruns=reruns)
             return StepStatus("failed", error=final["error"], progress=progress, retryable=False, reruns=reruns)
         # running: by this instance (counts in memory) or another live one (count its log)
-        results = dict(job.results) if job is not None else _read_log(jdir / "tasks.log")
-        progress = {"done": len(results), "total": total}
-        reruns = _counts(results)["reruns"]
+        if job is not None:
+            done, reruns = len(job.results), job.reruns
+        else:
+            results = _read_log(jdir / "tasks.log")
+            done, reruns = len(results), _counts(results)["reruns"]
+        progress = {"done": done, "total": total}
         if (jdir / "cancelled").exists():
             return StepStatus("cancelled", progress=progress, reruns=reruns)
         return StepStatus("running", progress=progress, reruns=reruns)
