@@ -276,7 +276,7 @@ def kill_marked(prefix: str, *, exact: bool = False) -> int:
 # finishes the command it runs, records its exit code and lock (see the module docstring),
 # starts nothing more (its parent is gone) and exits at the end of its input.
 _SPAWNER_SRC = r"""
-import fcntl, json, os, subprocess, sys
+import fcntl, json, os, signal, subprocess, sys
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 parent = os.getppid()
 base = dict(os.environ)
@@ -318,7 +318,10 @@ for line in inp:
             os.close(lock)
         reply((json.dumps({"error": type(exc).__name__ + ": " + str(exc)}) + "\n").encode())
         continue
-    reply(b'{"pid":%d}\n' % p.pid)
+    if req.get("cancelled") and os.path.exists(req["cancelled"]):
+        os.killpg(p.pid, signal.SIGKILL)  # cancelled as it started (a cancel's scan may have missed it)
+    if req.get("pid"):
+        reply(b'{"pid":%d}\n' % p.pid)
     rc = p.wait()
     if req.get("record"):
         tmp = req["record"] + ".tmp"
@@ -343,9 +346,12 @@ class Spawner:
     (the allow-listed part of ``base_env``, default os.environ: see ``child_env``). ``mkdir``
     is a directory the helper creates first. ``lock`` and ``record`` make the command
     adoptable (module docstring): the helper holds an flock on ``lock`` (an existing file or
-    directory) while it runs and writes
-    ``{**tag, "rc": code}`` to ``record`` when it exits. ``on_start(pid)`` is called as soon
-    as the command runs, so callers can kill its process group.
+    directory) while it runs and writes ``{**tag, "rc": code}`` to ``record`` when it exits.
+    ``on_start(pid)`` is called as soon as the command runs, so callers can kill its process
+    group; without it the helper reports only the exit code (one reply, not two: a caller that
+    runs many short commands kills by marker, :func:`kill_marked`). The helper kills a command
+    it has just started when the file ``cancelled`` exists then: a cancel that writes that file
+    before it looks for the processes to kill cannot miss one that was starting.
     """
 
     def __init__(self, base_env: Mapping[str, str] | None = None) -> None:
@@ -378,6 +384,7 @@ class Spawner:
         lock: str | None = None,
         record: str | None = None,
         tag: Mapping[str, Any] | None = None,
+        cancelled: str | None = None,
     ) -> int:
         helper = self._helper()
         assert helper.stdin is not None and helper.stdout is not None
@@ -391,6 +398,8 @@ class Spawner:
             "lock": lock,
             "record": record,
             "tag": dict(tag or {}),
+            "cancelled": cancelled,
+            "pid": on_start is not None,
         }
         try:
             helper.stdin.write(json.dumps(req).encode() + b"\n")
@@ -398,20 +407,22 @@ class Spawner:
         except (BrokenPipeError, OSError) as exc:
             self.close()
             raise SpawnerDied("process helper is gone") from exc
-        first = helper.stdout.readline()
-        if not first:
+        line = helper.stdout.readline()
+        if not line:
             self.close()
-            raise SpawnerDied("process helper is gone")
-        msg = json.loads(first)
+            raise SpawnerDied("process helper is gone or died while the command ran")
+        msg = json.loads(line)
         if "error" in msg:
             raise OSError(msg["error"])
-        if on_start is not None:
-            on_start(int(msg["pid"]))
-        second = helper.stdout.readline()
-        if not second:
-            self.close()
-            raise SpawnerDied("process helper died while the command ran")
-        return int(json.loads(second)["rc"])
+        if "pid" in msg:
+            if on_start is not None:
+                on_start(int(msg["pid"]))
+            line = helper.stdout.readline()
+            if not line:
+                self.close()
+                raise SpawnerDied("process helper died while the command ran")
+            msg = json.loads(line)
+        return int(msg["rc"])
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -46,7 +46,6 @@ from shared.backends.commandline import (
     atomic_write_json,
     create_json_once,
     job_dir,
-    kill_group,
     kill_marked,
     local_file_name,
     read_json,
@@ -88,7 +87,6 @@ class _Job:
     tasks: list[_Task]
     lock: JobLock
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    procs: dict[str, int] = field(default_factory=dict)  # task id -> pid of the running command
     cancel_event: threading.Event = field(default_factory=threading.Event)
     mutex: threading.Lock = field(default_factory=threading.Lock)
     remaining: int = 0
@@ -349,7 +347,7 @@ class LocalBatchBackend(JobBackend):
         env["AZ_BATCH_TASK_ID"] = task.id
         env["AZ_BATCH_TASK_WORKING_DIR"] = wd
         env["CONVEYOR_TASK_OUTPUT_DIR"] = out
-        env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
+        marker = env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
         deadline = time.monotonic() + wall if wall else None
         spawner = self._spawner()
         code: int | None = None
@@ -359,15 +357,10 @@ class LocalBatchBackend(JobBackend):
             if attempt > 1:
                 shutil.rmtree(out, ignore_errors=True)
             timed_out = threading.Event()
-            tokens: list[int] = []
-
-            def started(pid: int, timed_out: threading.Event = timed_out, tokens: list[int] = tokens) -> None:
-                job.procs[task.id] = pid
-                if deadline is not None:
-                    tokens.append(self._watchdog.watch(deadline, _bind(_expire, job, task.id, pid, timed_out)))
-                if job.cancel_event.is_set():  # cancel raced with the start
-                    kill_group(pid)
-
+            # Killed by marker (a cancel, the wall clock), so the helper need not report its pid.
+            token = None
+            if deadline is not None:
+                token = self._watchdog.watch(deadline, _bind(_expire_marked, marker, timed_out))
             code = spawner.run(
                 task.argv,
                 cwd=wd,
@@ -375,13 +368,12 @@ class LocalBatchBackend(JobBackend):
                 stdout=stdout,
                 stderr=stderr,
                 mkdir=out,
-                on_start=started,
                 lock=tdir,
                 record=record,
                 tag={"attempt": attempt},
+                cancelled=job.marker,
             )
-            job.procs.pop(task.id, None)
-            for token in tokens:
+            if token is not None:
                 self._watchdog.clear(token)
             if job.cancelled(fresh=code != 0):  # killed by a cancel from elsewhere: not a failure
                 return None
@@ -523,9 +515,9 @@ class LocalBatchBackend(JobBackend):
         job = self._jobs.get(remote_id)
         if job is not None:
             job.cancel_event.set()
-            for pid in list(job.procs.values()):
-                kill_group(pid)
-        kill_marked(f"batch/{remote_id}/")  # also the commands of a gone host this one adopted
+        # Its commands, and those of a gone host this one adopted; a command starting just now
+        # is killed by its helper, which finds the marker written above (commandline.Spawner).
+        kill_marked(f"batch/{remote_id}/")
         if job is None:
             self._ensure_running(remote_id, takeover=self.resume)  # finalises a job whose host is gone
 
@@ -589,12 +581,6 @@ def _counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
 def _expire_marked(marker: str, flag: threading.Event) -> None:
     flag.set()
     kill_marked(marker, exact=True)
-
-
-def _expire(job: _Job, task_id: str, pid: int, flag: threading.Event) -> None:
-    if job.procs.get(task_id) == pid:  # still running
-        flag.set()
-        kill_group(pid)
 
 
 def _bind(fn: Any, *args: Any) -> Any:

@@ -62,3 +62,37 @@ def test_a_cancel_from_another_instance_is_not_recorded_as_failures(
         assert other.poll(key).state == "cancelled"
     finally:
         other.close()
+
+
+def test_a_command_starting_as_its_job_is_cancelled_is_killed_by_its_helper(tmp_path: Path) -> None:
+    """The race a cancel's /proc scan cannot see: a command that was still being started. Its
+    helper looks at the cancel marker once the command runs and kills it then."""
+    from shared.backends.commandline import Spawner
+
+    marker = tmp_path / "cancelled"
+    marker.write_text("{}")
+    spawner = Spawner()
+    try:
+        code = spawner.run(
+            ["sh", "-c", 'sleep 5; echo ran > "$1"', "sh", str(tmp_path / "ran")],
+            cwd=str(tmp_path),
+            env={},
+            stdout=str(tmp_path / "stdout.txt"),
+            stderr=str(tmp_path / "stderr.txt"),
+            cancelled=str(marker),
+        )
+        assert code == -9
+        assert not (tmp_path / "ran").exists()
+        marker.unlink()  # not cancelled: the same helper runs the next command to its end
+        code = spawner.run(
+            ["sh", "-c", 'echo ran > "$1"', "sh", str(tmp_path / "ran")],
+            cwd=str(tmp_path),
+            env={},
+            stdout=str(tmp_path / "stdout.txt"),
+            stderr=str(tmp_path / "stderr.txt"),
+            cancelled=str(marker),
+        )
+        assert code == 0
+        assert (tmp_path / "ran").read_text() == "ran\n"
+    finally:
+        spawner.close()
