@@ -275,12 +275,16 @@ def kill_marked(prefix: str, *, exact: bool = False) -> int:
 # It runs in its own session, so it outlives a host killed with its process group: it then
 # finishes the command it runs, records its exit code and lock (see the module docstring),
 # starts nothing more (its parent is gone) and exits at the end of its input.
+# It starts commands with os.posix_spawnp: what subprocess.Popen(start_new_session=True,
+# stdin=DEVNULL, close_fds=True) does (its own session, stdin/stdout/stderr dup'ed in, the
+# signals Python ignores reset, no other fd inherited: Python opens them non-inheritable),
+# for half the CPU of the helper (~0.1 ms a command instead of ~0.25 ms measured).
 _SPAWNER_SRC = r"""
-import fcntl, json, os, signal, subprocess, sys
+import fcntl, json, os, signal, sys
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 parent = os.getppid()
 base = dict(os.environ)
-prev = {}
+devnull = os.open(os.devnull, os.O_RDONLY)
 host = True
 def reply(data):
     global host
@@ -294,39 +298,45 @@ for line in inp:
     req = json.loads(line)
     if os.getppid() != parent:
         break
-    # Set the command's variables on this (single-threaded) helper and let the child inherit
-    # them: much cheaper than handing Popen a full env mapping to re-encode every time.
-    for k in prev:
-        if k in base:
-            os.environ[k] = base[k]
-        else:
-            os.environ.pop(k, None)
-    prev = req["env"]
-    os.environ.update(prev)
+    env = dict(base, **req["env"])
+    os.environ["PATH"] = env.get("PATH", "")  # posix_spawnp searches this process's PATH
     lock = None
+    fds = []
     try:
         if req.get("mkdir"):
             os.makedirs(req["mkdir"], exist_ok=True)
         if req.get("lock"):
             lock = os.open(req["lock"], os.O_RDONLY)
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with open(req["stdout"], "wb") as o, open(req["stderr"], "wb") as e:
-            p = subprocess.Popen(req["argv"], cwd=req["cwd"], stdin=subprocess.DEVNULL,
-                                 stdout=o, stderr=e, start_new_session=True)
-    except OSError as exc:
+        for name in (req["stdout"], req["stderr"]):
+            fds.append(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        os.chdir(req["cwd"])
+        pid = os.posix_spawnp(req["argv"][0], req["argv"], env, setsid=True,
+                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                            (os.POSIX_SPAWN_DUP2, fds[0], 1),
+                                            (os.POSIX_SPAWN_DUP2, fds[1], 2)])
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a word
         if lock is not None:
             os.close(lock)
         reply((json.dumps({"error": type(exc).__name__ + ": " + str(exc)}) + "\n").encode())
         continue
+    finally:
+        for fd in fds:
+            os.close(fd)
     if req.get("cancelled") and os.path.exists(req["cancelled"]):
-        os.killpg(p.pid, signal.SIGKILL)  # cancelled as it started (a cancel's scan may have missed it)
+        try:  # cancelled as it started (a cancel's scan may have missed it)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     if req.get("pid"):
-        reply(b'{"pid":%d}\n' % p.pid)
-    rc = p.wait()
+        reply(b'{"pid":%d}\n' % pid)
+    rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if req.get("record"):
         tmp = req["record"] + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(dict(req.get("tag") or {}, rc=rc)))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, json.dumps(dict(req.get("tag") or {}, rc=rc)).encode())
+        os.close(fd)
         os.replace(tmp, req["record"])
     if lock is not None:
         os.close(lock)
