@@ -42,18 +42,22 @@ SCHEME = "dirblob://"
 
 
 class DirBlobStore(BlobStore):
-    """Blobs as files under ``root/<container>/<name>`` (a benchmark double: no network)."""
+    """Blobs as files under ``root/<container>/<name>`` (a benchmark double: no network).
+
+    Plain string paths and one copy per transfer, like the bare pool's own copies: the
+    double should cost what a file copy costs, so that the figure is the backend's."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = str(root)
 
-    def _path(self, container: str, name: str) -> Path:
+    def _path(self, container: str, name: str) -> str:
         if ".." in name.split("/") or name.startswith("/"):
             raise ValidationError(f"bad blob name {name!r}", field="name")
-        return self.root / container / name
+        return os.path.join(self._root, container, name)
 
-    def _info(self, container: str, name: str, path: Path) -> BlobInfo:
-        st = path.stat()
+    def _info(self, container: str, name: str, path: str) -> BlobInfo:
+        st = os.stat(path)
         return BlobInfo(
             container=container,
             name=name,
@@ -65,25 +69,27 @@ class DirBlobStore(BlobStore):
 
     def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo:
         path = self._path(container, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
         return self._info(container, name, path)
 
     def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
         target = self._path(container, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(path, target)
         return self._info(container, name, target)
 
     def download(self, container: str, name: str) -> bytes:
-        return self._path(container, name).read_bytes()
+        with open(self._path(container, name), "rb") as f:
+            return f.read()
 
     def download_to(self, container: str, name: str, path: Path) -> None:
         shutil.copyfile(self._path(container, name), path)
 
     def info(self, container: str, name: str) -> BlobInfo | None:
         path = self._path(container, name)
-        return self._info(container, name, path) if path.is_file() else None
+        return self._info(container, name, path) if os.path.isfile(path) else None
 
     def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
         base = self.root / container
@@ -91,7 +97,7 @@ class DirBlobStore(BlobStore):
         for path in sorted(base.rglob("*")):
             name = path.relative_to(base).as_posix()
             if path.is_file() and name.startswith(prefix):
-                found.append(self._info(container, name, path))
+                found.append(self._info(container, name, str(path)))
         return found
 
     def url(self, container: str, name: str) -> str:

@@ -427,7 +427,7 @@ class LocalBatchBackend(JobBackend):
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):  # symlinks are not followed out of wd
-                        rel = os.path.relpath(entry.path, out).replace(os.sep, "/")
+                        rel = entry.path[len(out) + 1 :]  # scandir's path is out + "/" + the name
                         info = self.blobs.upload_file(spec["output_container"], base + rel, Path(entry.path))
                         urls.append(info.url)
         return sorted(urls)
