@@ -13,13 +13,14 @@ the file system and processes:
 
 Orphans are adopted, not re-run. Commands are started by a small helper process (``Spawner``)
 in its own session, so it outlives a host killed with its whole process group. While a
-command runs the helper holds an ``flock`` on the command's lock file, and when it exits the
-helper writes its exit code to the command's record file (``{"rc": n, ...}``, by rename), then
-lets go of the lock. A restarted host that finds a command it did not finish waits for that
-lock (a live orphan is still running: its slot stays taken) and reads the record: the command
-finished, so its result is adopted (:func:`wait_for_record`). Only a command with no record
-(killed mid-flight, e.g. with its helper) runs again, and that is counted as a re-run after
-host loss.
+command runs the helper holds an ``flock`` on a path of the command's (a batch task's
+directory, a run part's ``.started`` file: one that exists anyway, so no lock file is made per
+command), and when it exits the helper writes its exit code to the command's record file
+(``{"rc": n, ...}``, by rename), then lets go of the lock. A restarted host that finds a
+command it did not finish waits for that lock (a live orphan is still running: its slot stays
+taken) and reads the record: the command finished, so its result is adopted
+(:func:`wait_for_record`). Only a command with no record (killed mid-flight, e.g. with its
+helper) runs again, and that is counted as a re-run after host loss.
 """
 
 from __future__ import annotations
@@ -274,12 +275,16 @@ def kill_marked(prefix: str, *, exact: bool = False) -> int:
 # It runs in its own session, so it outlives a host killed with its process group: it then
 # finishes the command it runs, records its exit code and lock (see the module docstring),
 # starts nothing more (its parent is gone) and exits at the end of its input.
+# It starts commands with os.posix_spawnp: what subprocess.Popen(start_new_session=True,
+# stdin=DEVNULL, close_fds=True) does (its own session, stdin/stdout/stderr dup'ed in, the
+# signals Python ignores reset, no other fd inherited: Python opens them non-inheritable),
+# for half the CPU of the helper (~0.1 ms a command instead of ~0.25 ms measured).
 _SPAWNER_SRC = r"""
-import fcntl, json, os, subprocess, sys
+import fcntl, json, os, signal, sys
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 parent = os.getppid()
 base = dict(os.environ)
-prev = {}
+devnull = os.open(os.devnull, os.O_RDONLY)
 host = True
 def reply(data):
     global host
@@ -293,36 +298,45 @@ for line in inp:
     req = json.loads(line)
     if os.getppid() != parent:
         break
-    # Set the command's variables on this (single-threaded) helper and let the child inherit
-    # them: much cheaper than handing Popen a full env mapping to re-encode every time.
-    for k in prev:
-        if k in base:
-            os.environ[k] = base[k]
-        else:
-            os.environ.pop(k, None)
-    prev = req["env"]
-    os.environ.update(prev)
+    env = dict(base, **req["env"])
+    os.environ["PATH"] = env.get("PATH", "")  # posix_spawnp searches this process's PATH
     lock = None
+    fds = []
     try:
         if req.get("mkdir"):
             os.makedirs(req["mkdir"], exist_ok=True)
         if req.get("lock"):
-            lock = os.open(req["lock"], os.O_RDWR | os.O_CREAT, 0o644)
+            lock = os.open(req["lock"], os.O_RDONLY)
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with open(req["stdout"], "wb") as o, open(req["stderr"], "wb") as e:
-            p = subprocess.Popen(req["argv"], cwd=req["cwd"], stdin=subprocess.DEVNULL,
-                                 stdout=o, stderr=e, start_new_session=True)
-    except OSError as exc:
+        for name in (req["stdout"], req["stderr"]):
+            fds.append(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        os.chdir(req["cwd"])
+        pid = os.posix_spawnp(req["argv"][0], req["argv"], env, setsid=True,
+                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                            (os.POSIX_SPAWN_DUP2, fds[0], 1),
+                                            (os.POSIX_SPAWN_DUP2, fds[1], 2)])
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a word
         if lock is not None:
             os.close(lock)
         reply((json.dumps({"error": type(exc).__name__ + ": " + str(exc)}) + "\n").encode())
         continue
-    reply(b'{"pid":%d}\n' % p.pid)
-    rc = p.wait()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if req.get("cancelled") and os.path.exists(req["cancelled"]):
+        try:  # cancelled as it started (a cancel's scan may have missed it)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if req.get("pid"):
+        reply(b'{"pid":%d}\n' % pid)
+    rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if req.get("record"):
         tmp = req["record"] + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(dict(req.get("tag") or {}, rc=rc)))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, json.dumps(dict(req.get("tag") or {}, rc=rc)).encode())
+        os.close(fd)
         os.replace(tmp, req["record"])
     if lock is not None:
         os.close(lock)
@@ -341,9 +355,13 @@ class Spawner:
     code (negative: killed by that signal). ``env`` is added to the helper's environment
     (the allow-listed part of ``base_env``, default os.environ: see ``child_env``). ``mkdir``
     is a directory the helper creates first. ``lock`` and ``record`` make the command
-    adoptable (module docstring): the helper holds ``lock`` while it runs and writes
-    ``{**tag, "rc": code}`` to ``record`` when it exits. ``on_start(pid)`` is called as soon
-    as the command runs, so callers can kill its process group.
+    adoptable (module docstring): the helper holds an flock on ``lock`` (an existing file or
+    directory) while it runs and writes ``{**tag, "rc": code}`` to ``record`` when it exits.
+    ``on_start(pid)`` is called as soon as the command runs, so callers can kill its process
+    group; without it the helper reports only the exit code (one reply, not two: a caller that
+    runs many short commands kills by marker, :func:`kill_marked`). The helper kills a command
+    it has just started when the file ``cancelled`` exists then: a cancel that writes that file
+    before it looks for the processes to kill cannot miss one that was starting.
     """
 
     def __init__(self, base_env: Mapping[str, str] | None = None) -> None:
@@ -376,6 +394,7 @@ class Spawner:
         lock: str | None = None,
         record: str | None = None,
         tag: Mapping[str, Any] | None = None,
+        cancelled: str | None = None,
     ) -> int:
         helper = self._helper()
         assert helper.stdin is not None and helper.stdout is not None
@@ -389,6 +408,8 @@ class Spawner:
             "lock": lock,
             "record": record,
             "tag": dict(tag or {}),
+            "cancelled": cancelled,
+            "pid": on_start is not None,
         }
         try:
             helper.stdin.write(json.dumps(req).encode() + b"\n")
@@ -396,20 +417,22 @@ class Spawner:
         except (BrokenPipeError, OSError) as exc:
             self.close()
             raise SpawnerDied("process helper is gone") from exc
-        first = helper.stdout.readline()
-        if not first:
+        line = helper.stdout.readline()
+        if not line:
             self.close()
-            raise SpawnerDied("process helper is gone")
-        msg = json.loads(first)
+            raise SpawnerDied("process helper is gone or died while the command ran")
+        msg = json.loads(line)
         if "error" in msg:
             raise OSError(msg["error"])
-        if on_start is not None:
-            on_start(int(msg["pid"]))
-        second = helper.stdout.readline()
-        if not second:
-            self.close()
-            raise SpawnerDied("process helper died while the command ran")
-        return int(json.loads(second)["rc"])
+        if "pid" in msg:
+            if on_start is not None:
+                on_start(int(msg["pid"]))
+            line = helper.stdout.readline()
+            if not line:
+                self.close()
+                raise SpawnerDied("process helper died while the command ran")
+            msg = json.loads(line)
+        return int(msg["rc"])
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -428,14 +451,21 @@ class Spawner:
 
 def wait_for_record(lock: Path, record: Path) -> dict[str, Any] | None:
     """The exit record of a command a gone host started: waits while a helper still runs it
-    (holds ``lock``), then returns ``record`` (``{"rc", ...}``), or None when the command left
-    none (it never ran, or was killed with its helper)."""
-    held = JobLock(lock)
-    held.acquire()
+    (holds an flock on ``lock``), then returns ``record`` (``{"rc", ...}``), or None when the
+    command left none (it never ran, or was killed with its helper)."""
     try:
-        rec = read_json(record)
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:  # no lock, no helper holding it
+        return _exit_record(record)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the GIL is released while waiting
+        return _exit_record(record)
     finally:
-        held.release()
+        os.close(fd)
+
+
+def _exit_record(record: Path) -> dict[str, Any] | None:
+    rec = read_json(record)
     return rec if isinstance(rec, dict) and isinstance(rec.get("rc"), int) else None
 
 
@@ -551,11 +581,12 @@ class LocalRunBackend(JobBackend):
 
     Layout ``<home>/<kind>/<key>/``: ``run.json`` (the run as launched; its creation decides
     idempotency), ``lock`` (held by the instance running it), ``progress.json``,
-    ``cancelled``, ``status.json`` (final), ``parts/<part>.{lock,exit,started}`` (each
-    process: see the module docstring). A new instance on the same home takes over a run
-    whose lock is free (its host died) and calls ``_execute`` again, which resumes from
-    ``progress.json`` where the subclass allows; a process of the dead host is waited for and
-    its exit code adopted (:meth:`run_process`), never started twice.
+    ``cancelled``, ``status.json`` (final), ``parts/<part>.{started,exit}`` (each process:
+    ``started`` is also the lock its helper holds while it runs; see the module docstring).
+    A new instance on the same home takes over a run whose lock is free (its host died) and
+    calls ``_execute`` again, which resumes from ``progress.json`` where the subclass allows;
+    a process of the dead host is waited for and its exit code adopted (:meth:`run_process`),
+    never started twice.
     """
 
     kind = ""
@@ -709,7 +740,7 @@ class LocalRunBackend(JobBackend):
             return None, "cancelled"
         parts = run.dir / "parts"
         parts.mkdir(exist_ok=True)
-        lock, record, started = parts / f"{part}.lock", parts / f"{part}.exit", parts / f"{part}.started"
+        record, started = parts / f"{part}.exit", parts / f"{part}.started"
         marker = f"{self.kind}/{run.key}/{part}"
         timed_out = threading.Event()
 
@@ -723,7 +754,7 @@ class LocalRunBackend(JobBackend):
                 token = self._watchdog.watch(
                     time.monotonic() + timeout, lambda: expire(lambda: kill_marked(marker, exact=True))
                 )
-            rec = wait_for_record(lock, record)
+            rec = wait_for_record(started, record)
             if token is not None:
                 self._watchdog.clear(token)
             if rec is not None:
@@ -760,7 +791,7 @@ class LocalRunBackend(JobBackend):
             stdout=str(stdout),
             stderr=str(stderr),
             on_start=on_start,
-            lock=str(lock),
+            lock=str(started),
             record=str(record),
         )
         run.pid = None

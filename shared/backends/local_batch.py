@@ -13,8 +13,9 @@ Layout of a job (``<home>/batch/<key>/``)::
     tasks.log           one JSON line per finished task (append-only, no fsync)
     cancelled           present once the job was cancelled
     status.json         final state, written once when the last task has finished
-    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/),
-                        running.lock + exit.json (the command's helper: see commandline)
+    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/), exit.json;
+                        the command's helper holds an flock on this directory while the
+                        command runs, then writes exit.json (see commandline)
 
 A backend instance runs a job only while it holds the job's lock. Another instance on the
 same home (a restarted host) that polls a job whose lock is free takes it over and goes
@@ -45,7 +46,6 @@ from shared.backends.commandline import (
     atomic_write_json,
     create_json_once,
     job_dir,
-    kill_group,
     kill_marked,
     local_file_name,
     read_json,
@@ -87,10 +87,10 @@ class _Job:
     tasks: list[_Task]
     lock: JobLock
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    procs: dict[str, int] = field(default_factory=dict)  # task id -> pid of the running command
     cancel_event: threading.Event = field(default_factory=threading.Event)
     mutex: threading.Lock = field(default_factory=threading.Lock)
     remaining: int = 0
+    reruns: int = 0  # results re-run after host loss (kept here so that a poll is O(1))
     log_fd: int = -1
     final: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -263,6 +263,7 @@ class LocalBatchBackend(JobBackend):
             job = _Job(key=key, dir=jdir, spec=spec, tasks=tasks, lock=lock)
             self._jobs[key] = job
         job.results = _read_log(jdir / "tasks.log")
+        job.reruns = _counts(job.results)["reruns"]
         todo = [t for t in tasks if t.id not in job.results]
         job.remaining = len(todo)
         if spec.get("error") or job.cancelled(fresh=True) or not todo:
@@ -293,6 +294,7 @@ class LocalBatchBackend(JobBackend):
         with job.mutex:
             if record is not None:
                 job.results[task.id] = record
+                job.reruns += int(record.get("h", 0))
             job.remaining -= 1
             last = job.remaining == 0
         if last:
@@ -319,14 +321,14 @@ class LocalBatchBackend(JobBackend):
         wd = os.path.join(tdir, "wd")
         out = os.path.join(wd, "output")
         stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
-        lock, record = os.path.join(tdir, "running.lock"), os.path.join(tdir, "exit.json")
+        record = os.path.join(tdir, "exit.json")
         wall = spec.get("max_wall_clock_seconds")
         tries = int(spec.get("max_task_retries") or 0) + 1
         first, rerun = 1, 0
         try:
             os.mkdir(tdir)
         except FileExistsError:  # started by a host that is gone: adopt what its command did
-            adopted = self._adopt(job, task, lock, record, wall)
+            adopted = self._adopt(job, task, record, wall)
             if adopted is None or "s" in adopted:
                 return adopted  # cancelled, or the command's own result
             first, rerun = int(adopted["next"]), int(adopted["h"])
@@ -345,7 +347,7 @@ class LocalBatchBackend(JobBackend):
         env["AZ_BATCH_TASK_ID"] = task.id
         env["AZ_BATCH_TASK_WORKING_DIR"] = wd
         env["CONVEYOR_TASK_OUTPUT_DIR"] = out
-        env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
+        marker = env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
         deadline = time.monotonic() + wall if wall else None
         spawner = self._spawner()
         code: int | None = None
@@ -355,15 +357,10 @@ class LocalBatchBackend(JobBackend):
             if attempt > 1:
                 shutil.rmtree(out, ignore_errors=True)
             timed_out = threading.Event()
-            tokens: list[int] = []
-
-            def started(pid: int, timed_out: threading.Event = timed_out, tokens: list[int] = tokens) -> None:
-                job.procs[task.id] = pid
-                if deadline is not None:
-                    tokens.append(self._watchdog.watch(deadline, _bind(_expire, job, task.id, pid, timed_out)))
-                if job.cancel_event.is_set():  # cancel raced with the start
-                    kill_group(pid)
-
+            # Killed by marker (a cancel, the wall clock), so the helper need not report its pid.
+            token = None
+            if deadline is not None:
+                token = self._watchdog.watch(deadline, _bind(_expire_marked, marker, timed_out))
             code = spawner.run(
                 task.argv,
                 cwd=wd,
@@ -371,13 +368,12 @@ class LocalBatchBackend(JobBackend):
                 stdout=stdout,
                 stderr=stderr,
                 mkdir=out,
-                on_start=started,
-                lock=lock,
+                lock=tdir,
                 record=record,
                 tag={"attempt": attempt},
+                cancelled=job.marker,
             )
-            job.procs.pop(task.id, None)
-            for token in tokens:
+            if token is not None:
                 self._watchdog.clear(token)
             if job.cancelled(fresh=code != 0):  # killed by a cancel from elsewhere: not a failure
                 return None
@@ -387,7 +383,7 @@ class LocalBatchBackend(JobBackend):
                 return _record(task, "succeeded", 0, attempt, rerun, o=self._upload(job, task, out))
         return _record(task, "failed", code, tries, rerun, e=tail_text(Path(stderr), lines=5, max_bytes=600))
 
-    def _adopt(self, job: _Job, task: _Task, lock: str, record: str, wall: Any) -> dict[str, Any] | None:
+    def _adopt(self, job: _Job, task: _Task, record: str, wall: Any) -> dict[str, Any] | None:
         """A task a gone host started: its final record when its command finished (waiting
         while it still runs), None when cancelled, else ``{"next": attempt, "h": 0|1}`` -- where
         to go on: a failed attempt with retries left, or (``h``) a re-run after host loss."""
@@ -398,7 +394,7 @@ class LocalBatchBackend(JobBackend):
         token = None
         if wall:  # an orphan gets the wall clock again from now: at most twice its limit in all
             token = self._watchdog.watch(time.monotonic() + wall, _bind(_expire_marked, marker, expired))
-        rec = wait_for_record(Path(lock), Path(record))
+        rec = wait_for_record(Path(tdir), Path(record))
         if token is not None:
             self._watchdog.clear(token)
         if rec is not None:
@@ -431,7 +427,7 @@ class LocalBatchBackend(JobBackend):
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):  # symlinks are not followed out of wd
-                        rel = os.path.relpath(entry.path, out).replace(os.sep, "/")
+                        rel = entry.path[len(out) + 1 :]  # scandir's path is out + "/" + the name
                         info = self.blobs.upload_file(spec["output_container"], base + rel, Path(entry.path))
                         urls.append(info.url)
         return sorted(urls)
@@ -499,9 +495,12 @@ class LocalBatchBackend(JobBackend):
                 return StepStatus("cancelled", progress=progress, reruns=reruns)
             return StepStatus("failed", error=final["error"], progress=progress, retryable=False, reruns=reruns)
         # running: by this instance (counts in memory) or another live one (count its log)
-        results = dict(job.results) if job is not None else _read_log(jdir / "tasks.log")
-        progress = {"done": len(results), "total": total}
-        reruns = _counts(results)["reruns"]
+        if job is not None:
+            done, reruns = len(job.results), job.reruns
+        else:
+            results = _read_log(jdir / "tasks.log")
+            done, reruns = len(results), _counts(results)["reruns"]
+        progress = {"done": done, "total": total}
         if (jdir / "cancelled").exists():
             return StepStatus("cancelled", progress=progress, reruns=reruns)
         return StepStatus("running", progress=progress, reruns=reruns)
@@ -516,9 +515,9 @@ class LocalBatchBackend(JobBackend):
         job = self._jobs.get(remote_id)
         if job is not None:
             job.cancel_event.set()
-            for pid in list(job.procs.values()):
-                kill_group(pid)
-        kill_marked(f"batch/{remote_id}/")  # also the commands of a gone host this one adopted
+        # Its commands, and those of a gone host this one adopted; a command starting just now
+        # is killed by its helper, which finds the marker written above (commandline.Spawner).
+        kill_marked(f"batch/{remote_id}/")
         if job is None:
             self._ensure_running(remote_id, takeover=self.resume)  # finalises a job whose host is gone
 
@@ -582,12 +581,6 @@ def _counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
 def _expire_marked(marker: str, flag: threading.Event) -> None:
     flag.set()
     kill_marked(marker, exact=True)
-
-
-def _expire(job: _Job, task_id: str, pid: int, flag: threading.Event) -> None:
-    if job.procs.get(task_id) == pid:  # still running
-        flag.set()
-        kill_group(pid)
 
 
 def _bind(fn: Any, *args: Any) -> Any:
