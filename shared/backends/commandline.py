@@ -763,10 +763,12 @@ class LocalRunBackend(JobBackend):
                 )
                 return self._outcome(run, int(rec["rc"]), timed_out)
             kill_marked(marker, exact=True)  # a leftover whose helper died with the host
-            log.warning(
-                "local %s run %s: %s was killed mid-flight with its host; running it again", self.kind, run.key, part
-            )
-            self.set_progress(run, reruns=int(run.progress.get("reruns", 0)) + 1)
+            who = (self.kind, run.key, part)
+            if stdout.exists():  # the helper opens it as it starts the command: it began
+                log.warning("local %s run %s: %s was killed mid-flight with its host; running it again", *who)
+                self.set_progress(run, reruns=int(run.progress.get("reruns", 0)) + 1)
+            else:  # its host died before the command began: a first run, not a re-run
+                log.info("local %s run %s: %s never began (its host died first); starting it", *who)
         record.unlink(missing_ok=True)
         if prepare is not None:
             prepare()
