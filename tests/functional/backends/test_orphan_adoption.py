@@ -84,14 +84,22 @@ def _blobs(tmp_path: Path) -> DirBlobStore:
     return blobs
 
 
-def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
+def _kill_batch_host_mid_job(tmp_path: Path) -> tuple[DirBlobStore, Path, Path, list[int]]:
+    """A host running a 4-task batch job, killed with its group once two tasks run: (the blobs,
+    its home, the tasks' logs, the host's children then: the spawner helpers)."""
     blobs, home, logs = _blobs(tmp_path), tmp_path / "home", tmp_path / "logs"
     logs.mkdir()
     host = _start_host(BATCH_HOST, str(tmp_path / "blobs"), str(home), str(logs), KEY)
     try:
         wait_for(lambda: len(marked_pids(f"batch/{KEY}/")) >= 2, what="two tasks to run")
+        helpers = _children(host.pid)
     finally:
         _kill_group(host)
+    return blobs, home, logs, helpers
+
+
+def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
+    blobs, home, logs, _helpers = _kill_batch_host_mid_job(tmp_path)
     assert marked_pids(f"batch/{KEY}/")  # the tasks outlive their host's process group
     second = LocalBatchBackend(blobs, home, 2)
     try:
@@ -110,14 +118,7 @@ def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
 
 
 def test_work_killed_mid_flight_is_run_again_and_counted(tmp_path: Path) -> None:
-    blobs, home, logs = _blobs(tmp_path), tmp_path / "home", tmp_path / "logs"
-    logs.mkdir()
-    host = _start_host(BATCH_HOST, str(tmp_path / "blobs"), str(home), str(logs), KEY)
-    try:
-        wait_for(lambda: len(marked_pids(f"batch/{KEY}/")) >= 2, what="two tasks to run")
-        helpers = _children(host.pid)
-    finally:
-        _kill_group(host)
+    blobs, home, logs, helpers = _kill_batch_host_mid_job(tmp_path)
     for pid in helpers:  # then the helpers and their commands: nobody is left to record an exit code
         os.killpg(pid, signal.SIGKILL)
     for pid in marked_pids(f"batch/{KEY}/"):
