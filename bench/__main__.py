@@ -56,15 +56,15 @@ def _plan(quick: bool) -> dict[str, Callable[[Settings | None], bool]]:
             "cold_start": lambda _s: bench_cold_start.main(rounds=3),
             "batch": lambda _s: bench_batch.main(tasks=200, rounds=2),
             "transition": lambda s: bench_transition.main(need(s), n=60, block=10),
-            "ingest": lambda s: bench_ingest.main(need(s), n=2_000, again=400, inserts=40, budget_seconds=60),
+            "ingest": lambda s: bench_ingest.main(need(s), n=2_000, again=400, rounds=1, budget_seconds=60),
             "fanout": lambda s: bench_fanout.main(need(s), n=200),
             "runs_index": lambda s: bench_runs_index.main(need(s), n=10_000, floor_n=500, rounds=5),
         }
     return {
         "cold_start": lambda _s: bench_cold_start.main(rounds=5),
-        "batch": lambda _s: bench_batch.main(tasks=1_000, rounds=3),
+        "batch": lambda _s: bench_batch.main(tasks=1_000, rounds=5),
         "transition": lambda s: bench_transition.main(need(s), n=200, block=10),
-        "ingest": lambda s: bench_ingest.main(need(s), n=10_000, again=2_000, inserts=100, budget_seconds=90),
+        "ingest": lambda s: bench_ingest.main(need(s), n=10_000, again=2_000, rounds=3, budget_seconds=120),
         "fanout": lambda s: bench_fanout.main(need(s), n=1_000),
         "runs_index": lambda s: bench_runs_index.main(need(s), n=100_000, floor_n=1_000, rounds=9),
     }

@@ -2,8 +2,8 @@
 
 The message is completed automatically when the function returns (host.json:
 ``extensions.serviceBus.autoCompleteMessages: true``). Raising abandons it: Service Bus redelivers it
-and, after the queue's MaxDeliveryCount (``CONVEYOR_MAX_DELIVERY_COUNT``, default 5, set on
-the queue in infra/), moves it to the dead-letter queue with reason
+and, after the queue's MaxDeliveryCount (``maxDeliveryCount`` in infra/, 10 there, and the same
+figure in ``CONVEYOR_MAX_DELIVERY_COUNT``, whose own default is 5), moves it to the dead-letter queue with reason
 ``MaxDeliveryCountExceeded``. That is how Conveyor dead-letters on Functions:
 
 * a malformed message (not a valid ``Message`` JSON) raises ``ValidationError`` -> logged as

@@ -4,9 +4,10 @@ One timer ticks every ``CONVEYOR_SCHEDULE_TICK`` (an app setting, NCRONTAB with 
 default in local.settings.sample.json: ``0 * * * * *`` = every minute). Flow schedules live in
 flows.yaml, not here: each tick fires the schedules due up to now, with run id = hash(flow,
 fire time), so a double tick (two instances, a restart) starts nothing twice. The sweeper then
-re-sends the start message of runs created but left ``pending`` (a crash between create and
-send) for longer than ``CONVEYOR_SWEEPER_PENDING_SECONDS`` and nudges running runs whose
-next message was lost (``Executor.resume_stalled``).
+(shared.ingest.sweeper.sweep) re-sends the start of runs left ``pending`` and nudges running
+runs whose next message is overdue (``Executor.resume_stalled``): each run's deadline
+(``Run.due_at``) past by more than ``CONVEYOR_VISIBILITY_TIMEOUT_SECONDS`` +
+``CONVEYOR_STALL_MARGIN_SECONDS``.
 """
 
 from __future__ import annotations

@@ -73,9 +73,6 @@ param retentionSchedule string = '0 0 3 * * *'
 @minValue(0)
 param retentionDays int = 30
 
-@description('A run left pending this long (create succeeded, send did not) has its start message re-sent by the sweeper.')
-param sweeperPendingSeconds int = 300
-
 @description('Extra app settings merged over the defaults, e.g. the Batch / Azure ML / Databricks settings of infra/README.md.')
 param extraAppSettings object = {}
 
@@ -88,8 +85,10 @@ param queueName string = 'conveyor-work'
 @maxValue(2000)
 param maxDeliveryCount int = 10
 
-@description('Peek-lock duration (ISO 8601, at most PT5M). The Functions host renews the lock while a message is processed.')
-param lockDuration string = 'PT1M'
+@description('Peek-lock duration in seconds (at most 300). The Functions host renews the lock while a message is processed; a message whose handler died comes back after it, so it is also CONVEYOR_VISIBILITY_TIMEOUT_SECONDS (the stall sweep waits this long + the stall margin past a deadline).')
+@minValue(5)
+@maxValue(300)
+param lockDurationSeconds int = 60
 
 @description('Window in which a second message with the same MessageId (= run id for start messages) is dropped.')
 param duplicateDetectionHistoryTimeWindow string = 'PT1H'
@@ -548,7 +547,7 @@ resource workQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: duplicateDetectionHistoryTimeWindow
     maxDeliveryCount: maxDeliveryCount
-    lockDuration: lockDuration
+    lockDuration: 'PT${lockDurationSeconds}S'
     defaultMessageTimeToLive: defaultMessageTimeToLive
     deadLetteringOnMessageExpiration: true
     requiresSession: false
@@ -711,7 +710,7 @@ var baseAppSettings = {
   CONVEYOR_SCHEDULE_TICK: scheduleTick
   CONVEYOR_RETENTION_SCHEDULE: retentionSchedule
   CONVEYOR_RETENTION_DAYS: string(retentionDays)
-  CONVEYOR_SWEEPER_PENDING_SECONDS: string(sweeperPendingSeconds)
+  CONVEYOR_VISIBILITY_TIMEOUT_SECONDS: string(lockDurationSeconds)
   // The deployed package is read-only; local scratch state goes to the instance's /tmp.
   CONVEYOR_HOME: '/tmp/conveyor'
   // Conveyor's own data storage (runs table, blobs), identity-based, same `__` convention

@@ -79,6 +79,16 @@ def storage_target(settings: Settings, service: str, port: str) -> StorageTarget
     return StorageTarget(connection_string=settings.connection_string)
 
 
+def client_options(settings: Settings, service: str, client_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword options of one storage client: shared.transport's (with injected faults when
+    the settings ask for them), then ``client_kwargs`` (retries, TLS in tests)."""
+    from shared.faults import FaultInjector
+    from shared.transport import transport_kwargs
+
+    faults = FaultInjector.from_settings(settings)
+    return {**transport_kwargs(faults=faults, service=service), **(client_kwargs or {})}
+
+
 def storage_clients(
     settings: Settings,
     service: str,
@@ -97,21 +107,22 @@ def storage_clients(
     credential is resolved once for every client it makes. Transport options are read once
     (:mod:`shared.transport`); ``client_kwargs`` (retries, TLS in tests) override them.
     """
-    from shared.transport import transport_kwargs
-
     target = storage_target(settings, service, port)
-    kwargs = {**transport_kwargs(), **(client_kwargs or {})}
+
+    def kwargs() -> dict[str, Any]:  # per client: a faulty transport is one client's own
+        return client_options(settings, service, client_kwargs)
+
     if target.endpoint is None:
         conn = target.connection_string or settings.connection_string
 
         def from_connection_string(**args: Any) -> Any:
-            return sdk_class.from_connection_string(conn, **args, **kwargs)
+            return sdk_class.from_connection_string(conn, **args, **kwargs())
 
         return from_connection_string
     endpoint = {endpoint_arg: target.endpoint}
     cred = credential if credential is not None else get_credential(settings, target.client_id)
 
     def with_identity(**args: Any) -> Any:
-        return sdk_class(**endpoint, credential=cred, **args, **kwargs)
+        return sdk_class(**endpoint, credential=cred, **args, **kwargs())
 
     return with_identity

@@ -541,6 +541,7 @@ def up(
     from shared.host.runtime import LocalHost
 
     settings = load_settings()
+    own_process_group()
     host = LocalHost(settings, workers=workers)
     stop = threading.Event()
     console_log = log_to_console()
@@ -563,6 +564,23 @@ def up(
         say(err_console, "stopping…")
         host.stop()
         logging.getLogger("conveyor").removeHandler(console_log)
+
+
+def own_process_group() -> None:
+    """Lead a process group of our own, so that killing the host's group (``kill -KILL -<pid>``,
+    as the chaos test does) stops the host and nothing else. Not when a terminal's job control
+    already gave this job its group in the foreground: leaving it would keep Ctrl-C from
+    reaching the host. Azurite, task processes, their helpers and the scoring server run in
+    sessions of their own: they outlive the host by design (the next host finds them)."""
+    if os.getpgrp() == os.getpid():
+        return
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
 
 
 def print_up_banner(host: Any) -> None:

@@ -60,10 +60,37 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValidationError(f"must be an integer, got {raw!r}", field=name) from exc
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValidationError(f"must be a number, got {raw!r}", field=name) from exc
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValidationError(f"must be a finite number, got {raw!r}", field=name)
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value <= 0:
+        raise ValidationError(f"must be more than 0, got {value}", field=name)
+    return value
+
+
 def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 0:
         raise ValidationError(f"must be 0 (off) or more, got {value}", field=name)
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ValidationError(f"must be at least 1, got {value}", field=name)
     return value
 
 
@@ -230,7 +257,17 @@ class Settings:
     telemetry_exporter: str = ""
     appinsights_connection_string: str | None = None
     appinsights_authentication_string: str | None = None  # "Authorization=AAD[;ClientId=<guid>]"
-    sweeper_pending_seconds: int = 300
+    # stall recovery (shared/ingest/sweeper.py): a run is nudged once its next message is overdue by
+    # more than the visibility timeout (how long a taken message stays hidden: the local workers'
+    # receive; in Azure set it to the Service Bus lock duration) plus the margin
+    visibility_timeout_seconds: int = 30
+    stall_margin_seconds: int = 5
+    sweep_interval_seconds: float = 10.0  # the local scheduler's sweep (in Azure: CONVEYOR_SCHEDULE_TICK)
+    stall_idle_seconds: int = 900  # a running run with no deadline (only fan-outs active) idle this long
+    # fault injection (shared/faults.py): this share of storage and backend calls fail on purpose
+    fault_rate: float = 0.0
+    fault_seed: int | None = None
+
     # lifecycle events out (shared.events): an Event Grid custom topic (identity-based) and/or webhooks
     events_topic_endpoint: str | None = None
     events_webhooks: tuple[str, ...] = ()
@@ -282,7 +319,12 @@ class Settings:
             telemetry_exporter=env.get("CONVEYOR_TELEMETRY_EXPORTER", "").strip().lower(),
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
             appinsights_authentication_string=env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or None,
-            sweeper_pending_seconds=_int(env, "CONVEYOR_SWEEPER_PENDING_SECONDS", 300),
+            visibility_timeout_seconds=_positive(env, "CONVEYOR_VISIBILITY_TIMEOUT_SECONDS", 30),
+            stall_margin_seconds=_non_negative(env, "CONVEYOR_STALL_MARGIN_SECONDS", 5),
+            sweep_interval_seconds=_positive_float(env, "CONVEYOR_SWEEP_INTERVAL_SECONDS", 10.0),
+            stall_idle_seconds=_positive(env, "CONVEYOR_STALL_IDLE_SECONDS", 900),
+            fault_rate=_float(env, "CONVEYOR_FAULT_RATE", 0.0),
+            fault_seed=_int(env, "CONVEYOR_FAULT_SEED", -1) if env.get("CONVEYOR_FAULT_SEED") else None,
             events_topic_endpoint=(env.get("CONVEYOR_EVENTS_TOPIC_ENDPOINT") or "").strip() or None,
             events_webhooks=_list(env.get("CONVEYOR_EVENTS_WEBHOOKS")),
             website_hostname=env.get("WEBSITE_HOSTNAME") or None,

@@ -131,21 +131,20 @@ class Services:
         return build_telemetry(self.settings)
 
     def backend(self, kind: str) -> JobBackend:
-        """The JobBackend serving a step kind, built on first use."""
+        """The JobBackend serving a step kind, built on first use (behind the fault injector
+        when CONVEYOR_FAULT_RATE asks for one: shared.faults)."""
         if kind not in self._backends:
-            self._backends[kind] = self._build_backend(kind)
+            from shared.faults import FaultInjector, FaultyBackend
+
+            backend = self._build_backend(kind)
+            faults = FaultInjector.from_settings(self.settings)
+            self._backends[kind] = FaultyBackend(backend, faults) if faults is not None else backend
         return self._backends[kind]
 
     def _build_backend(self, kind: str) -> JobBackend:
         s = self.settings
-        if kind == "register":
-            from shared.backends.register import RegisterBackend
-
-            return RegisterBackend(self.registry)
-        if kind == "deploy":
-            from shared.backends.deploy import DeployBackend
-
-            return DeployBackend(self.registry, self.deployer)
+        if kind in ("register", "deploy"):
+            return self._model_step(kind)
         adapter = s.adapter(kind)
         if adapter == "local":
             if kind == "batch":
@@ -178,6 +177,30 @@ class Services:
 
                 return AzureMLv2Backend.from_settings(s)
         raise self._unsupported(kind)
+
+    def _model_step(self, kind: str) -> JobBackend:
+        """Register / deploy: in their own process on the local registry and endpoint (a short-lived
+        host still finishes them: shared.backends.local_model_steps), else on background threads."""
+        from shared.deploy.local_endpoint import LocalScoringDeployer
+        from shared.registry.mlflow_registry import MlflowRegistry
+
+        registry = self.registry
+        if kind == "register":
+            if isinstance(registry, MlflowRegistry):
+                from shared.backends.local_model_steps import LocalModelStepBackend
+
+                return LocalModelStepBackend("register", self.settings.home, registry)
+            from shared.backends.register import RegisterBackend
+
+            return RegisterBackend(registry)
+        deployer = self.deployer
+        if isinstance(registry, MlflowRegistry) and isinstance(deployer, LocalScoringDeployer):
+            from shared.backends.local_model_steps import LocalModelStepBackend
+
+            return LocalModelStepBackend("deploy", self.settings.home, registry, deployer)
+        from shared.backends.deploy import DeployBackend
+
+        return DeployBackend(registry, deployer)
 
 
 _services: Services | None = None

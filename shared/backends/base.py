@@ -8,6 +8,7 @@ this one small surface, so the engine treats them alike. ``launch`` must be idem
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class StepStatus:
     progress: dict[str, int] | None = None  # {"done": n, "total": m}
     error: str | None = None
     retryable: bool = False  # meaningful when state == "failed"
+    # Work of this job run again because the host running it was lost mid-flight (a process
+    # with no exit code to adopt): the engine records it in the attempt's history.
+    reruns: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,3 +101,14 @@ class JobBackend(ABC):
     def logs(self, remote_id: str) -> list[StepLog]:
         """The job's logs, as far as this backend can fetch them (none by default, said so)."""
         return [StepLog(name=self.kind or "job", note=f"the {self.kind or 'job'} backend keeps no logs to fetch")]
+
+
+def request_to_json(request: LaunchRequest) -> dict[str, Any]:
+    """A LaunchRequest as JSON-able data (for a job that runs in another process)."""
+    return dataclasses.asdict(request)
+
+
+def request_from_json(data: dict[str, Any]) -> LaunchRequest:
+    """The LaunchRequest ``request_to_json`` wrote (fields it does not know are left out)."""
+    known = {f.name for f in dataclasses.fields(LaunchRequest)}
+    return LaunchRequest(**{k: v for k, v in data.items() if k in known})

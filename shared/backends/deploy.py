@@ -10,6 +10,11 @@ when another version has been promoted since, so a late replay never demotes a n
 A rejection is a successful step: the current deployment stays, and the decision with both
 metrics is on the version, in the step outputs and therefore on the run.
 
+``launch`` checks the params and returns; the gate and the deployment (minutes for a managed
+online endpoint) run in the background (shared.backends.background); ``poll`` reports, and
+after a restart reads the decision back from the version. Locally the same work runs in its
+own process (shared.backends.local_model_steps).
+
 Many models: with ``params.partition`` (and ``params.partition_key``) the candidate is gated
 against its own partition's champion (``decide_gate(..., partition=)``) and, when promoted,
 served as that partition of the routed endpoint (``Deployer.deploy_partition``); a rejected
@@ -24,8 +29,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from shared.backends.background import BackgroundWork, lost, unstamped
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
-from shared.backends.register import model_name_for, parse_params
+from shared.backends.register import failed_status, model_name_for, parse_params
 from shared.deploy.base import Deployer, Deployment, check_partition, check_partition_key
 from shared.deploy.local_endpoint import check_endpoint_name
 from shared.errors import NotFoundError, ValidationError
@@ -62,10 +68,10 @@ class DeployBackend(JobBackend):
     # Gate + promote is a read-modify-write on the champion: one at a time per process.
     _gate_lock = threading.Lock()
 
-    def __init__(self, registry: ModelRegistry, deployer: Deployer) -> None:
+    def __init__(self, registry: ModelRegistry, deployer: Deployer, work: BackgroundWork | None = None) -> None:
         self.registry = registry
         self.deployer = deployer
-        self._results: dict[str, dict[str, Any]] = {}
+        self._work = work or BackgroundWork(name="conveyor-deploy")
 
     # ------------------------------------------------------------ helpers
 
@@ -139,26 +145,32 @@ class DeployBackend(JobBackend):
 
     # ------------------------------------------------------------ port
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def check(self, request: LaunchRequest) -> tuple[str, str, Target, tuple[str, str, float]]:
+        """(model name, version, target, gate spec) from the params; ValidationError naming the field."""
         params = parse_params(DeployParams, request.params)
         name = model_name_for(request, params.model_name)
         version = str(params.version).strip()
         if not version or "${" in version:
             raise ValidationError(f"no model version to deploy (got {version!r})", field="params.version")
-        target = self._target(params, request)
-        metric, direction, min_improvement = self._gate_spec(request)
+        return name, version, self._target(params, request), self._gate_spec(request)
+
+    def gate_and_deploy(self, request: LaunchRequest) -> dict[str, Any]:
+        """The step's work, synchronously: gate the candidate (or replay its stored decision),
+        then promote and deploy it when the gate says so. Returns the step's outputs."""
+        name, version, target, (metric, direction, min_improvement) = self.check(request)
         with self._gate_lock:
             candidate = self.registry.get(name, version)
             stored = candidate.tags.get(RESULT_TAG)
             if stored:
-                outputs = self._replay(json.loads(stored), candidate, target)
-                reattached = True
-            else:
-                outputs = self._decide(request, candidate, target, metric, direction, min_improvement)
-                reattached = False
-        remote_id = _remote_id(name, version, request.key)
-        self._results[remote_id] = outputs
-        return LaunchResult(remote_id=remote_id, url=outputs.get("scoring_url"), reattached=reattached)
+                return self._replay(json.loads(stored), candidate, target)
+            return self._decide(request, candidate, target, metric, direction, min_improvement)
+
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        name, version, _target, _gate = self.check(request)  # bad params fail the launch at once
+        remote_id, again = self._work.start(
+            request.key, _remote_id(name, version, request.key), lambda: self.gate_and_deploy(request)
+        )
+        return LaunchResult(remote_id=remote_id, reattached=again)
 
     def _decide(
         self,
@@ -206,22 +218,33 @@ class DeployBackend(JobBackend):
         return self._outputs(gate, candidate, target, deployment)
 
     def poll(self, remote_id: str) -> StepStatus:
-        outputs = self._results.get(remote_id)
-        if outputs is None:  # after a restart: the decision lives on the version
-            name, version, _key = _split_remote_id(remote_id)
-            try:
-                candidate = self.registry.get(name, version)
-            except NotFoundError as exc:
-                return StepStatus("failed", error=str(exc))
-            stored = candidate.tags.get(RESULT_TAG)
-            if not stored:
-                return StepStatus("failed", error=f"no gate decision recorded on {name} v{version}")
-            doc = json.loads(stored)
-            target = self._stored_target(doc, Target(""))
-            deployment = self._serving(target) if target.endpoint else None
-            outputs = self._outputs(dict(doc.get("gate") or {}), candidate, target, deployment)
-            self._results[remote_id] = outputs
-        return StepStatus("succeeded", outputs=outputs)
+        base, launched_at = unstamped(remote_id)
+        name, version, key = _split_remote_id(base)
+        future = self._work.get(key)
+        if future is not None:
+            if not future.done():
+                return StepStatus("running")
+            exc = future.exception()
+            return failed_status(exc) if exc is not None else StepStatus("succeeded", outputs=future.result())
+        # gated by another process (a restart, another instance): the decision lives on the version
+        try:
+            candidate = self.registry.get(name, version)
+        except NotFoundError as exc:
+            return StepStatus("failed", error=str(exc))
+        stored = candidate.tags.get(RESULT_TAG)
+        if not stored:
+            if not lost(launched_at):
+                return StepStatus("running")
+            lost_note = ": lost with its host" if launched_at is not None else ""
+            return StepStatus(
+                "failed", error=f"no gate decision recorded on {name} v{version}{lost_note}", retryable=bool(lost_note)
+            )
+        doc = json.loads(stored)
+        target = self._stored_target(doc, Target(""))
+        deployment = self._serving(target) if target.endpoint else None
+        return StepStatus(
+            "succeeded", outputs=self._outputs(dict(doc.get("gate") or {}), candidate, target, deployment)
+        )
 
     def cancel(self, remote_id: str) -> None:
-        """The gate and the deployment finish inside launch: nothing to stop."""
+        """The gate and the deployment are a few calls that leave a consistent record: nothing to stop."""

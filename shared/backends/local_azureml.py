@@ -314,10 +314,14 @@ class LocalAzureMLBackend(LocalRunBackend):
                 outputs[f"{job['name']}.{oname}"] = out_paths[oname]
             if job["name"] in completed:
                 continue
-            if jdir.exists():  # interrupted by a host restart: run it again from scratch
-                shutil.rmtree(jdir)
-            for oname in job["outputs"]:
-                (jdir / "outputs" / oname).mkdir(parents=True, exist_ok=True)
+
+            def fresh(jdir: Path = jdir, job: dict[str, Any] = job) -> None:
+                if jdir.exists():  # killed mid-flight with its host: run it again from scratch
+                    shutil.rmtree(jdir)
+                jdir.mkdir(parents=True)
+                for oname in job["outputs"]:
+                    (jdir / "outputs" / oname).mkdir(parents=True, exist_ok=True)
+
             values: dict[str, str] = {}
             for iname, ref in job["inputs"].items():
                 if "literal" in ref:
@@ -346,6 +350,7 @@ class LocalAzureMLBackend(LocalRunBackend):
                 stderr=jdir / "stderr.txt",
                 part=job["name"],
                 timeout=job.get("timeout"),
+                prepare=fresh,
             )
             if why == "cancelled":
                 return {"state": "cancelled"}

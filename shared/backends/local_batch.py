@@ -13,11 +13,16 @@ Layout of a job (``<home>/batch/<key>/``)::
     tasks.log           one JSON line per finished task (append-only, no fsync)
     cancelled           present once the job was cancelled
     status.json         final state, written once when the last task has finished
-    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/)
+    tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/), exit.json;
+                        the command's helper holds an flock on this directory while the
+                        command runs, then writes exit.json (see commandline)
 
 A backend instance runs a job only while it holds the job's lock. Another instance on the
-same home (a restarted host) that polls a job whose lock is free takes it over: it kills
-the dead host's leftover processes, then re-runs every task missing from tasks.log.
+same home (a restarted host) that polls a job whose lock is free takes it over and goes
+through the tasks missing from tasks.log: a task never started runs; a task the dead host
+started is adopted -- the new host waits while its command still runs, then takes its exit
+code and uploads its outputs -- and only a task whose command left no exit code (killed
+mid-flight with its helper) runs again, counted (``reruns``) as a re-run after host loss.
 """
 
 from __future__ import annotations
@@ -41,15 +46,15 @@ from shared.backends.commandline import (
     atomic_write_json,
     create_json_once,
     job_dir,
-    kill_group,
     kill_marked,
     local_file_name,
     read_json,
     tail_text,
     validation_error,
+    wait_for_record,
 )
 from shared.backends.resource_files import resolve as resolve_resources
-from shared.errors import NotFoundError, ValidationError
+from shared.errors import NotFoundError, RetryableError, ValidationError
 
 if TYPE_CHECKING:
     from shared.blobs.base import BlobStore
@@ -58,6 +63,9 @@ if TYPE_CHECKING:
 MAX_OUTPUT_URLS = 1000  # outputs are small values on the run; the prefix finds the rest
 _FAILED_DETAIL = 5  # failed tasks described in full in the error
 CANCEL_CHECK_SECONDS = 0.2  # how stale a "not cancelled by another process" answer may be
+# A task whose downloads or uploads fail with a retryable error (storage busy past the SDK's own
+# retries) is staged again, this many times in all; a command it already ran is adopted, not rerun.
+STAGING_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -79,10 +87,10 @@ class _Job:
     tasks: list[_Task]
     lock: JobLock
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    procs: dict[str, int] = field(default_factory=dict)  # task id -> pid of the running command
     cancel_event: threading.Event = field(default_factory=threading.Event)
     mutex: threading.Lock = field(default_factory=threading.Lock)
     remaining: int = 0
+    reruns: int = 0  # results re-run after host loss (kept here so that a poll is O(1))
     log_fd: int = -1
     final: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -254,8 +262,8 @@ class LocalBatchBackend(JobBackend):
             ]
             job = _Job(key=key, dir=jdir, spec=spec, tasks=tasks, lock=lock)
             self._jobs[key] = job
-        kill_marked(f"batch/{key}/")  # leftovers of a host that died while running it
         job.results = _read_log(jdir / "tasks.log")
+        job.reruns = _counts(job.results)["reruns"]
         todo = [t for t in tasks if t.id not in job.results]
         job.remaining = len(todo)
         if spec.get("error") or job.cancelled(fresh=True) or not todo:
@@ -268,15 +276,25 @@ class LocalBatchBackend(JobBackend):
         return job
 
     def _run_task(self, job: _Job, task: _Task) -> None:
-        try:
-            record = self._execute(job, task)
-        except Exception as exc:  # a broken download or upload fails the task, never the pool
-            record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
+        record: dict[str, Any] | None = None
+        for staging in range(1, STAGING_TRIES + 1):
+            try:
+                record = self._execute(job, task)
+                break
+            except RetryableError as exc:  # storage busy beyond the SDK's retries: stage the task again
+                if staging == STAGING_TRIES:
+                    record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
+                else:
+                    time.sleep(min(4.0, float(2 ** (staging - 1))))
+            except Exception as exc:  # a broken download or upload fails the task, never the pool
+                record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
+                break
         if record is not None:
             os.write(job.log_fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
         with job.mutex:
             if record is not None:
                 job.results[task.id] = record
+                job.reruns += int(record.get("h", 0))
             job.remaining -= 1
             last = job.remaining == 0
         if last:
@@ -302,46 +320,47 @@ class LocalBatchBackend(JobBackend):
         tdir = os.path.join(job.tasks_dir, task.id)
         wd = os.path.join(tdir, "wd")
         out = os.path.join(wd, "output")
+        stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
+        record = os.path.join(tdir, "exit.json")
+        wall = spec.get("max_wall_clock_seconds")
+        tries = int(spec.get("max_task_retries") or 0) + 1
+        first, rerun = 1, 0
         try:
             os.mkdir(tdir)
-        except FileExistsError:  # a re-run after a restart: start from a clean directory
-            shutil.rmtree(tdir)
-            os.mkdir(tdir)
-        os.mkdir(wd)  # output/ is made by the spawner helper, off this process
-        # Local names were checked at launch to be one plain segment (no '/', not '..'),
-        # and wd was created just now, so joining cannot leave wd.
-        for container, name, local in spec["resources"]:
-            self.blobs.download_to(container, name, Path(wd, local))
-        if task.argv is None:
-            error = "launched by an older Conveyor (no argv): rerun the step"
-            return {"t": task.id, "s": "failed", "x": None, "a": 0, "e": error}
-        self.blobs.download_to(task.container, task.blob, Path(wd, task.local))
+        except FileExistsError:  # started by a host that is gone: adopt what its command did
+            adopted = self._adopt(job, task, record, wall)
+            if adopted is None or "s" in adopted:
+                return adopted  # cancelled, or the command's own result
+            first, rerun = int(adopted["next"]), int(adopted["h"])
+        if first == 1:
+            os.mkdir(wd)  # output/ is made by the spawner helper, off this process
+            # Local names were checked at launch to be one plain segment (no '/', not '..'),
+            # and wd was created just now, so joining cannot leave wd.
+            for container, name, local in spec["resources"]:
+                self.blobs.download_to(container, name, Path(wd, local))
+            if task.argv is None:
+                error = "launched by an older Conveyor (no argv): rerun the step"
+                return {"t": task.id, "s": "failed", "x": None, "a": 0, "e": error}
+            self.blobs.download_to(task.container, task.blob, Path(wd, task.local))
+        assert task.argv is not None
         env = dict(job.env)
         env["AZ_BATCH_TASK_ID"] = task.id
         env["AZ_BATCH_TASK_WORKING_DIR"] = wd
         env["CONVEYOR_TASK_OUTPUT_DIR"] = out
-        env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
-        stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
-        wall = spec.get("max_wall_clock_seconds")
+        marker = env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
         deadline = time.monotonic() + wall if wall else None
-        tries = int(spec.get("max_task_retries") or 0) + 1
         spawner = self._spawner()
         code: int | None = None
-        for attempt in range(1, tries + 1):
+        for attempt in range(first, tries + 1):
             if job.cancelled():
                 return None
             if attempt > 1:
                 shutil.rmtree(out, ignore_errors=True)
             timed_out = threading.Event()
-            tokens: list[int] = []
-
-            def started(pid: int, timed_out: threading.Event = timed_out, tokens: list[int] = tokens) -> None:
-                job.procs[task.id] = pid
-                if deadline is not None:
-                    tokens.append(self._watchdog.watch(deadline, _bind(_expire, job, task.id, pid, timed_out)))
-                if job.cancel_event.is_set():  # cancel raced with the start
-                    kill_group(pid)
-
+            # Killed by marker (a cancel, the wall clock), so the helper need not report its pid.
+            token = None
+            if deadline is not None:
+                token = self._watchdog.watch(deadline, _bind(_expire_marked, marker, timed_out))
             code = spawner.run(
                 task.argv,
                 cwd=wd,
@@ -349,24 +368,53 @@ class LocalBatchBackend(JobBackend):
                 stdout=stdout,
                 stderr=stderr,
                 mkdir=out,
-                on_start=started,
+                lock=tdir,
+                record=record,
+                tag={"attempt": attempt},
+                cancelled=job.marker,
             )
-            job.procs.pop(task.id, None)
-            for token in tokens:
+            if token is not None:
                 self._watchdog.clear(token)
             if job.cancelled(fresh=code != 0):  # killed by a cancel from elsewhere: not a failure
                 return None
             if timed_out.is_set():
-                return {"t": task.id, "s": "failed", "x": code, "a": attempt, "e": f"exceeded max wall clock ({wall}s)"}
+                return _record(task, "failed", code, attempt, rerun, e=f"exceeded max wall clock ({wall}s)")
             if code == 0:
-                return {"t": task.id, "s": "succeeded", "x": 0, "a": attempt, "o": self._upload(job, task, out)}
-        return {
-            "t": task.id,
-            "s": "failed",
-            "x": code,
-            "a": tries,
-            "e": tail_text(Path(stderr), lines=5, max_bytes=600),
-        }
+                return _record(task, "succeeded", 0, attempt, rerun, o=self._upload(job, task, out))
+        return _record(task, "failed", code, tries, rerun, e=tail_text(Path(stderr), lines=5, max_bytes=600))
+
+    def _adopt(self, job: _Job, task: _Task, record: str, wall: Any) -> dict[str, Any] | None:
+        """A task a gone host started: its final record when its command finished (waiting
+        while it still runs), None when cancelled, else ``{"next": attempt, "h": 0|1}`` -- where
+        to go on: a failed attempt with retries left, or (``h``) a re-run after host loss."""
+        tdir = os.path.join(job.tasks_dir, task.id)
+        out = os.path.join(tdir, "wd", "output")
+        marker = f"batch/{job.key}/{task.id}"
+        expired = threading.Event()
+        token = None
+        if wall:  # an orphan gets the wall clock again from now: at most twice its limit in all
+            token = self._watchdog.watch(time.monotonic() + wall, _bind(_expire_marked, marker, expired))
+        rec = wait_for_record(Path(tdir), Path(record))
+        if token is not None:
+            self._watchdog.clear(token)
+        if rec is not None:
+            code, attempt = int(rec["rc"]), int(rec.get("attempt") or 1)
+            tries = int(job.spec.get("max_task_retries") or 0) + 1
+            if job.cancelled(fresh=code != 0):
+                return None
+            if expired.is_set():
+                return _record(task, "failed", code, attempt, 0, e=f"exceeded max wall clock ({wall}s)", ad=1)
+            if code == 0:
+                return _record(task, "succeeded", 0, attempt, 0, o=self._upload(job, task, out), ad=1)
+            if attempt >= tries:
+                stderr = Path(tdir, "stderr.txt")
+                return _record(task, "failed", code, attempt, 0, e=tail_text(stderr, lines=5, max_bytes=600), ad=1)
+            return {"next": attempt + 1, "h": 0}
+        ran = os.path.exists(os.path.join(tdir, "stdout.txt"))  # its command had started
+        kill_marked(marker, exact=True)  # a leftover whose helper died with the host
+        shutil.rmtree(tdir)
+        os.mkdir(tdir)
+        return {"next": 1, "h": 1 if ran else 0}
 
     def _upload(self, job: _Job, task: _Task, out: str) -> list[str]:
         urls: list[str] = []
@@ -379,7 +427,7 @@ class LocalBatchBackend(JobBackend):
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):  # symlinks are not followed out of wd
-                        rel = os.path.relpath(entry.path, out).replace(os.sep, "/")
+                        rel = entry.path[len(out) + 1 :]  # scandir's path is out + "/" + the name
                         info = self.blobs.upload_file(spec["output_container"], base + rel, Path(entry.path))
                         urls.append(info.url)
         return sorted(urls)
@@ -399,8 +447,9 @@ class LocalBatchBackend(JobBackend):
         spec = job.spec
         if spec.get("error"):
             return {"state": "failed", "error": spec["error"]}
+        counts = _counts(job.results)
         if job.cancelled(fresh=True):
-            return {"state": "cancelled", "done": len(job.results)}
+            return {"state": "cancelled", "done": len(job.results), **counts}
         failed = [job.results[t.id] for t in job.tasks if job.results.get(t.id, {}).get("s") != "succeeded"]
         if failed:
             parts = []
@@ -412,7 +461,7 @@ class LocalBatchBackend(JobBackend):
             if more:
                 parts.append("also failed: " + ", ".join(more))
             msg = f"{len(failed)} of {len(job.tasks)} tasks failed: " + "\n".join(parts)
-            return {"state": "failed", "error": msg}
+            return {"state": "failed", "error": msg, **counts}
         urls: list[str] = []
         for t in job.tasks:
             urls.extend(job.results[t.id].get("o") or [])
@@ -426,7 +475,7 @@ class LocalBatchBackend(JobBackend):
         if len(urls) > MAX_OUTPUT_URLS:
             outputs["outputs_truncated"] = True
             outputs["outputs_count"] = len(urls)
-        return {"state": "succeeded", "outputs": outputs}
+        return {"state": "succeeded", "outputs": outputs, **counts}
 
     # ------------------------------------------------------------ poll / cancel
 
@@ -437,18 +486,24 @@ class LocalBatchBackend(JobBackend):
         total = len(spec["tasks"])
         final = job.final if job is not None else read_json(jdir / "status.json")
         if final is not None:
+            reruns = int(final.get("reruns", 0))
             if final["state"] == "succeeded":
-                return StepStatus("succeeded", outputs=final["outputs"], progress={"done": total, "total": total})
+                progress = {"done": total, "total": total}
+                return StepStatus("succeeded", outputs=final["outputs"], progress=progress, reruns=reruns)
             progress = {"done": int(final.get("done", total)), "total": total}
             if final["state"] == "cancelled":
-                return StepStatus("cancelled", progress=progress)
-            return StepStatus("failed", error=final["error"], progress=progress, retryable=False)
+                return StepStatus("cancelled", progress=progress, reruns=reruns)
+            return StepStatus("failed", error=final["error"], progress=progress, retryable=False, reruns=reruns)
         # running: by this instance (counts in memory) or another live one (count its log)
-        done = len(job.results) if job is not None else len(_read_log(jdir / "tasks.log"))
+        if job is not None:
+            done, reruns = len(job.results), job.reruns
+        else:
+            results = _read_log(jdir / "tasks.log")
+            done, reruns = len(results), _counts(results)["reruns"]
         progress = {"done": done, "total": total}
         if (jdir / "cancelled").exists():
-            return StepStatus("cancelled", progress=progress)
-        return StepStatus("running", progress=progress)
+            return StepStatus("cancelled", progress=progress, reruns=reruns)
+        return StepStatus("running", progress=progress, reruns=reruns)
 
     def cancel(self, remote_id: str) -> None:
         jdir = job_dir(self.home, "batch", remote_id)
@@ -460,10 +515,10 @@ class LocalBatchBackend(JobBackend):
         job = self._jobs.get(remote_id)
         if job is not None:
             job.cancel_event.set()
-            for pid in list(job.procs.values()):
-                kill_group(pid)
-        else:
-            kill_marked(f"batch/{remote_id}/")
+        # Its commands, and those of a gone host this one adopted; a command starting just now
+        # is killed by its helper, which finds the marker written above (commandline.Spawner).
+        kill_marked(f"batch/{remote_id}/")
+        if job is None:
             self._ensure_running(remote_id, takeover=self.resume)  # finalises a job whose host is gone
 
 
@@ -507,10 +562,25 @@ def _read_log(path: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _expire(job: _Job, task_id: str, pid: int, flag: threading.Event) -> None:
-    if job.procs.get(task_id) == pid:  # still running
-        flag.set()
-        kill_group(pid)
+def _record(task: _Task, state: str, code: int | None, attempt: int, rerun: int, **extra: Any) -> dict[str, Any]:
+    """A tasks.log line: t(ask), s(tate), x (exit code), a(ttempts), h (1: re-run after host
+    loss), ad (1: adopted from a gone host), o(utputs) / e(rror)."""
+    rec: dict[str, Any] = {"t": task.id, "s": state, "x": code, "a": attempt}
+    if rerun:
+        rec["h"] = rerun
+    rec.update(extra)
+    return rec
+
+
+def _counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Tasks re-run after host loss and tasks adopted from a gone host, from tasks.log lines."""
+    values = list(results.values())
+    return {"reruns": sum(int(r.get("h", 0)) for r in values), "adopted": sum(int(r.get("ad", 0)) for r in values)}
+
+
+def _expire_marked(marker: str, flag: threading.Event) -> None:
+    flag.set()
+    kill_marked(marker, exact=True)
 
 
 def _bind(fn: Any, *args: Any) -> Any:

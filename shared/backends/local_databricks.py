@@ -16,7 +16,8 @@ data home (never ``..`` out of it), and the paths it reports are local ones the 
 step can read. In azure mode the same ``dbfs:/`` URI goes to the workspace unchanged.
 
 Run directory ``<home>/databricks/<key>/``: run.json, lock, stdout.txt, stderr.txt,
-exit_value.txt, status.json (see LocalRunBackend). A run whose host died is run again.
+exit_value.txt, status.json (see LocalRunBackend). A script a dead host started is not run
+again: the restarted host waits for it and adopts its exit code and exit value.
 """
 
 from __future__ import annotations
@@ -94,7 +95,6 @@ class LocalDatabricksBackend(LocalRunBackend):
     def _execute(self, run: LocalRun) -> dict[str, Any]:
         spec = run.spec
         exit_file = run.dir / "exit_value.txt"
-        exit_file.unlink(missing_ok=True)  # a re-run after a restart starts clean
         own = {
             "PYTHONPATH": os.pathsep.join([str(SHIM_DIR), str(self.root)]),
             "CONVEYOR_TASK_DBUTILS_EXIT_FILE": str(exit_file),
@@ -115,6 +115,7 @@ class LocalDatabricksBackend(LocalRunBackend):
             stdout=run.dir / "stdout.txt",
             stderr=run.dir / "stderr.txt",
             part="main",
+            prepare=lambda: exit_file.unlink(missing_ok=True),  # a re-run after host loss starts clean
         )
         if why == "cancelled":
             return {"state": "cancelled"}

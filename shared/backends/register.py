@@ -1,8 +1,11 @@
 """The ``register`` step: record the trained model in the registry with its lineage.
 
-Registration is quick, so ``launch`` does it synchronously and ``poll`` only reports. The
-remote id is the step's idempotency key; the registry is idempotent on it, and ``poll``
-looks the version up again by key, so both survive a restart or a redelivered message.
+``launch`` checks the params and returns; the registration runs in the background
+(shared.backends.background), so a handler never waits for the registry (an MLflow import
+and its SQLite, or Azure ML's API). The remote id is the step's idempotency key with its
+launch time; the registry is idempotent on the key, and ``poll`` looks the version up again
+by key when this process did not register it, so both survive a restart or a redelivered
+message. Locally the same work runs in its own process (shared.backends.local_model_steps).
 
 ``params.partition`` (many models: one model per store) is tagged ``conveyor.partition`` on
 the version, next to the lineage, and is in the outputs, so a deploy step after a for_each over
@@ -17,9 +20,10 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from shared.backends.background import BackgroundWork, lost, unstamped
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepStatus
 from shared.deploy.base import check_partition
-from shared.errors import ValidationError
+from shared.errors import ConveyorError, ValidationError
 from shared.flows.model import RegisterParams
 from shared.registry.base import ModelRegistry, ModelVersion
 from shared.registry.gate import PARTITION_TAG
@@ -99,14 +103,22 @@ def version_outputs(mv: ModelVersion) -> dict[str, Any]:
     return outputs
 
 
+def failed_status(exc: BaseException) -> StepStatus:
+    """A failed step for background work that raised ``exc`` (retryable as the error says)."""
+    if isinstance(exc, ConveyorError):
+        return StepStatus("failed", error=str(exc), retryable=exc.retryable)
+    return StepStatus("failed", error=f"{type(exc).__name__}: {exc}")
+
+
 class RegisterBackend(JobBackend):
     kind = "register"
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, work: BackgroundWork | None = None) -> None:
         self.registry = registry
-        self._done: dict[str, ModelVersion] = {}
+        self._work = work or BackgroundWork(name="conveyor-register")
 
-    def launch(self, request: LaunchRequest) -> LaunchResult:
+    def register(self, request: LaunchRequest) -> ModelVersion:
+        """Check the params, then find the version registered with ``request.key`` or register it."""
         params = parse_params(RegisterParams, request.params)
         name = model_name_for(request, params.model_name)
         metrics = cast_metrics(params.metrics)
@@ -114,16 +126,42 @@ class RegisterBackend(JobBackend):
         if params.partition is not None:
             tags[PARTITION_TAG] = check_partition(params.partition)
         before = self.registry.find_by_key(request.key, name)
-        mv = before or self.registry.register(name, params.model_uri, metrics, tags, request.key)
-        self._done[request.key] = mv
-        return LaunchResult(remote_id=request.key, reattached=before is not None)
+        return before or self.registry.register(name, params.model_uri, metrics, tags, request.key)
+
+    @staticmethod
+    def check(request: LaunchRequest) -> None:
+        """Bad params fail the launch at once (ValidationError naming the field)."""
+        params = parse_params(RegisterParams, request.params)
+        model_name_for(request, params.model_name)
+        cast_metrics(params.metrics)
+        if params.partition is not None:
+            check_partition(params.partition)
+
+    def launch(self, request: LaunchRequest) -> LaunchResult:
+        self.check(request)
+        remote_id, again = self._work.start(request.key, request.key, lambda: self.register(request))
+        return LaunchResult(remote_id=remote_id, reattached=again)
 
     def poll(self, remote_id: str) -> StepStatus:
-        mv = self._done.get(remote_id) or self.registry.find_by_key(remote_id)
-        if mv is None:
-            return StepStatus("failed", error=f"no model version was registered with key {remote_id}")
-        self._done[remote_id] = mv
-        return StepStatus("succeeded", outputs=version_outputs(mv))
+        key, launched_at = unstamped(remote_id)
+        future = self._work.get(key)
+        if future is not None:
+            if not future.done():
+                return StepStatus("running")
+            exc = future.exception()
+            if exc is not None:
+                return failed_status(exc)
+            return StepStatus("succeeded", outputs=version_outputs(future.result()))
+        mv = self.registry.find_by_key(key)  # registered by another process (a restart, another instance)
+        if mv is not None:
+            return StepStatus("succeeded", outputs=version_outputs(mv))
+        if not lost(launched_at):
+            return StepStatus("running")
+        if launched_at is None:
+            return StepStatus("failed", error=f"no model version was registered with key {key}")
+        return StepStatus(
+            "failed", error=f"no model version was registered with key {key}: lost with its host", retryable=True
+        )
 
     def cancel(self, remote_id: str) -> None:
-        """Registration finishes inside launch: nothing to stop."""
+        """A registration is a few calls: nothing to stop."""

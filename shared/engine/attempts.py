@@ -27,6 +27,8 @@ def begin(unit: StepRun, attempt: int, key: str, now: datetime) -> None:
     unit.outputs = {}
     unit.error = None
     unit.error_retryable = None
+    unit.stalled_seconds = 0.0
+    unit.host_loss_reruns = 0
 
 
 def launched(unit: StepRun, remote_id: str, url: str | None) -> None:
@@ -38,7 +40,27 @@ def launched(unit: StepRun, remote_id: str, url: str | None) -> None:
 
 
 def timed_out(unit: StepRun, timeout_seconds: float, now: datetime) -> bool:
-    return unit.started_at is not None and (now - unit.started_at).total_seconds() > timeout_seconds
+    """The attempt has run longer than ``timeout_seconds``, not counting the time it spent stalled."""
+    if unit.started_at is None:
+        return False
+    return (now - unit.started_at).total_seconds() - unit.stalled_seconds > timeout_seconds
+
+
+# A message this much past its due time is a stall (a host loss, a backlog), not the queue's jitter.
+STALL_TOLERANCE_SECONDS = 2.0
+
+
+def note_stall(unit: StepRun, now: datetime) -> bool:
+    """The message ``unit`` waited on arrives (or is re-issued) at ``now``: the time past its due
+    time, beyond the tolerance, is added to the attempt's stalled time. True when it was late."""
+    if unit.due_at is None:
+        return False
+    late = (now - unit.due_at).total_seconds()
+    if late <= STALL_TOLERANCE_SECONDS:
+        return False
+    unit.stalled_seconds += late
+    unit.due_at = now  # accounted up to now: a redelivery of the same message does not count it twice
+    return True
 
 
 def succeed(unit: StepRun, outputs: dict[str, Any], now: datetime) -> None:
@@ -96,18 +118,43 @@ def reset(step: StepRun) -> None:
 
 
 def record(unit: StepRun, outcome: str) -> None:
+    entry: dict[str, Any] = {
+        "attempt": unit.attempt,
+        "key": unit.key,
+        "remote_id": unit.remote_id,
+        "outcome": outcome,
+        "started_at": unit.started_at.isoformat() if unit.started_at else None,
+        "ended_at": unit.ended_at.isoformat() if unit.ended_at else None,
+        "error": unit.error,
+        "retryable": unit.error_retryable,
+    }
+    if unit.stalled_seconds:
+        entry["stalled_seconds"] = round(unit.stalled_seconds, 3)
+    if unit.host_loss_reruns:
+        entry["host_loss_reruns"] = unit.host_loss_reruns
+    unit.history.append(entry)
+
+
+HOST_LOSS_RERUN = "re-run after host loss"
+
+
+def note_reruns(unit: StepRun, reruns: int, now: datetime) -> bool:
+    """The backend ran work of this attempt again after a host loss (``StepStatus.reruns``, a
+    running count): recorded in the attempt's history as it is seen. True when it grew."""
+    if reruns <= unit.host_loss_reruns:
+        return False
     unit.history.append(
         {
             "attempt": unit.attempt,
             "key": unit.key,
             "remote_id": unit.remote_id,
-            "outcome": outcome,
-            "started_at": unit.started_at.isoformat() if unit.started_at else None,
-            "ended_at": unit.ended_at.isoformat() if unit.ended_at else None,
-            "error": unit.error,
-            "retryable": unit.error_retryable,
+            "outcome": HOST_LOSS_RERUN,
+            "reruns": reruns - unit.host_loss_reruns,
+            "at": now.isoformat(),
         }
     )
+    unit.host_loss_reruns = reruns
+    return True
 
 
 def duration(unit: StepRun) -> dict[str, Any]:
@@ -116,4 +163,18 @@ def duration(unit: StepRun) -> dict[str, Any]:
     return {"duration_seconds": (unit.ended_at - unit.started_at).total_seconds()}
 
 
-__all__ = ["begin", "cancel", "duration", "fail", "launched", "record", "reset", "succeed", "timed_out"]
+__all__ = [
+    "HOST_LOSS_RERUN",
+    "STALL_TOLERANCE_SECONDS",
+    "begin",
+    "cancel",
+    "duration",
+    "fail",
+    "launched",
+    "note_reruns",
+    "note_stall",
+    "record",
+    "reset",
+    "succeed",
+    "timed_out",
+]

@@ -30,15 +30,23 @@ Safety against duplicated, reordered and redelivered messages:
   waiting on (re-launch the same keys, re-send the current ticks, release a queued run),
   which would otherwise have been lost with the crashed handler.
 
-Deadline-based stall recovery (a run whose messages were all lost) belongs in ``_resume``
-and ``Recheck``: both re-derive everything from state.
+Deadline-based stall recovery: every unit (a step, an instance) records when the message it
+waits on is due (``due_at``: its tick's scheduled time; "now" for a launch in flight), and the
+run the earliest of its steps' (``Run.due_at``). A run whose deadline has passed by more than the
+queue's visibility timeout and a margin lost its message (:func:`overdue`); the sweep then hands
+it a redelivered-style start, and ``_resume`` re-issues what it waits on, re-deriving everything
+from state. Time a unit spent waiting past a deadline is stall time (a host loss, a backlog), kept
+in ``stalled_seconds`` and not counted against the step's timeout. A launch that failed with a
+retryable error is tried again under the same key (it reattaches if it did start) after the poll
+backoff, until the step's timeout, without using up an attempt; work a backend ran again after a
+host loss (``StepStatus.reruns``) is written into the attempt's history.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.backends.base import LaunchResult, StepStatus
@@ -182,11 +190,85 @@ def decide(run: Run, flow: Flow, event: Event, now: datetime, fanouts: FanOuts |
     if d.write is not None and not d.write.instances and d.write.fanout is None:
         d.write = None
     assert not (d.changed and d.write is not None), "a decision writes the run or one fan-out"
+    _stamp_due(d)
     if d.changed:
         d.run.updated_at = now
     followups = [i for i, c in enumerate(d.commands) if isinstance(c, FollowUp)]
     commands = [c for i, c in enumerate(d.commands) if not isinstance(c, FollowUp) or i == followups[-1]]
     return Decision(run=d.run, commands=commands, changed=d.changed, fanout=d.write)
+
+
+def _stamp_due(d: _Decider) -> None:
+    """When what each unit waits on is due, from the messages and launches this decision issues;
+    the run's deadline is the earliest of its active plain steps' (fan-out instances keep theirs
+    on their rows: a run with only a fan-out active has none, see :func:`overdue`)."""
+    steps = {s.name: s for s in d.run.steps} if d.changed else {}  # only what is saved changes
+    rows = {(r.name, r.index): r for r in d.write.instances} if d.write is not None else {}
+    for c in d.commands:
+        if isinstance(c, Send) and c.message.kind == "tick":
+            m = c.message
+            unit: StepRun | None = steps.get(m.step or "") if m.index is None else rows.get((m.step or "", m.index))
+            if unit is not None and (unit.attempt, unit.tick) == (m.attempt, m.tick):
+                unit.due_at = d.now + timedelta(seconds=c.delay_seconds)
+        elif isinstance(c, Launch):
+            unit = steps.get(c.step) if c.index is None else rows.get((c.step, c.index))
+            if unit is not None and unit.attempt == c.attempt:
+                unit.due_at = d.now
+    if not d.changed:
+        return
+    for step in d.run.steps:
+        if not step.state.active or step.fanout is not None:
+            step.due_at = None
+    run = d.run
+    due = [s.due_at for s in run.steps if s.due_at is not None] if run.status is RunStatus.RUNNING else []
+    run.due_at = min(due, default=None)
+
+
+def planned_start(run: Run) -> datetime:
+    """When a run's first start is due: ``created_at``, plus a blob trigger's ``settle_seconds``
+    (the delay its start was sent with)."""
+    settle = 0.0
+    if run.trigger.blob:
+        try:
+            settle = float(run.trigger.blob.get("settle_seconds") or 0)
+        except (TypeError, ValueError):
+            settle = 0.0
+    return run.created_at + timedelta(seconds=max(0.0, settle))
+
+
+def pending_due(run: Run) -> datetime:
+    """When a pending run's start is due: the re-sent start's (``Run.due_at``), else its first's."""
+    return run.due_at if run.due_at is not None else planned_start(run)
+
+
+def overdue(
+    run: Run, now: datetime, grace_seconds: float, idle_seconds: float, instances_due: datetime | None = None
+) -> bool:
+    """Whether ``run`` lost the message it waits on, so the sweep must nudge it.
+
+    A running or pending run is overdue once its deadline (``Run.due_at``; a pending run's
+    :func:`pending_due`) lies more than ``grace_seconds`` -- the queue's visibility timeout plus a
+    margin: a message taken by a handler that died comes back by then -- in the past. A running
+    run without a deadline has only fan-outs active, whose instances keep their deadlines on
+    their rows: ``instances_due`` is the earliest of its active instances' (the caller reads the
+    rows), and the same rule applies to it. With no instance deadline either (a fan-out between
+    instances, waiting for its continuation), the run is overdue after ``idle_seconds`` without a
+    save. Others wait for nothing the sweep can give."""
+    if run.status is RunStatus.PENDING:
+        return (now - pending_due(run)).total_seconds() > grace_seconds
+    if run.status is not RunStatus.RUNNING:
+        return False
+    due = run.due_at if run.due_at is not None else instances_due
+    if due is not None:
+        return (now - due).total_seconds() > grace_seconds
+    return (now - run.updated_at).total_seconds() > idle_seconds
+
+
+def resent_due(first_due: datetime, now: datetime) -> datetime:
+    """The deadline of a start re-sent at ``now`` for a run first due at ``first_due``: as long
+    again as it has waited in all, so a run whose start keeps waiting behind a backlog is sent a
+    start at geometrically growing intervals, not at every sweep."""
+    return now + max(timedelta(0), now - first_due)
 
 
 def tick_message(run: Run, step: StepRun) -> Message:
@@ -308,6 +390,8 @@ class _Decider(FanOutRules):
         step = _find(run, msg.step)
         if step is None or step.fanout is not None or (msg.attempt, msg.tick) != (step.attempt, step.tick):
             return False
+        if step.state.active and attempts.note_stall(step, self.now):
+            self.changed = True  # the tick came late: that time is not the step's
         if step.state is StepState.RUNNING and step.remote_id:
             self.commands.append(Poll(step.name, step.attempt, step.remote_id))
             return True
@@ -385,6 +469,15 @@ class _Decider(FanOutRules):
             spec = self._spec(step)
             if spec is None:
                 return
+            if step.due_at is None or step.due_at < self.now:
+                # what it waited on is overdue: that time is not the step's, and the deadline of
+                # what is re-issued now is saved (else the sweep would come again and again)
+                attempts.note_stall(step, self.now)
+                if step.state in (StepState.RUNNING, StepState.RETRY_WAIT):
+                    # a new tick (a new message id): a broker that remembers the lost one's id
+                    # (Service Bus duplicate detection) would drop a re-send; the old is stale now
+                    step.tick += 1
+                self.changed = True
             if step.state is StepState.LAUNCHING and step.key:
                 self.commands.append(Launch(step.name, step.attempt, step.key))
             elif step.state is StepState.RUNNING:
@@ -439,8 +532,19 @@ class _Decider(FanOutRules):
 
     def _launch_failed(self, ev: LaunchFailed) -> None:
         step = self._current(ev.step, ev.attempt, StepState.LAUNCHING)
-        if step is not None:
-            self._fail_attempt(step, ev.error, ev.retryable)
+        if step is None:
+            return
+        spec = self._spec(step)
+        if spec is not None and ev.retryable and not attempts.timed_out(step, spec.timeout_seconds, self.now):
+            # launch is idempotent on the key: it reattaches if the job did start
+            step.polls += 1
+            step.tick += 1
+            self.changed = True
+            delay = spec.poll.delay(step.polls - 1)
+            self._emit("step.launch_retrying", step=step.name, attempt=step.attempt, error=ev.error, delay=delay)
+            self.commands.append(Send(tick_message(self.run, step), delay))
+            return
+        self._fail_attempt(step, ev.error, ev.retryable)
 
     def _polled(self, ev: Polled) -> None:
         step = self._current(ev.step, ev.attempt, StepState.RUNNING)
@@ -450,6 +554,8 @@ class _Decider(FanOutRules):
         if status.progress is not None:
             step.progress = dict(status.progress)
         self.changed = True
+        if attempts.note_reruns(step, status.reruns, self.now):
+            self._emit("step.rerun_after_host_loss", step=step.name, attempt=step.attempt, reruns=status.reruns)
         if status.state == "running":
             step.polls += 1
             self._next_poll(step)
@@ -862,7 +968,11 @@ __all__ = [
     "Resolved",
     "decide",
     "fan_out_steps",
+    "overdue",
+    "pending_due",
+    "planned_start",
     "rerun_roots",
+    "resent_due",
     "start_message",
     "tick_message",
 ]

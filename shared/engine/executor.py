@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -62,9 +63,10 @@ from shared.engine.decide import (
     Resolved,
     decide,
     fan_out_steps,
+    overdue,
     start_message,
 )
-from shared.engine.model import MAX_START_BATCH, FanOut, InstanceRun, Message, Run, RunStatus
+from shared.engine.model import MAX_START_BATCH, FanOut, InstanceRun, Message, Run, RunStatus, StepState
 from shared.engine.scope import earlier_steps, fanout_refs, template_scope
 from shared.errors import ConcurrencyError, ConveyorError, NotFoundError, ValidationError
 from shared.flows.model import Flow, FlowsFile
@@ -82,6 +84,8 @@ MAX_SAVE_TRIES = 5
 MAX_EVENTS_PER_MESSAGE = 64  # observations fed back for one message (a guard, never reached normally)
 QUEUED_SCAN_LIMIT = 1000
 OUTPUTS_PAGE = 1000
+STALL_SCAN_INSTANCES = 1000  # active instance rows the sweep reads per fan-out for their deadlines
+ACTIVE_INSTANCE_STATES = (StepState.LAUNCHING, StepState.RUNNING, StepState.RETRY_WAIT)
 CACHE_ENTRIES = 64  # item pages and for_each outputs kept per executor (both immutable once written)
 
 
@@ -216,23 +220,57 @@ class Executor:
         log.info("start_batch %s (delivery %d): sending %d start messages", message.run_id, delivery_count, len(starts))
         self.queue.send_many(starts)
 
-    def resume_stalled(self, older_than_seconds: float = 900.0, limit: int = 100) -> list[str]:
-        """Sweeper hook: nudge runs whose next message was lost for good (e.g. dead-lettered).
+    def resume_stalled(
+        self, grace_seconds: float, idle_seconds: float = 900.0, limit: int = 1000, now: datetime | None = None
+    ) -> list[str]:
+        """Sweeper hook: nudge runs whose next message is overdue (``decide.overdue``).
 
-        A RUNNING run not saved for ``older_than_seconds`` gets a redelivered-style start, which
-        re-issues its pending side effect (same launch key, or the current tick); a QUEUED one
-        gets a plain start (it runs if a slot is free). Returns the run ids nudged.
-        """
-        now = self.clock()
+        A RUNNING run gets a redelivered-style start, which re-issues what it waits on (the same
+        launch key, the current ticks) and saves their new deadlines; a QUEUED run whose flow has
+        a free slot again gets a plain start (the start that would have released it was lost
+        with a host). Returns the run ids nudged."""
+        now = now or self.clock()
         nudged: list[str] = []
-        for status in (RunStatus.RUNNING, RunStatus.QUEUED):
-            for run in self.store.list_runs(None, [status], limit=limit):
-                if (now - run.updated_at).total_seconds() < older_than_seconds:
-                    continue
-                log.warning("run %s: %s and untouched since %s; resuming", run.run_id, status.value, run.updated_at)
-                self.handle(start_message(run), delivery_count=2 if status is RunStatus.RUNNING else 1)
-                nudged.append(run.run_id)
+        for run in self.store.list_runs(None, [RunStatus.RUNNING], limit=limit):
+            instances_due = self._earliest_instance_due(run) if run.due_at is None else None
+            if not overdue(run, now, grace_seconds, idle_seconds, instances_due):
+                continue
+            log.warning("run %s: its next message was due at %s and never came; resuming", run.run_id, run.due_at)
+            self.handle(start_message(run), delivery_count=2)
+            nudged.append(run.run_id)
+        for run in self.store.list_runs(None, [RunStatus.QUEUED], limit=limit):
+            flow = self.flows.flows.get(run.flow)
+            limit_of_flow = flow.policies.max_concurrent_runs if flow is not None else None
+            if (now - run.updated_at).total_seconds() <= grace_seconds:
+                continue
+            if limit_of_flow is not None and self._active_runs(run) >= limit_of_flow:
+                continue  # no free slot: its start comes when a run of the flow ends
+            log.warning("run %s: queued while its flow has a free slot; starting it", run.run_id)
+            self.handle(start_message(run))
+            nudged.append(run.run_id)
         return nudged
+
+    def _earliest_instance_due(self, run: Run) -> datetime | None:
+        """The earliest deadline among the active instances of ``run``'s active fan-outs (at most
+        ``STALL_SCAN_INSTANCES`` rows read per fan-out), or None when none has one."""
+        if self.instances is None:
+            return None
+        earliest: datetime | None = None
+        for step in run.steps:
+            if step.fanout is None or not step.state.active:
+                continue
+            start = 0
+            while start < STALL_SCAN_INSTANCES:
+                rows = self.instances.instances(
+                    run.run_id, step.name, step.fanout.epoch, states=ACTIVE_INSTANCE_STATES, start=start, limit=100
+                )
+                for row in rows:
+                    if row.due_at is not None and (earliest is None or row.due_at < earliest):
+                        earliest = row.due_at
+                if len(rows) < 100:
+                    break
+                start = rows[-1].index + 1
+        return earliest
 
     # -------------------------------------------------------------- decide + save
 

@@ -217,6 +217,9 @@ class FanOutRules:
                 self.cancel_instances(head.step, [inst])
                 return True
             return False
+        if inst.state in ACTIVE and attempts.note_stall(inst, self.now):  # late: that time is not the instance's
+            self._writing(inst.name, head=False)
+            self._save_row(inst)
         if inst.state is StepState.RUNNING and inst.remote_id:
             self.commands.append(Poll(inst.name, inst.attempt, inst.remote_id, inst.index))
             return True
@@ -261,9 +264,18 @@ class FanOutRules:
 
     def on_instance_launch_failed(self, step: str, index: int, attempt: int, error: str, retryable: bool) -> None:
         inst = self._current_instance(step, index, attempt, StepState.LAUNCHING)
-        if inst is not None:
-            self._writing(step)
-            self._fail_instance(inst, error, retryable)
+        if inst is None:
+            return
+        spec = self.flow.step(step)
+        if retryable and not attempts.timed_out(inst, spec.timeout_seconds, self.now):
+            self._writing(step, head=False)  # the same key again, later: it reattaches if the job did start
+            inst.polls += 1
+            inst.tick += 1
+            self._save_row(inst)
+            self.commands.append(Send(instance_tick(self.run, inst), spec.poll.delay(inst.polls - 1)))
+            return
+        self._writing(step)
+        self._fail_instance(inst, error, retryable)
 
     def on_instance_polled(self, step: str, index: int, attempt: int, status: StepStatus) -> None:
         inst = self._current_instance(step, index, attempt, StepState.RUNNING)
@@ -271,6 +283,9 @@ class FanOutRules:
             return
         if status.progress is not None:
             inst.progress = dict(status.progress)
+        if attempts.note_reruns(inst, status.reruns, self.now):
+            self._writing(step, head=False)
+            self._save_row(inst)
         if status.state == "running":
             inst.polls += 1
             self._next_instance_poll(inst)
@@ -316,6 +331,13 @@ class FanOutRules:
         else:
             spec = self.flow.step(step)
             for inst in mine:
+                if inst.state in (StepState.RUNNING, StepState.RETRY_WAIT) and (
+                    inst.due_at is None or inst.due_at < self.now
+                ):  # overdue, as a plain step's in decide._resume: stall time, a new tick, its deadline saved
+                    attempts.note_stall(inst, self.now)
+                    inst.tick += 1
+                    self._writing(step, head=False)
+                    self._save_row(inst)
                 if inst.state is StepState.LAUNCHING and inst.key:
                     self.commands.append(Launch(step, inst.attempt, inst.key, inst.index))
                 elif inst.state is StepState.RUNNING:

@@ -107,6 +107,13 @@ class StepRun(BaseModel):
     # Left out of the JSON when unset, so chain runs read the same as before.
     skip: str | None = Field(default=None, exclude_if=lambda v: v is None)  # SKIP_*: why it was skipped
     fanout: FanOutRef | None = Field(default=None, exclude_if=lambda v: v is None)  # for_each steps
+    # Stall recovery (shared.engine.attempts): when the message this unit waits on is due (its
+    # tick's scheduled time; "now" for a launch in flight), the time the current attempt spent
+    # waiting past such deadlines (a host loss, a backlog: not the job's time, so not counted
+    # against the step's timeout), and the work its backend ran again after a host loss.
+    due_at: datetime | None = Field(default=None, exclude_if=lambda v: v is None)
+    stalled_seconds: float = Field(default=0.0, exclude_if=lambda v: not v)
+    host_loss_reruns: int = Field(default=0, exclude_if=lambda v: not v)
 
     @property
     def ok(self) -> bool:
@@ -208,6 +215,10 @@ class Run(BaseModel):
     gate: dict[str, Any] | None = None  # champion/challenger decision of the deploy step
     error: str | None = None
     version: int = 0  # bumped on every save (for humans; concurrency uses etag)
+    # When the next message this run waits on is due (the earliest of its steps' ``due_at``; a
+    # pending run's re-sent start): the stall sweep nudges the run once this, plus the queue's
+    # visibility timeout and a margin, has passed (shared.engine.decide.overdue).
+    due_at: datetime | None = Field(default=None, exclude_if=lambda v: v is None)
     etag: str | None = Field(default=None, exclude=True)  # store ETag of the loaded copy
 
     def step(self, name: str) -> StepRun:

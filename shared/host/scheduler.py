@@ -30,17 +30,16 @@ class Scheduler:
         services: Services,
         *,
         interval: float = 2.0,
-        sweep_every: float = 30.0,
+        sweep_every: float | None = None,
         ingest: Any = None,
         clock: Clock = utcnow,
-        resume_stalled_seconds: float | None = 900.0,
     ) -> None:
         self.services = services
         self.interval = interval
-        self.sweep_every = sweep_every
+        # the stall sweep's interval (default CONVEYOR_SWEEP_INTERVAL_SECONDS); each run's own deadline decides
+        self.sweep_every = sweep_every if sweep_every is not None else services.settings.sweep_interval_seconds
         self._ingest = ingest
         self.clock = clock
-        self.resume_stalled_seconds = resume_stalled_seconds
         self._last_sweep: float | None = None
         self._retention_fire: datetime | None = None  # the last retention fire handled
         self._stop = threading.Event()
@@ -59,11 +58,11 @@ class Scheduler:
         return self.ingest.fire_schedules(now or self.clock())
 
     def sweep(self, now: datetime | None = None) -> Any:
-        """Re-send start messages of runs left pending longer than the configured age, then
-        nudge running runs whose next message was lost (``Executor.resume_stalled``)."""
+        """The stall sweep (shared.ingest.sweeper): re-send the start of pending runs and nudge
+        running ones whose next message is overdue."""
         from shared.ingest.sweeper import sweep
 
-        return sweep(self.services, now or self.clock(), self.resume_stalled_seconds)
+        return sweep(self.services, now or self.clock())
 
     def deliver_events(self) -> Any:
         """A delivery pass over the lifecycle-event outbox (what a stopped host left, retries)."""

@@ -2,10 +2,13 @@
 
 N threads each ``receive`` a few messages, hand each to ``Executor.handle(message,
 delivery_count=n)`` -- what the Functions queue trigger does through ``handle_body`` -- and
-``complete`` it. An exception leaves the message on
-the queue: it comes back after the visibility timeout, and the queue adapter poisons it after
-``max_delivery_count`` deliveries. A message that cannot be understood (malformed, invalid)
-is dead-lettered at once with the reason. Idle threads back off from a short poll to a second.
+``complete`` it. An exception ``abandon``s the message: the queue counts
+the handler's failure (Storage Queue: on the message; Service Bus counts deliveries) and it
+comes back after a backoff; after ``max_delivery_count`` failures the queue adapter poisons it
+with the last error. A message whose handler died with its host is not a failure: it comes back
+after the visibility timeout, uncounted. A message that cannot be understood (malformed,
+invalid) is dead-lettered at once with the reason. Idle threads back off from a short poll to a
+second.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class QueueWorkers:
 
         executor = Executor.from_services(services)
         kw.setdefault("max_delivery_count", services.settings.max_delivery_count)
+        kw.setdefault("visibility_timeout", float(services.settings.visibility_timeout_seconds))
         return cls(services.queue, executor.handle, count=count, **kw)
 
     # ------------------------------------------------------------ one message
@@ -68,9 +72,9 @@ class QueueWorkers:
         msg = received.message
         if not isinstance(msg, Message):
             return self._dead(received, "MalformedMessage", f"not a Conveyor message: {str(msg)[:200]!r}")
-        if self.max_delivery_count and received.dequeue_count > self.max_delivery_count:
+        if self.max_delivery_count and received.failures >= self.max_delivery_count:
             return self._dead(
-                received, "MaxDeliveryCountExceeded", f"delivered {received.dequeue_count} times without success"
+                received, "MaxDeliveryCountExceeded", f"its handler failed {received.failures} times without success"
             )
         try:
             self.handle(msg, delivery_count=received.dequeue_count)
@@ -79,13 +83,19 @@ class QueueWorkers:
         except Exception as exc:
             with self._counts:
                 self.failed += 1
+            error = f"{type(exc).__name__}: {exc}"
             log.warning(
-                "worker: %s for run %s failed (delivery %d), left for redelivery: %s",
+                "worker: %s for run %s failed (delivery %d, failure %d), left for redelivery: %s",
                 msg.kind,
                 msg.run_id,
                 received.dequeue_count,
-                f"{type(exc).__name__}: {exc}",
+                received.failures + 1,
+                error,
             )
+            try:
+                self.queue.abandon(received, error)
+            except Exception as abandon_exc:  # it comes back after the visibility timeout anyway
+                log.warning("worker: abandoning the message failed: %s", abandon_exc)
             return "left"
         self.queue.complete(received)
         with self._counts:

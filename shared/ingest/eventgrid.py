@@ -19,9 +19,10 @@ Two wire formats reach an HTTP endpoint:
 The body is decoded by :func:`shared.safejson.loads` (size, depth, number length, NaN, lone
 surrogates). Each envelope is checked strictly here -- required attributes present and
 strings, ``specversion`` exactly ``1.0``, CloudEvents extension names lower-case alphanumeric
--- and then read by the SDK's own model, ``azure.eventgrid.EventGridEvent.from_dict`` or
-``azure.core.messaging.CloudEvent.from_dict`` (which are lenient on their own: they coerce
-numbers to text and accept missing attributes, hence the checks first). A malformed envelope
+-- and then read by the SDK's own model, ``azure.eventgrid.EventGridEvent`` (built with its
+constructor; the time is parsed by us, RFC 3339) or ``azure.core.messaging.CloudEvent.from_dict``
+(lenient on its own: it coerces numbers to text and accepts missing attributes, hence the
+checks first). A malformed envelope
 raises :class:`shared.errors.ValidationError` naming the field (``[0].eventType``): the HTTP
 routes answer 400 and nothing of the delivery is ingested.
 
@@ -70,7 +71,6 @@ _EXTENSION_RE = re.compile(r"^[a-z0-9]*[a-z][a-z0-9]*$")  # the SDK also wants a
 # Event Grid schema attributes (https://learn.microsoft.com/azure/event-grid/event-schema).
 _EG_REQUIRED = ("id", "eventType", "eventTime")
 _EG_OPTIONAL = ("topic", "dataVersion", "metadataVersion")
-_EG_KEYS = ("id", "topic", "subject", "eventType", "eventTime", "metadataVersion", "dataVersion")
 # CloudEvents 1.0 context attributes (the rest are extensions).
 _CE_REQUIRED = ("id", "source", "type")
 _CE_OPTIONAL = ("subject", "time", "datacontenttype", "dataschema")
@@ -231,7 +231,6 @@ class _Envelope:
 
 
 def _eventgrid_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
-    from azure.core.exceptions import DeserializationError
     from azure.eventgrid import EventGridEvent
 
     _event_id(ev, where)
@@ -240,14 +239,20 @@ def _eventgrid_envelope(ev: Mapping[str, Any], where: str) -> _Envelope:
     _str(ev, "subject", where, empty_ok=True, name=True)  # required; "" for a validation event
     for key in _EG_OPTIONAL:
         _str(ev, key, where, required=False, empty_ok=True)
-    # Only the schema's own keys: the SDK matches keys case-insensitively ("EVENTTYPE", "event_type").
-    # data stays ours: the SDK would copy it value by value and hand back the same JSON.
-    try:
-        model = EventGridEvent.from_dict({k: ev[k] for k in _EG_KEYS if k in ev})
-    except DeserializationError:
-        raise ValidationError(
-            f"not an ISO-8601 time: {str(ev['eventTime'])[:60]!r}", field=f"{where}eventTime"
-        ) from None
+    # The SDK's model, built with its public constructor from attributes checked above and a
+    # time we parse ourselves (RFC 3339, as for CloudEvents): ``EventGridEvent.from_dict`` runs
+    # msrest's generic deserializer, ~20x the cost of the rest of the parse for each event of a
+    # 10,000-event drop. data stays ours: the SDK would copy it value by value, the same JSON.
+    when = _rfc3339(ev["eventTime"], f"{where}eventTime")
+    model = EventGridEvent(
+        subject=ev["subject"],
+        event_type=ev["eventType"],
+        data=None,
+        data_version=ev.get("dataVersion") or "",
+        id=ev["id"],
+        event_time=when,
+        topic=ev.get("topic"),
+    )
     return _Envelope(
         event_id=str(model.id),
         event_type=str(model.event_type),

@@ -13,8 +13,11 @@ Azure DevOps   ``run_id_for(flow, "devops", notification id)``: retried hooks co
 manual         ``run_id_for(flow, "manual", idempotency key)`` or a fresh uuid
 =============  ================================================================
 
-``RunStore.create_many`` decides who created what; only creators send ``start`` (message id
-= run id, so Service Bus duplicate detection also collapses resends). When one call creates
+``RunStore.create_many`` decides who created what; creators send ``start`` (message id
+= run id, so Service Bus duplicate detection also collapses resends). A duplicate trigger for
+a run that is still ``pending`` sends its start again (with what is left of its settle delay):
+the call that created the run may have died before its send, and the caller's retry is the
+quickest way to find out; a run already past ``pending`` ignores a second start. When one call creates
 more than ``BULK_START_MIN`` runs of a flow (a large Event Grid delivery, a schedule catch-up),
 their starts travel as ``start_batch`` messages of up to ``MAX_START_BATCH`` run ids each (one
 queue send instead of hundreds); the executor fans each out into one ``start`` per run. Everything is
@@ -63,6 +66,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
+from shared.engine.decide import planned_start
 from shared.engine.model import (
     MAX_START_BATCH,
     MAX_START_BATCH_CHARS,
@@ -247,6 +251,7 @@ class IngestService:
             raise RuntimeError("RunStore.create_many returned a result count different from the runs given")
 
         created: list[_Plan] = []
+        duplicates: list[tuple[int, _Plan]] = []
         for (i, p), was_created in zip(to_create, created_flags, strict=True):
             run = p.run
             assert run is not None
@@ -261,17 +266,39 @@ class IngestService:
             )
             if not was_created:
                 results[i] = IngestResult(p.flow, run.run_id, False, "duplicate", "run already exists")
+                duplicates.append((i, p))
                 continue
             results[i] = IngestResult(p.flow, run.run_id, True, "created", p.reason)
             created.append(p)
 
         send_error = self._send_starts(created)
-        if send_error is not None:
-            raise send_error
+        pending = self._still_pending(duplicates)
+        for i, _p in pending:
+            result = results[i]
+            assert result is not None
+            result.reason = "run already exists and is still pending: its start was sent again"
+        resend_error = self._send_starts([p for _, p in pending], resent=True)
+        if send_error is not None or resend_error is not None:
+            raise send_error or resend_error  # type: ignore[misc]
         return [r for r in results if r is not None]
 
-    def _send_starts(self, created: list[_Plan]) -> Exception | None:
-        """Send ``start`` for the runs this call created; returns the first send error, if any.
+    def _still_pending(self, duplicates: list[tuple[int, _Plan]]) -> list[tuple[int, _Plan]]:
+        """The duplicates whose stored run is still ``pending``, as plans for that stored run
+        (with the rest of its settle delay)."""
+        if not duplicates:
+            return []
+        stored = self.store.get_many([p.run.run_id for _, p in duplicates if p.run is not None])
+        now = self.clock()
+        out: list[tuple[int, _Plan]] = []
+        for (i, p), run in zip(duplicates, stored, strict=True):
+            if run is not None and run.status is RunStatus.PENDING:
+                left = max(0.0, (planned_start(run) - now).total_seconds())
+                out.append((i, _Plan(p.flow, run, delay=left)))
+        return out
+
+    def _send_starts(self, created: list[_Plan], resent: bool = False) -> Exception | None:
+        """Send ``start`` for the runs this call created (or, ``resent``, found still pending);
+        returns the first send error, if any.
 
         Runs of one flow with the same delay go together: more than ``BULK_START_MIN`` of them
         travel as ``start_batch`` messages (one queue send per up to ``MAX_START_BATCH`` runs,
@@ -288,30 +315,30 @@ class IngestService:
                     run = p.run
                     assert run is not None
                     msg = Message(kind="start", run_id=run.run_id, flow=flow, traceparent=run.traceparent).with_id()
-                    error = self._send_one(msg, delay, [p])
+                    error = self._send_one(msg, delay, [p], resent)
                     send_error = send_error or error
                 continue
             for chunk in _start_chunks(plans):
                 msg = start_batch_message([p.run.run_id for p in chunk if p.run is not None], flow=flow)
-                error = self._send_one(msg, delay, chunk)
+                error = self._send_one(msg, delay, chunk, resent)
                 send_error = send_error or error
         return send_error
 
-    def _send_one(self, msg: Message, delay: float, plans: list[_Plan]) -> Exception | None:
+    def _send_one(self, msg: Message, delay: float, plans: list[_Plan], resent: bool = False) -> Exception | None:
         try:
             self.queue.send(msg, delay_seconds=delay)
         except Exception as exc:  # the runs stay pending; the sweeper re-sends them
             log.warning("%s for %d run(s) not sent (sweeper will re-send): %s", msg.kind, len(plans), exc)
             return exc
-        self._created(plans)
+        self._created(plans, "run.start_resent" if resent else "run.created")
         return None
 
-    def _created(self, plans: list[_Plan]) -> None:
+    def _created(self, plans: list[_Plan], event: str = "run.created") -> None:
         for p in plans:
             run = p.run
             assert run is not None
             self._emit(
-                "run.created",
+                event,
                 traceparent=run.traceparent,
                 run_id=run.run_id,
                 flow=p.flow,
@@ -647,12 +674,11 @@ class IngestService:
             source=f"manual{' key ' + idempotency_key if idempotency_key else ''}",
             received_at=self.clock(),
         )
-        result = self._submit([_Plan(flow, self.new_run(flow, spec, trigger, run_id))])[0]
-        if result.status == "duplicate":
-            existing = self.store.get(run_id)
-            if existing.trigger.params != trigger.params:
+        if idempotency_key is not None:  # a key reused with other params sends nothing
+            existing = self.store.get_many([run_id])[0]
+            if existing is not None and existing.trigger.params != trigger.params:
                 raise ConflictError(
                     f"idempotency key already used for run {run_id} of flow {flow!r} with different params",
                     status=409,
                 )
-        return result
+        return self._submit([_Plan(flow, self.new_run(flow, spec, trigger, run_id))])[0]

@@ -21,11 +21,22 @@ from shared.errors import PermanentError
 
 @dataclass
 class Received:
-    """A message taken from the queue; ``handle`` is adapter-specific (receipt, lock token)."""
+    """A message taken from the queue; ``handle`` is adapter-specific (receipt, lock token).
+
+    ``dequeue_count`` counts deliveries (this one included); ``failures`` counts the handler
+    failures before this delivery (``abandon``), where the queue can tell them from deliveries
+    lost to a host that died while handling (Storage Queue); elsewhere it is every earlier
+    delivery (Service Bus counts deliveries only).
+    """
 
     message: Message
     dequeue_count: int
     handle: Any
+    failures: int = -1  # -1: the queue cannot tell (then dequeue_count - 1)
+
+    def __post_init__(self) -> None:
+        if self.failures < 0:
+            self.failures = max(0, self.dequeue_count - 1)
 
 
 @dataclass
@@ -123,6 +134,11 @@ class WorkQueue(ABC):
     def send_many(self, messages: list[Message]) -> None:
         for m in messages:
             self.send(m)
+
+    def abandon(self, received: Received, error: str) -> None:  # noqa: B027 - optional for adapters
+        """The handler failed with ``error``: count the failure where the queue can, and let the
+        message come back. The default does nothing: it comes back after its visibility timeout
+        (lock duration) and the queue counts the delivery."""
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead-lettered messages, oldest first, left where they are."""

@@ -22,6 +22,16 @@ deliveries beyond ``max_delivery_count`` (``MaxDeliveryCountExceeded``), like th
 Queue adapter. The lock duration is a property of the queue (infra: PT1M), so
 ``visibility_timeout`` is not used here.
 
+Delivery count semantics: Service Bus counts *deliveries* (``delivery_count``), and a lock that
+expires because the handler's host died counts like an abandon after a failure; the broker
+keeps no per-message failure count we could raise instead (the Storage Queue adapter rewrites
+its message with one: a Service Bus message cannot be changed in place). So here a host lost
+mid-message does count towards MaxDeliveryCount, which is why the template allows 10 deliveries
+(and sets ``CONVEYOR_MAX_DELIVERY_COUNT`` to the same), and why a run whose message is
+dead-lettered anyway is not stuck: the stalled-run sweep nudges it once its next message is
+overdue (``Executor.resume_stalled``). ``Received.failures`` is ``delivery_count - 1`` here,
+and ``abandon`` leaves the message to its lock's expiry (the Functions trigger abandons it).
+
 Dead letters: ``dead_letters`` peeks the queue's dead-letter sub-queue (nothing is locked or
 moved; reason, description, delivery count, and the run from the body). ``replay_dead_letters``
 receives from the sub-queue in PEEK_LOCK, sends a copy of each chosen message to the queue (same

@@ -3,9 +3,18 @@
 Messages are ``Message.model_dump_json()`` text with the SDK's default (no) encoding policy,
 for both send and receive. Delays use the initial visibility timeout. Storage queues have
 no dead-letter queue, so this adapter keeps one: ``<queue>-poison`` receives
-``{"reason", "description", "message", ...}`` JSON for messages delivered more than
+``{"reason", "description", "message", ...}`` JSON for messages whose handler failed
 ``max_delivery_count`` times (``MaxDeliveryCountExceeded``), messages that do not parse
 (``InvalidMessage``) and explicit ``dead_letter`` calls.
+
+Failures, not deliveries, count towards the poison queue. The service's dequeue count also
+goes up when a handler's host dies and the message simply becomes visible again, so a few
+kills would poison messages that never failed. Instead ``abandon`` (the handler raised)
+rewrites the message in place (``update_message``) with ``handler_failures`` + 1 and the
+error (``handler_error``) next to the message's own fields, and hides it for a backoff
+(``abandon_backoff``); ``receive`` reads the count back. A message that is delivered
+``LOST_DELIVERY_FACTOR`` x ``max_delivery_count`` times without ever completing or failing
+(its handler kills the host every time) is poisoned too.
 
 ``dead_letters`` and ``replay_dead_letters`` read the poison queue by receiving its entries
 (a peek shows at most 32), each hidden for the scan (``SCAN_VISIBILITY``) and made visible
@@ -27,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from shared import safejson
 from shared.azure_errors import map_azure_error
 from shared.engine.model import Message
 from shared.errors import ConveyorError, ValidationError
@@ -42,6 +52,11 @@ SERVICE = "queue"
 POISON_SUFFIX = "-poison"
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the service's visibility timeout limit
 MAX_BATCH = 32  # messages per receive call (service limit)
+LOST_DELIVERY_FACTOR = 4  # deliveries lost to dead hosts tolerated, as a multiple of max_delivery_count
+FAILURES_FIELD = "handler_failures"  # kept in the body next to the message (read back by receive)
+ERROR_FIELD = "handler_error"
+_MAX_ERROR = 300
+
 SCAN_VISIBILITY = 120  # seconds a poison entry stays hidden while a list/replay scans the queue
 MAX_SCAN = 5000  # poison entries one list/replay looks at
 _QUEUE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
@@ -169,22 +184,37 @@ class StorageQueueWorkQueue(WorkQueue):
         for qm in raw:
             handle = (qm.id, qm.pop_receipt or "")
             dequeues = int(qm.dequeue_count or 1)
-            if dequeues > self.max_delivery_count:
-                self._to_poison(
-                    qm.content,
-                    handle,
-                    "MaxDeliveryCountExceeded",
-                    f"delivered {dequeues} times (max {self.max_delivery_count})",
-                    dequeues,
-                )
-                continue
             try:
-                message = Message.model_validate_json(qm.content if qm.content is not None else "")
+                message, failures, last_error = _decode(qm.content)
             except (PydanticValidationError, ValueError, TypeError) as exc:
                 self._to_poison(qm.content, handle, "InvalidMessage", _short(exc), dequeues)
                 continue
-            out.append(Received(message=message, dequeue_count=dequeues, handle=handle))
+            if failures >= self.max_delivery_count:
+                why = f"its handler failed {failures} times (max {self.max_delivery_count}): {last_error}"
+                self._to_poison(qm.content, handle, "MaxDeliveryCountExceeded", why, dequeues)
+                continue
+            if dequeues > self.max_delivery_count * LOST_DELIVERY_FACTOR:
+                why = (
+                    f"delivered {dequeues} times, never completed and failed {failures} times: "
+                    "its handler's host died each time"
+                )
+                self._to_poison(qm.content, handle, "MaxDeliveryCountExceeded", why, dequeues)
+                continue
+            out.append(Received(message=message, dequeue_count=dequeues, handle=handle, failures=failures))
         return out
+
+    def abandon(self, received: Received, error: str) -> None:
+        """Count the handler's failure on the message itself and hide it for a backoff."""
+        failures = received.failures + 1
+        doc = json.loads(received.message.with_id().model_dump_json())
+        body = json.dumps({**doc, FAILURES_FIELD: failures, ERROR_FIELD: error[:_MAX_ERROR]})
+        message_id, pop_receipt = received.handle
+        try:
+            self._client.update_message(
+                message_id, pop_receipt, content=body, visibility_timeout=abandon_backoff(failures)
+            )
+        except Exception as exc:
+            raise map_azure_error(exc, SERVICE) from exc
 
     def complete(self, received: Received) -> None:
         self._delete(received.handle)
@@ -352,6 +382,8 @@ class StorageQueueWorkQueue(WorkQueue):
         if isinstance(message, str):
             with contextlib.suppress(ValueError):  # else keep the raw text
                 message = json.loads(message)
+        if isinstance(message, dict):  # the original message: our failure count stays out of it
+            message = {k: v for k, v in message.items() if k not in (FAILURES_FIELD, ERROR_FIELD)}
         entry = {
             "reason": reason,
             "description": description,
@@ -367,6 +399,29 @@ class StorageQueueWorkQueue(WorkQueue):
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         self._delete(handle)
+
+
+def abandon_backoff(failures: int) -> int:
+    """Seconds a message stays hidden after its handler's ``failures``-th failure: 1, 2, 4 ... 30."""
+    return int(min(30, 2 ** max(0, failures - 1)))
+
+
+def _decode(content: str | None) -> tuple[Message, int, str]:
+    """(the message, its handler failures so far, the last failure's error) from a body."""
+    text = content if content is not None else ""
+    if FAILURES_FIELD not in text:
+        return Message.model_validate_json(text), 0, ""
+    try:
+        data = safejson.loads(text, field="message")
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise ValueError("a message body must be a JSON object")
+    failures = data.pop(FAILURES_FIELD, 0)
+    error = data.pop(ERROR_FIELD, "")
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+        raise ValueError(f"{FAILURES_FIELD} must be a count")
+    return Message.model_validate(data), failures, str(error)
 
 
 def _short(exc: BaseException) -> str:

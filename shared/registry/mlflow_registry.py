@@ -15,6 +15,7 @@ mlflow is imported lazily (cold start); MlflowException is mapped to shared.erro
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import threading
@@ -107,6 +108,21 @@ def local_model_dir(model_uri: str, field: str = "params.model_uri") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _schema_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time sets up a SQLite store's schema: two fresh processes migrating one
+    new file at once fail ("duplicate column name"), e.g. local register steps started together.
+    Other stores (an MLflow server) set up their own."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".setup.lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        yield
+
+
 def _quote(value: str) -> str:
     """A string literal for an MLflow search filter."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -138,10 +154,11 @@ class MlflowRegistry(ModelRegistry):
                 if self._client is None:
                     from mlflow.tracking import MlflowClient
 
-                    if self.tracking_uri.startswith("sqlite:///"):
-                        Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-                    with _mlflow_errors("open the MLflow store"):
-                        self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+                    with _mlflow_errors("open the MLflow store"), _schema_setup_lock(self.tracking_uri):
+                        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+                        client.search_experiments(max_results=1)  # the stores create or migrate
+                        client.search_registered_models(max_results=1)  # their schema on first use
+                        self._client = client
         return self._client
 
     def _experiment(self) -> str:

@@ -75,6 +75,18 @@ class RunStore(ABC):
         """create_if_absent for many runs; adapters may batch."""
         return [self.create_if_absent(r) for r in runs]
 
+    def get_many(self, run_ids: list[str]) -> list[Run | None]:
+        """``get`` for many runs (None for an absent one); adapters may read in parallel."""
+        from shared.errors import NotFoundError
+
+        out: list[Run | None] = []
+        for run_id in run_ids:
+            try:
+                out.append(self.get(run_id))
+            except NotFoundError:
+                out.append(None)
+        return out
+
 
 class InstanceStore(ABC):
     """The state of for_each fan-outs, outside the run document (which stays the same size however

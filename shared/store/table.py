@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import re
 import threading
-import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from shared.azure_errors import map_azure_error
 from shared.engine.model import Run, RunStatus
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.store.base import PurgeReport, RunStore
+from shared.store.table_batch import CreateTransactions
 from shared.store.time_index import ACTIVE, DONE, IndexRow, TimeIndex, index_entity, index_key, run_class
 from shared.transport import transport_kwargs
 
@@ -60,8 +59,6 @@ _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _BAD_KEY_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _MAX_LIST = 1000
 _KNOWN_MAX = 20_000  # runs whose stored status this store remembers (to skip index writes)
-_STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
-_ETAG_LINE = re.compile(r"^ETag:\s*(.+?)\s*$", re.MULTILINE | re.IGNORECASE)
 
 
 def partition_for(run_id: str) -> str:
@@ -187,14 +184,24 @@ class TableOnce:
 
 
 class TableRunStore(RunStore):
-    def __init__(self, connection_string: str, table_name: str, client: TableClient | None = None) -> None:
+    def __init__(
+        self,
+        connection_string: str,
+        table_name: str,
+        client: TableClient | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``client_options``: the options ``client`` was made with (shared.transport's), for the
+        bulk-create pipeline (shared.store.table_batch) that sits beside it."""
         check_table_name(table_name)
+        options = dict(client_options) if client_options is not None else transport_kwargs()
         if client is None:
             from azure.data.tables import TableClient
 
-            client = TableClient.from_connection_string(connection_string, table_name=table_name, **transport_kwargs())
+            client = TableClient.from_connection_string(connection_string, table_name=table_name, **options)
         self.table_name = table_name
         self._client = client
+        self._transactions = CreateTransactions.for_client(client, options)
         self._index = TimeIndex(client)
         # a new table: every run gets its index row at creation; runs written before the
         # index existed are indexed once, by the first process that opens the table
@@ -209,8 +216,10 @@ class TableRunStore(RunStore):
         cls, settings: Settings, *, credential: Any = None, client_kwargs: Mapping[str, Any] | None = None
     ) -> TableRunStore:
         """The run store on ``settings.runs_table`` (see :func:`table_client`)."""
+        from shared.azure_identity import client_options
+
         client = table_client(settings, settings.runs_table, credential=credential, client_kwargs=client_kwargs)
-        return cls("", settings.runs_table, client)
+        return cls("", settings.runs_table, client, client_options(settings, "table", client_kwargs))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -300,7 +309,12 @@ class TableRunStore(RunStore):
         try:
             metadata = self._client.create_entity(entity)
         except ResourceExistsError:
-            return False  # our index row, if its created_at differs, is repaired when read
+            # ours, if the SDK retried a create the service had applied (its answer was lost);
+            # else our index row, if its created_at differs, is repaired when read
+            if not self._is_ours(run):
+                return False
+            self._remember(run)
+            return True
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         run.etag = self._etag_of(metadata)
@@ -344,11 +358,14 @@ class TableRunStore(RunStore):
         except ResourceNotFoundError as exc:
             raise NotFoundError(f"run {run.run_id} not found", service=SERVICE, status=404) from exc
         except HttpResponseError as exc:
-            if exc.status_code == 412:
+            if exc.status_code != 412:
+                raise map_azure_error(exc, SERVICE) from exc
+            own = self._own_save(entity)
+            if own is None:
                 raise ConcurrencyError(
                     f"run {run.run_id} changed since it was read", service=SERVICE, status=412
                 ) from exc
-            raise map_azure_error(exc, SERVICE) from exc
+            metadata = dict(own)
         except Exception as exc:
             raise map_azure_error(exc, SERVICE) from exc
         saved.etag = self._etag_of(metadata)
@@ -356,6 +373,18 @@ class TableRunStore(RunStore):
             self._move_index(entity, before, saved)
         self._remember(saved)
         return saved
+
+    def _own_save(self, entity: dict[str, Any]) -> Mapping[str, Any] | None:
+        """After a 412: the stored row's metadata when it is exactly the run we saved -- the SDK
+        retried a replace the service had applied but whose answer was lost -- else None (a
+        real race: someone else saved first)."""
+        try:
+            stored = self._client.get_entity(entity["PartitionKey"], entity["RowKey"])
+        except Exception:
+            return None
+        if join_doc(stored) != join_doc(entity):
+            return None
+        return stored.metadata  # type: ignore[no-any-return]
 
     def _move_index(self, entity: Mapping[str, Any], before: _Stored | None, saved: Run) -> None:
         """The index row follows a status change; tried three times (each write is idempotent)."""
@@ -530,6 +559,9 @@ class TableRunStore(RunStore):
         except NotFoundError:
             return None
 
+    def get_many(self, run_ids: list[str]) -> list[Run | None]:
+        return self._get_many(run_ids)
+
     def _get_many(self, run_ids: list[str]) -> list[Run | None]:
         if len(run_ids) <= 4:
             return [self._get_or_none(rid) for rid in run_ids]
@@ -682,8 +714,7 @@ class TableRunStore(RunStore):
         from azure.core.exceptions import HttpResponseError
         from azure.data.tables import TableTransactionError
 
-        lean = self._lean_batch_parts()
-        if lean is None:
+        if self._transactions is None:
             try:
                 replies = self._client.submit_transaction([("create", e) for e in entities])
             except TableTransactionError as exc:
@@ -697,74 +728,27 @@ class TableRunStore(RunStore):
                     raise _ConnectionReset from exc
                 raise map_azure_error(exc, SERVICE) from exc
             return _TxOutcome([self._etag_of(reply) for reply in replies])
-        send_request, base = lean
-        from azure.core.rest import HttpRequest
-
-        batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
-        target = f"POST {base}/{self.table_name} HTTP/1.1\r\n"
-        parts = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n"]
-        for i, entity in enumerate(entities):
-            body = json.dumps(entity, separators=(",", ":"))  # ASCII: length == bytes
-            parts.append(
-                f"--{changeset}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
-                f"Content-ID: {i}\r\n\r\n{target}Content-Type: application/json\r\n"
-                "Accept: application/json;odata=minimalmetadata\r\nPrefer: return-no-content\r\n"
-                f"DataServiceVersion: 3.0\r\nContent-Length: {len(body)}\r\n\r\n{body}\r\n"
-            )
-        parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
-        request = HttpRequest(
-            "POST",
-            f"{base}/$batch",
-            headers={
-                "x-ms-version": self._client.api_version,
-                "DataServiceVersion": "3.0",
-                "MaxDataServiceVersion": "3.0;NetFx",
-                "Content-Type": f"multipart/mixed; boundary={batch}",
-                "Accept": "application/json",
-            },
-            content="".join(parts).encode("ascii"),
-        )
         try:
-            response = send_request(request, stream=True)
-            text = response.read().decode("utf-8", "replace")
+            reply = self._transactions.submit(entities)
         except Exception as exc:
             if not retried and _is_connection_reset(exc):
                 raise _ConnectionReset from exc
             raise map_azure_error(exc, SERVICE) from exc
-        if response.status_code in (400, 413):
-            return _TxOutcome(None, response.status_code)
-        if response.status_code != 202:
-            raise map_azure_error(HttpResponseError(message=text[:300], response=response), SERVICE)
-        statuses = [int(m) for m in _STATUS_LINE.findall(text)]
+        if reply.status in (400, 413):
+            return _TxOutcome(None, reply.status)
+        if reply.status != 202:
+            raise map_azure_error(HttpResponseError(message=reply.text[:300], response=reply.response), SERVICE)
+        statuses = reply.statuses
         if statuses and all(200 <= st < 300 for st in statuses) and len(statuses) == len(entities):
-            etags: list[str | None] = [None] * len(entities)
-            for i, chunk in enumerate(_STATUS_LINE.split(text)[2::2]):
-                m = _ETAG_LINE.search(chunk)
-                etags[i] = m.group(1).strip() if m else None
-            return _TxOutcome(etags)
+            return _TxOutcome(reply.etags)
         failed = [st for st in statuses if not 200 <= st < 300]
         if failed and failed[0] in (400, 409, 413):
             return _TxOutcome(None, failed[0])
         status = failed[0] if failed else 500
         raise map_azure_error(
-            HttpResponseError(message=f"transaction failed with {status}: {text[:300]}", response=response),
+            HttpResponseError(message=f"transaction failed with {status}: {reply.text[:300]}", response=reply.response),
             SERVICE,
         )
-
-    def _lean_batch_parts(self) -> tuple[Any, str] | None:
-        """The SDK pipeline's ``send_request`` and account URL, when the client has them.
-
-        The SDK builds and parses transaction bodies with the ``email`` package, which costs
-        ~8 ms of CPU per entity; a plain-string body and a regex over the reply cut bulk
-        ingest several times over while keeping the SDK's auth, retry and transport.
-        A client without these internals (a test double) uses ``submit_transaction``."""
-        inner = getattr(self._client, "_client", None)
-        send_request = getattr(inner, "send_request", None)
-        host = getattr(self._client, "_primary_hostname", None)
-        scheme = getattr(self._client, "scheme", None)
-        if send_request is None or not isinstance(host, str) or scheme not in ("http", "https"):
-            return None
-        return send_request, f"{scheme}://{host}"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.backends.base import JobBackend, LaunchRequest, StepStatus
+from tests.functional.backends.conftest import wait_done
 
 MODEL = {"name": "sales-forecaster", "metric": "r2", "direction": "maximize"}
 
@@ -36,7 +37,7 @@ def ship_partition(
     launched = register.launch(
         LaunchRequest(step="register", kind="register", key=key, params=params, index=index, item=store, **common)
     )
-    registered = register.poll(launched.remote_id)
+    registered = wait_done(register, launched.remote_id)
     assert registered.state == "succeeded", registered.error
     assert registered.outputs["partition"] == store
     item = registered.outputs
@@ -51,4 +52,4 @@ def ship_partition(
     launched = deploy.launch(
         LaunchRequest(step="deploy", kind="deploy", key=key, params=params, index=index, item=item, **common)
     )
-    return deploy.poll(launched.remote_id)
+    return wait_done(deploy, launched.remote_id, timeout=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,49 @@ def test_a_cancel_from_another_instance_is_not_recorded_as_failures(
         assert other.poll(key).state == "cancelled"
     finally:
         other.close()
+
+
+def test_a_command_starting_as_its_job_is_cancelled_is_killed_by_its_helper(tmp_path: Path) -> None:
+    """The race a cancel's /proc scan cannot see: a command that was still being started. Its
+    helper looks at the cancel marker once the command runs and kills it then."""
+    from shared.backends.commandline import Spawner
+
+    marker = tmp_path / "cancelled"
+    marker.write_text("{}")
+    spawner = Spawner()
+
+    def run(script: str) -> int:
+        return spawner.run(
+            ["sh", "-c", script, "sh", str(tmp_path / "ran")],
+            cwd=str(tmp_path),
+            env={},
+            stdout=str(tmp_path / "stdout.txt"),
+            stderr=str(tmp_path / "stderr.txt"),
+            cancelled=str(marker),
+        )
+
+    try:
+        assert run('sleep 5; echo ran > "$1"') == -9
+        assert not (tmp_path / "ran").exists()
+        marker.unlink()  # not cancelled: the same helper runs the next command to its end
+        assert run('echo ran > "$1"') == 0
+        assert (tmp_path / "ran").read_text() == "ran\n"
+    finally:
+        spawner.close()
+
+
+def test_a_word_the_helper_cannot_start_is_an_error_and_the_helper_lives_on(tmp_path: Path) -> None:
+    """A NUL byte in a word, a missing program: an OSError for that command, not a dead helper."""
+    from shared.backends.commandline import Spawner
+
+    spawner = Spawner()
+    files: dict[str, Any] = {"cwd": str(tmp_path), "env": {}, "stdout": str(tmp_path / "o")}
+    files["stderr"] = str(tmp_path / "e")
+    try:
+        with pytest.raises(OSError, match="ValueError"):
+            spawner.run(["sh", "-c", "echo a\x00b"], **files)
+        with pytest.raises(OSError, match="FileNotFoundError"):
+            spawner.run(["no-such-program-here"], **files)
+        assert spawner.run(["sh", "-c", "exit 3"], **files) == 3
+    finally:
+        spawner.close()

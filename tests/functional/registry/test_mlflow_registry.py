@@ -96,6 +96,7 @@ def test_instances_of_a_register_step_are_versions_found_by_their_own_keys(
     from shared.backends.base import LaunchRequest
     from shared.backends.register import RegisterBackend
     from shared.engine.model import idempotency_key
+    from tests.functional.backends.conftest import wait_done
 
     backend = RegisterBackend(registry)
     versions = []
@@ -107,8 +108,10 @@ def test_instances_of_a_register_step_are_versions_found_by_their_own_keys(
             attempt=1, params={"model_name": f"sales-{store}", "model_uri": str(model), "metrics": {"r2": 0.7}},
             index=i, item={"partition": store},
         )  # fmt: skip
-        backend.launch(request)
-        assert RegisterBackend(registry).launch(request).reattached  # a new host finds it by key
+        first = wait_done(backend, backend.launch(request).remote_id)
+        again = RegisterBackend(registry)  # a new host finds it by key: no second version
+        assert wait_done(again, again.launch(request).remote_id).outputs["version"] == first.outputs["version"]
+        assert len(registry.versions(f"sales-{store}")) == 1
         found = registry.find_by_key(key)
         assert found is not None and found.name == f"sales-{store}"
         assert found.tags["conveyor.index"] == str(i) and '"partition": "' + store in found.tags["conveyor.item"]

@@ -26,6 +26,7 @@ from shared.deploy.local_endpoint import LocalScoringDeployer, stop_server
 from shared.local.azurite import free_port
 from shared.registry.mlflow_registry import MlflowRegistry
 from tests.conftest import REPO_ROOT
+from tests.functional.backends.conftest import wait_done
 
 pytestmark = pytest.mark.functional
 
@@ -105,14 +106,14 @@ def test_register_gate_deploy_and_score(home: Path, tmp_path: Path, monkeypatch:
         launched = reg.launch(
             LaunchRequest(step="register", kind="register", key=f"{run}-register-1", params=params, **common)
         )
-        registered = reg.poll(launched.remote_id)
+        registered = wait_done(reg, launched.remote_id)
         assert registered.state == "succeeded"
         version = registered.outputs["version"]
         deploy_params = {"version": version, "endpoint": "sales"}
         launched = dep.launch(
             LaunchRequest(step="deploy", kind="deploy", key=f"{run}-deploy-1", params=deploy_params, **common)
         )
-        status = dep.poll(launched.remote_id)
+        status = wait_done(dep, launched.remote_id)
         assert status.state == "succeeded"
         return status.outputs
 

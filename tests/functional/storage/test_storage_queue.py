@@ -9,7 +9,7 @@ import pytest
 from shared.engine.model import Message
 from shared.errors import ValidationError
 from shared.queue.base import Received
-from shared.queue.storage_queue import StorageQueueWorkQueue
+from shared.queue.storage_queue import LOST_DELIVERY_FACTOR, StorageQueueWorkQueue
 from shared.settings import Settings
 
 
@@ -50,20 +50,38 @@ def test_delay_hides_the_message_until_due(queue: StorageQueueWorkQueue) -> None
     assert (got.message.kind, got.message.tick) == ("tick", 3)
 
 
-def test_unfinished_message_returns_after_visibility_timeout_then_goes_to_poison(queue: StorageQueueWorkQueue) -> None:
+def test_deliveries_lost_to_a_dead_host_are_not_failures(queue: StorageQueueWorkQueue) -> None:
     queue.send(Message(kind="start", run_id="r1"))
-    first = queue.receive(visibility_timeout=1)
-    assert [r.dequeue_count for r in first] == [1]
-    second = receive_until(queue, 1, vt=1)
-    assert [r.dequeue_count for r in second] == [2]
-    time.sleep(1.1)
-    # third delivery exceeds max_delivery_count=2: moved aside, not returned
-    assert receive_until(queue, 1, timeout=1.5, vt=1) == []
+    for n in (1, 2, 3):  # taken and never finished, as by a host killed mid-message
+        [got] = receive_until(queue, 1, vt=1)
+        assert (got.dequeue_count, got.failures) == (n, 0)
+    assert queue.peek_poison() == []  # past max_delivery_count=2 deliveries, yet nothing failed
+
+
+def test_handler_failures_are_counted_then_poisoned_with_the_last_error(queue: StorageQueueWorkQueue) -> None:
+    queue.send(Message(kind="tick", run_id="r1", step="a", attempt=1, tick=2))
+    [first] = queue.receive()
+    queue.abandon(first, "TransientError: table busy")
+    [second] = receive_until(queue, 1, timeout=4)  # back after a 1 s backoff, not the visibility timeout
+    assert (second.failures, second.message.tick, second.message.message_id) == (1, 2, "r1:a:1:2")
+    queue.abandon(second, "TransientError: still busy")
+    assert receive_until(queue, 1, timeout=4) == []  # failed max_delivery_count=2 times: moved aside
     [entry] = queue.peek_poison()
     assert entry["reason"] == "MaxDeliveryCountExceeded"
-    assert entry["message"]["run_id"] == "r1"
-    assert entry["dequeue_count"] == 3
+    assert "failed 2 times" in entry["description"] and "still busy" in entry["description"]
+    assert Message.model_validate(entry["message"]).tick == 2  # the message itself, without the count
     assert queue.depth() == 0
+
+
+def test_a_message_whose_handler_never_finishes_is_poisoned_at_last(storage_settings: Settings) -> None:
+    queue = StorageQueueWorkQueue.from_settings(storage_settings.with_overrides(max_delivery_count=1))
+    queue.send(Message(kind="start", run_id="r1"))
+    for _ in range(LOST_DELIVERY_FACTOR):
+        assert len(receive_until(queue, 1, vt=1)) == 1
+    assert receive_until(queue, 1, timeout=1.5, vt=1) == []
+    [entry] = queue.peek_poison()
+    assert entry["reason"] == "MaxDeliveryCountExceeded" and "host died" in entry["description"]
+    assert entry["dequeue_count"] == LOST_DELIVERY_FACTOR + 1
 
 
 def test_dead_letter_moves_the_message_with_reason(queue: StorageQueueWorkQueue) -> None:

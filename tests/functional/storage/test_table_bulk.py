@@ -84,7 +84,7 @@ def reset_error() -> ServiceResponseError:
 
 def break_first_posts(store: TableRunStore, *, after_sending: bool, times: int = 1) -> list[int]:
     """The next ``times`` $batch POSTs fail with a reset, before or after reaching the server."""
-    inner = store._client._client  # type: ignore[attr-defined]
+    inner = store._transactions._pipeline  # type: ignore[union-attr]  # the bulk-create PipelineClient
     real = inner.send_request
     broken = [0]
 
@@ -122,3 +122,21 @@ def test_a_second_reset_is_an_error_the_caller_retries(store: TableRunStore) -> 
     with pytest.raises(RetryableError):
         store.create_many(batch)
     assert store.create_many(batch) == [True] * len(batch)
+
+
+def test_bulk_creates_are_signed_with_an_account_sas_from_the_key(storage_settings: Settings) -> None:
+    """The bulk path (shared.store.table_batch) authenticates with a SAS made from the account
+    key (public SDK API): with the right key the transaction lands; with a wrong key of the same
+    account Azurite refuses it, and the refusal is our AuthError, not a bare SDK error."""
+    from shared.errors import AuthError
+
+    store = TableRunStore.from_settings(storage_settings)
+    assert store._transactions is not None
+    batch = [r for r in runs(60, "sas") if partition_for(r.run_id) == partition_for("sas-0000")][:3]
+    assert store.create_many(batch) == [True] * len(batch)
+    wrong = storage_settings.connection_string.replace(
+        storage_settings.connection_string.split("AccountKey=")[1].split(";")[0], "d3Jvbmcta2V5LXdyb25nLWtleQ=="
+    )
+    other = TableRunStore(wrong, store.table_name)
+    with pytest.raises(AuthError):
+        other._submit_creates([other.to_entity(r) for r in runs(2, "sasx")])

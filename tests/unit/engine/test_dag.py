@@ -459,3 +459,30 @@ def test_each_instance_has_its_own_timeout() -> None:
     assert rows[0].state is StepState.SUCCEEDED
     assert rows[1].state is StepState.FAILED and rows[1].attempt == 2 and rows[1].error == "timed out after 5s"
     assert sorted(h.backend.cancelled) == ["run1-train_1-1", "run1-train_1-2"]  # each timed-out job is cancelled
+
+
+def test_a_fan_out_is_nudged_by_its_instances_deadlines_not_by_the_idle_bound() -> None:
+    """A run with only a fan-out active has no deadline of its own: the sweep reads its active
+    instances' deadlines. Instances ticking on time keep it alone however long ago the run
+    document was saved; an instance whose tick was lost is nudged once its deadline + grace pass,
+    not after the 900 s idle bound."""
+    h = harness(fan_flow(["p0", "p1", "p2"]), polls=100_000)
+    h.create()
+    h.until(lambda: len(h.backend.requests) == 3)
+    saved = h.store.get("run1")
+    assert saved.due_at is None  # only the fan-out is active
+    h.until(lambda: h.queue.now > 1200, max_rounds=100_000)  # instances tick; the run is not saved
+    assert (h.now() - h.store.get("run1").updated_at).total_seconds() > 900
+    assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == []
+    h.queue.items.clear()  # every pending tick is lost for good
+    rows = instances(h, "run1", "train")
+    due = min(r.due_at for r in rows if r.due_at is not None)
+    h.queue.advance(max(0.0, (due - h.now()).total_seconds()) + 35)
+    assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == []  # it may still come back
+    h.queue.advance(1)
+    assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == ["run1"]
+    assert len(h.queue.items) == 3  # the lost ticks were re-issued, one per instance
+    rows = instances(h, "run1", "train")
+    assert all(r.due_at is not None and r.due_at >= h.now() for r in rows)  # their new deadlines saved
+    assert all(r.stalled_seconds > 35 for r in rows)  # the wait for the lost ticks is not the instances'
+    assert h.executor.resume_stalled(grace_seconds=35, idle_seconds=900) == []  # so the next sweep leaves it

@@ -256,7 +256,9 @@ def test_launch_failure_permanent_and_retryable() -> None:
     run = make_run(flow)
     launching = apply(run, flow, Incoming(start(run))).run
     d = apply(launching, flow, LaunchFailed("extract", 1, "throttled", True))
-    assert d.run.steps[0].state is StepState.RETRY_WAIT
+    step = d.run.steps[0]  # retryable: the same key again after the poll backoff (it reattaches)
+    assert (step.state, step.attempt, step.key, step.tick) == (StepState.LAUNCHING, 1, "run1-extract-1", 1)
+    assert [c.message.tick for c in of(d, Send)] == [1]
     d = apply(launching, flow, LaunchFailed("extract", 1, "unknown ref", False))
     assert d.run.status is RunStatus.FAILED and "unknown ref" in (d.run.error or "")
     # a launch failure for another attempt is stale

@@ -377,10 +377,17 @@ def test_resume_stalled_restarts_a_run_whose_tick_was_lost() -> None:
     got = h.queue.receive(1)
     h.executor.handle(got[0].message)  # start: launched, tick 1 sent
     h.queue.items.clear()  # ... and the tick is lost for good (dead-lettered)
-    assert h.executor.resume_stalled(older_than_seconds=600) == []  # not stalled yet
-    h.queue.advance(601)
-    assert h.executor.resume_stalled(older_than_seconds=600) == ["run1"]
+    due = h.store.get("run1").due_at  # the tick's scheduled time
+    assert due is not None and due > h.now()
+    h.queue.advance((due - h.now()).total_seconds() + 35)
+    assert h.executor.resume_stalled(grace_seconds=35) == []  # it may still come back (visibility timeout)
+    h.queue.advance(1)
+    assert h.executor.resume_stalled(grace_seconds=35) == ["run1"]  # overdue: not after a fixed 900 s
+    nudged = h.store.get("run1")
+    assert nudged.due_at is not None and nudged.due_at > h.now()  # the re-sent tick's deadline
+    assert h.executor.resume_stalled(grace_seconds=35) == []  # and it is not nudged again meanwhile
     h.drain()
     run = h.store.get("run1")
     assert run.status is RunStatus.SUCCEEDED and len(h.backend.launches) == 2
-    assert run.ended_at is not None and run.ended_at - run.created_at > timedelta(seconds=600)
+    assert run.steps[0].stalled_seconds > 35  # the time it waited for the lost tick is not its own
+    assert run.ended_at is not None and run.ended_at - run.created_at < timedelta(seconds=60)

@@ -210,9 +210,9 @@ def test_blob_created_trigger_starts_run_once(world: World) -> None:
     fn = user_function(blob_events.blob_created)
     doc = load_event("blob_created_eventgrid.json")[0]
     fn(grid_event(doc))
-    fn(grid_event(doc))  # Event Grid redelivers: nothing new
+    fn(grid_event(doc))  # Event Grid redelivers: no new run (its start again, while it is pending)
     starts = world.sent("start")
-    assert len(starts) == 1
+    assert len(world.store.rows) == 1 and len({m.message_id for m in starts}) == 1
     run = world.store.get(starts[0].run_id)
     assert run.flow == "train" and run.trigger.blob is not None
     assert run.trigger.blob["url"] == doc["data"]["url"]
@@ -253,8 +253,9 @@ def test_schedule_tick_fires_due_schedule_and_sweeps(world: World, monkeypatch: 
     assert world.store.get(nightly[0].run_id).trigger.schedule["fire_time"] == "2024-06-01T02:00:00Z"  # type: ignore[index]
     assert {m.run_id for m in starts if m.flow == "train"} == {"stuck0001"}
     assert world.blobs.list_blobs("conveyor-state", "schedules/nightly/")  # the record is in the data account
-    fn(TimerRequest(past_due=True))  # a second tick in the same minute starts nothing new
-    assert len([m for m in world.sent("start") if m.flow == "nightly"]) == 1
+    fn(TimerRequest(past_due=True))  # a second tick in the same minute creates nothing new
+    assert len({m.message_id for m in world.sent("start") if m.flow == "nightly"}) == 1
+    assert len([r for r in world.store.rows if world.store.get(r).flow == "nightly"]) == 1
 
 
 def test_schedule_tick_sweeps_even_when_firing_fails(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,15 +266,16 @@ def test_schedule_tick_sweeps_even_when_firing_fails(world: World, monkeypatch: 
     def broken(self: Any, now: datetime) -> None:
         raise RuntimeError("flows unreadable")
 
-    def sweep(store: Any, queue: Any, now: datetime, older_than_seconds: float) -> list[str]:
-        calls.append(f"sweep {older_than_seconds}")
+    def sweep(store: Any, queue: Any, now: datetime, grace_seconds: float) -> list[str]:
+        calls.append(f"sweep {grace_seconds}")
         return []
 
     monkeypatch.setattr(IngestService, "fire_schedules", broken)
     monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", sweep)
     with pytest.raises(RuntimeError, match="flows unreadable"):
         user_function(schedules.schedule_tick)(TimerRequest())
-    assert calls == [f"sweep {world.settings.sweeper_pending_seconds}"]
+    grace = world.settings.visibility_timeout_seconds + world.settings.stall_margin_seconds
+    assert calls == [f"sweep {float(grace)}"]
 
 
 # ---------------------------------------------------------------- Service Bus

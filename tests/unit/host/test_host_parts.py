@@ -21,6 +21,7 @@ from shared.host.server import HostApp, functions_blob_created
 from shared.host.watcher import BlobWatcher, watched_containers
 from shared.host.worker import QueueWorkers
 from shared.ingest.service import EventGridOutcome, IngestResult
+from shared.queue.base import Received
 from shared.settings import Settings
 from tests.fakes import MemoryQueue, MemoryRunStore
 from tests.unit.ingest.helpers import STEP
@@ -366,6 +367,48 @@ def test_worker_dead_letters_invalid_and_over_delivered_messages() -> None:
     assert [d[1] for d in q.dead] == ["InvalidMessage", "MaxDeliveryCountExceeded"]
 
 
+class CountingQueue(MemoryQueue):
+    """Counts handler failures on the message (as the Storage Queue adapter does), not deliveries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    def receive(self, max_messages: int = 16, visibility_timeout: float = 60.0) -> list[Received]:
+        got = super().receive(max_messages, visibility_timeout)
+        return [Received(r.message, r.dequeue_count, r.handle, self.failures.get(r.message.run_id, 0)) for r in got]
+
+    def abandon(self, received: Received, error: str) -> None:
+        self.failures[received.message.run_id] = received.failures + 1
+        self.errors.append(error)
+        received.handle.visible_at = self.now + 1
+
+
+def test_worker_counts_handler_failures_not_deliveries_lost_to_a_dead_host() -> None:
+    q = CountingQueue()
+    q.send(start("r1"))
+    outcomes: list[str] = []
+    w = QueueWorkers(q, lambda m, delivery_count=1: outcomes.append("ok"), visibility_timeout=1, max_delivery_count=2)
+    for _ in range(4):  # taken four times by hosts that died before finishing: not failures
+        assert len(q.receive(visibility_timeout=1)) == 1
+        q.advance(2)
+    w.process_available()
+    assert outcomes == ["ok"] and q.items == [] and q.dead == []
+
+    q.send(start("r2"))
+    failing = QueueWorkers(
+        q,
+        lambda m, delivery_count=1: (_ for _ in ()).throw(TransientError("store busy")),
+        max_delivery_count=2,
+    )
+    for _ in range(3):
+        failing.process_available()
+        q.advance(2)
+    assert q.failures["r2"] == 2 and q.errors == ["TransientError: store busy"] * 2
+    assert [(m.run_id, reason) for m, reason, _ in q.dead] == [("r2", "MaxDeliveryCountExceeded")]
+
+
 def test_worker_threads_start_and_stop() -> None:
     q = MemoryQueue()
     done: list[str] = []
@@ -393,27 +436,28 @@ def test_scheduler_fires_every_tick_and_sweeps_periodically(tmp_path: Path, monk
             fired.append(now)
             return []
 
-    def fake_sweep(store: Any, queue: Any, now: datetime, older_than_seconds: float) -> list[str]:
-        swept.append((now, older_than_seconds))
+    def fake_sweep(services: Any, now: datetime) -> list[str]:
+        swept.append((now, services.settings.visibility_timeout_seconds + services.settings.stall_margin_seconds))
         return []
 
-    monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", fake_sweep)
+    monkeypatch.setattr("shared.ingest.sweeper.sweep", fake_sweep)
 
     class Svc:
-        settings = Settings(home=tmp_path, sweeper_pending_seconds=42)
+        settings = Settings(home=tmp_path, visibility_timeout_seconds=40, stall_margin_seconds=2)
         store = MemoryRunStore()
         queue = MemoryQueue()
 
-    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30, resume_stalled_seconds=None)  # type: ignore[arg-type]
+    sch = Scheduler(Svc(), ingest=Ingest(), sweep_every=30)  # type: ignore[arg-type]
     for s in (0, 10, 31, 40):
         sch.tick(T0 + timedelta(seconds=s))
     assert fired == [T0 + timedelta(seconds=s) for s in (0, 10, 31, 40)]
     assert swept == [(T0, 42), (T0 + timedelta(seconds=31), 42)]
+    assert Scheduler(Svc()).sweep_every == Svc.settings.sweep_interval_seconds == 10  # type: ignore[arg-type]
 
 
 def test_scheduler_survives_a_failing_fire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     swept: list[Any] = []
-    monkeypatch.setattr("shared.ingest.sweeper.sweep_pending", lambda *a, **k: swept.append(a) or [])
+    monkeypatch.setattr("shared.ingest.sweeper.sweep", lambda *a, **k: swept.append(a) or [])
 
     class Ingest:
         def fire_schedules(self, now: datetime) -> list[Any]:
@@ -424,7 +468,7 @@ def test_scheduler_survives_a_failing_fire(tmp_path: Path, monkeypatch: pytest.M
         store = MemoryRunStore()
         queue = MemoryQueue()
 
-    Scheduler(Svc(), ingest=Ingest(), resume_stalled_seconds=None).tick(T0)  # type: ignore[arg-type]
+    Scheduler(Svc(), ingest=Ingest()).tick(T0)  # type: ignore[arg-type]
     assert len(swept) == 1
 
 

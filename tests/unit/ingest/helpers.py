@@ -77,3 +77,15 @@ def starts(queue: MemoryQueue) -> list[str]:
         elif m.kind == "start_batch":
             out.extend(m.run_ids or [])
     return out
+
+
+def consume_starts(store: MemoryRunStore) -> None:
+    """What the executor does with each start: every pending run is running now (a duplicate
+    trigger then sends nothing; for a run still pending it sends the start again)."""
+    from shared.engine.model import RunStatus
+
+    for run_id in list(store.rows):
+        run = store.get(run_id)
+        if run.status is RunStatus.PENDING:
+            run.status = RunStatus.RUNNING
+            store.save(run)

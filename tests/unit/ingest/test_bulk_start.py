@@ -17,7 +17,7 @@ from shared.ingest.service import BULK_START_MIN
 from shared.ingest.sweeper import sweep_pending
 from shared.queue.base import Received
 from tests.fakes import MemoryQueue, ScriptedBackend
-from tests.unit.ingest.helpers import FixedClock, RecordingTelemetry, flows, service, starts
+from tests.unit.ingest.helpers import FixedClock, RecordingTelemetry, consume_starts, flows, service, starts
 from tests.unit.ingest.test_service_blob import blob
 
 SALES = [{"kind": "blob", "container": "landing", "suffix": ".csv"}]
@@ -82,10 +82,21 @@ def test_a_redelivered_drop_sends_nothing_again() -> None:
     svc, store, queue, _ = service(flows(sales=SALES))
     events = blobs(30)
     svc.ingest_blob_events(events)
+    consume_starts(store)
     again = svc.ingest_blob_events(events[:20] + blobs(3, prefix="new"))
     assert [r.status for r in again] == ["duplicate"] * 20 + ["created"] * 3
     assert kinds(queue) == ["start_batch", "start", "start", "start"]
     assert len(starts(queue)) == len(set(starts(queue))) == len(store.rows) == 33
+
+
+def test_a_drop_redelivered_while_its_runs_are_pending_sends_their_starts_again_in_batches() -> None:
+    svc, store, queue, _ = service(flows(sales=SALES))
+    events = blobs(30)
+    svc.ingest_blob_events(events)
+    again = svc.ingest_blob_events(events[:20])
+    assert all(r.status == "duplicate" and "still pending" in r.reason for r in again)
+    assert kinds(queue) == ["start_batch", "start_batch"]  # 20 re-sent starts travel together too
+    assert starts(queue)[30:] == [r.run_id for r in again] and len(store.rows) == 30
 
 
 def test_a_batch_that_cannot_be_sent_leaves_its_runs_pending_for_the_sweeper() -> None:
@@ -101,7 +112,7 @@ def test_a_batch_that_cannot_be_sent_leaves_its_runs_pending_for_the_sweeper() -
         svc.ingest_blob_events(blobs(20))
     assert len(store.rows) == 20 and all(store.get(r).status is RunStatus.PENDING for r in store.rows)
     queue.send = real_send  # type: ignore[method-assign]
-    resent = sweep_pending(store, queue, clock.now + timedelta(minutes=10), older_than_seconds=300)
+    resent = sweep_pending(store, queue, clock.now + timedelta(minutes=10), 35.0)
     assert sorted(resent) == sorted(store.rows) == sorted(starts(queue))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
@@ -12,7 +12,7 @@ from shared.engine.model import RunStatus, run_id_for
 from shared.errors import ValidationError
 from shared.ingest.eventgrid import BlobEvent, parse_delivery
 from shared.telemetry.trace import parse as parse_traceparent
-from tests.unit.ingest.helpers import event_bytes, flows, load_event, service, starts
+from tests.unit.ingest.helpers import FixedClock, consume_starts, event_bytes, flows, load_event, service, starts
 
 NOTIFY = {"aeg-event-type": "Notification"}
 BASE = "http://127.0.0.1:10000/devstoreaccount1"
@@ -35,7 +35,9 @@ def blob(name: str, *, container: str = "landing", etag: str = '"0x1"', size: in
 def test_recorded_delivery_three_times_makes_one_run_and_one_start() -> None:
     svc, store, queue, tel = service(flows(sales=[{"kind": "blob", "container": "landing", "suffix": ".csv"}]))
     body = event_bytes("blob_created_eventgrid.json")
-    outcomes = [svc.ingest_eventgrid(body, NOTIFY) for _ in range(3)]
+    outcomes = [svc.ingest_eventgrid(body, NOTIFY)]
+    consume_starts(store)
+    outcomes += [svc.ingest_eventgrid(body, NOTIFY) for _ in range(2)]
     statuses = [o.results[0].status for o in outcomes]
     assert statuses == ["created", "duplicate", "duplicate"]
     assert len(store.rows) == 1 and store.creates == 1
@@ -44,7 +46,7 @@ def test_recorded_delivery_three_times_makes_one_run_and_one_start() -> None:
     msg = queue.sent[0][0]
     assert msg.message_id == run_id and msg.flow == "sales"
     run = store.get(run_id)
-    assert run.status is RunStatus.PENDING and [s.name for s in run.steps] == ["work"]
+    assert run.status is RunStatus.RUNNING and [s.name for s in run.steps] == ["work"]  # consumed
     assert run.trigger.kind == "blob" and run.trigger.blob is not None
     assert run.trigger.blob["name"] == "sales/2024-06-01/part-0001.csv" and run.trigger.blob["size"] == 524288
     assert parse_traceparent(run.traceparent) is not None and msg.traceparent == run.traceparent
@@ -56,14 +58,34 @@ def test_recorded_delivery_three_times_makes_one_run_and_one_start() -> None:
 def test_cloudevents_and_eventgrid_delivery_of_one_blob_are_one_run() -> None:
     svc, store, queue, _ = service(flows(sales=[{"kind": "blob", "container": "landing"}]))
     svc.ingest_eventgrid(event_bytes("blob_created_eventgrid.json"), NOTIFY)
+    consume_starts(store)
     svc.ingest_eventgrid(event_bytes("blob_created_cloudevents.json"), {})
     assert len(store.rows) == 1 and len(starts(queue)) == 1
+
+
+def test_a_duplicate_for_a_run_still_pending_sends_its_start_again() -> None:
+    """The call that created the run may have died before its send: the retry sends it."""
+    svc, store, queue, tel = service(flows(sales=[{"kind": "blob", "container": "landing", "settle_seconds": 30}]))
+    clock = svc.clock
+    assert isinstance(clock, FixedClock)
+    first = svc.ingest_blob_events([blob("a.csv")])[0]
+    clock.now += timedelta(seconds=12)
+    again = svc.ingest_blob_events([blob("a.csv")])[0]
+    assert (again.status, again.run_id, again.created) == ("duplicate", first.run_id, False)
+    assert "still pending" in again.reason
+    assert starts(queue) == [first.run_id, first.run_id]  # message id = run id: one on Service Bus
+    assert [delay for _, delay in queue.sent] == [30.0, 18.0]  # the rest of its settle time
+    assert tel.names().count("run.start_resent") == 1
+    consume_starts(store)
+    svc.ingest_blob_events([blob("a.csv")])
+    assert len(starts(queue)) == 2  # past pending: nothing more
 
 
 def test_run_id_is_per_blob_version() -> None:
     svc, _store, queue, _ = service(flows(sales=[{"kind": "blob", "container": "landing"}]))
     r1 = svc.ingest_blob_events([blob("a.csv", etag='"0x1"')])[0]
     r2 = svc.ingest_blob_events([blob("a.csv", etag='"0x2"')])[0]
+    consume_starts(_store)
     r3 = svc.ingest_blob_events([blob("a.csv", etag="0x2")])[0]  # same version, unquoted eTag
     assert r1.status == r2.status == "created" and r1.run_id != r2.run_id
     assert r3.status == "duplicate" and r3.run_id == r2.run_id
@@ -124,6 +146,7 @@ def test_manifest_waits_then_starts_one_run_for_the_folder() -> None:
     manifest = blob("drops/2024-06-01/_SUCCESS", size=0)
     for _ in range(3):
         svc.ingest_blob_events([manifest])
+        consume_starts(store)
     assert len(store.rows) == 1 and len(starts(queue)) == 1
     run = store.get(starts(queue)[0])
     assert run.trigger.blob is not None

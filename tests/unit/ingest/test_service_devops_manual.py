@@ -10,7 +10,7 @@ import pytest
 from shared.engine.model import run_id_for
 from shared.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from shared.settings import Settings
-from tests.unit.ingest.helpers import event_bytes, flows, load_event, service, starts
+from tests.unit.ingest.helpers import consume_starts, event_bytes, flows, load_event, service, starts
 
 SETTINGS = Settings(devops_username="hook", devops_password="pw", devops_secret="tok")
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"hook:pw").decode()}
@@ -51,7 +51,9 @@ def devops_flows():  # type: ignore[no-untyped-def]
 def test_hook_delivered_three_times_starts_one_run(payload: str, flow: str, expect: dict[str, str]) -> None:
     svc, store, queue, _ = service(devops_flows(), SETTINGS)
     body = event_bytes(payload)
-    results = [svc.ingest_devops(body, AUTH) for _ in range(3)]
+    results = [svc.ingest_devops(body, AUTH)]
+    consume_starts(store)
+    results += [svc.ingest_devops(body, AUTH) for _ in range(2)]
     assert [[(r.flow, r.status) for r in rs] for rs in results] == [
         [(flow, "created")],
         [(flow, "duplicate")],
@@ -115,10 +117,13 @@ def test_malformed_hook_enqueues_nothing() -> None:
 def test_manual_start_with_key_is_idempotent() -> None:
     svc, store, queue, _ = service(flows(train=[{"kind": "manual"}]))
     r1 = svc.start_manual("train", {"alpha": 0.5}, idempotency_key="k-1")
-    r2 = svc.start_manual("train", {"alpha": 0.5}, idempotency_key="k-1")
+    r2 = svc.start_manual("train", {"alpha": 0.5}, idempotency_key="k-1")  # a retry: still pending
     assert (r1.status, r2.status) == ("created", "duplicate") and r1.run_id == r2.run_id
     assert r1.run_id == run_id_for("train", "manual", "k-1")
-    assert starts(queue) == [r1.run_id]
+    assert starts(queue) == [r1.run_id, r1.run_id]  # a cut first call may never have sent it
+    consume_starts(store)
+    assert svc.start_manual("train", {"alpha": 0.5}, idempotency_key="k-1").status == "duplicate"
+    assert starts(queue) == [r1.run_id, r1.run_id]  # started: nothing more
     run = store.get(r1.run_id)
     assert run.trigger.kind == "manual" and run.trigger.params == {"alpha": 0.5}
     with pytest.raises(ConflictError):

@@ -11,7 +11,7 @@ from shared.engine.model import Run, StepRun, TriggerContext, run_id_for
 from shared.errors import ValidationError
 from shared.ingest.schedule_state import MemoryScheduleState, ScheduleKey
 from shared.ingest.service import IngestService
-from tests.unit.ingest.helpers import flows, service, starts
+from tests.unit.ingest.helpers import consume_starts, flows, service, starts
 
 HOURLY = {"kind": "schedule", "cron": "0 0 * * * *"}
 NIGHTLY = {"kind": "schedule", "cron": "0 30 2 * * *", "timezone": "Europe/Amsterdam", "catch_up": False}
@@ -25,6 +25,7 @@ def test_double_and_late_fires_start_each_fire_once() -> None:
     svc, store, queue, _ = service(flows(hourly=[HOURLY]))
     assert svc.fire_schedules(at(11, 59, 0)) == []  # first seen: the 11:00 fire is before that
     first = svc.fire_schedules(at(12, 0, 0))
+    consume_starts(store)
     again = svc.fire_schedules(at(12, 0, 0))
     late = svc.fire_schedules(at(12, 45, 10))
     assert [r.status for r in first] == ["created"]
@@ -54,6 +55,7 @@ def test_catch_up_creates_missed_fires_exactly_once() -> None:
     svc.fire_schedules(at(8, 59))  # first seen
     svc.fire_schedules(at(9, 0, 5))  # the 09:00 fire ran; then the host was down until 12:00
     res = svc.fire_schedules(at(12, 0, 5))
+    consume_starts(store)
     created = sorted(store.get(r.run_id).trigger.schedule["fire_time"] for r in res if r.created)  # type: ignore[index]
     assert created == ["2024-06-01T10:00:00Z", "2024-06-01T11:00:00Z", "2024-06-01T12:00:00Z"]
     caught = [store.get(r.run_id).trigger.schedule["caught_up"] for r in res if r.created]  # type: ignore[index]
@@ -81,6 +83,7 @@ def test_a_new_schedule_waits_for_its_next_fire() -> None:
         assert svc.fire_schedules(at(12, 0, 5)) == []  # 12:00 came before the schedule was seen
         assert svc.fire_schedules(at(12, 40)) == []
         res = svc.fire_schedules(at(13, 0, 2))
+        consume_starts(_store)
         assert [r.status for r in res] == ["created"]
         assert res[0].run_id == run_id_for("hourly", "schedule", "2024-06-01T13:00:00Z")
         assert len(starts(queue)) == 1 and "schedule.missed" not in tel.names()
@@ -169,6 +172,7 @@ def test_without_catch_up_a_missed_fire_is_recorded_not_run() -> None:
     svc.fire_schedules(at(10, 0, 5))  # nothing missed here
     assert "schedule.missed" not in tel.names()
     res = svc.fire_schedules(at(12, 0, 5))  # 11:00 was missed
+    consume_starts(store)
     assert [r.status for r in res] == ["created", "ignored"]
     missed = res[1]
     assert "2024-06-01T11:00:00Z" in missed.reason and "catch_up" in missed.reason

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.backends.base import LaunchRequest
+from shared.backends.background import LOST_AFTER_SECONDS, stamped, unstamped
+from shared.backends.base import JobBackend, LaunchRequest, StepStatus
 from shared.backends.deploy import DeployBackend
 from shared.backends.register import RegisterBackend
 from shared.deploy.base import Deployer, Deployment
@@ -101,19 +103,29 @@ def request(step: str, kind: str, key: str, params: dict[str, Any], **extra: Any
     )
 
 
+def settled(backend: JobBackend, remote_id: str) -> StepStatus:
+    """The step's status once its background work has finished (launch returns at once)."""
+    for _ in range(2000):
+        status = backend.poll(remote_id)
+        if status.state != "running":
+            return status
+        time.sleep(0.005)
+    raise AssertionError(f"{remote_id} still running")
+
+
 def register(reg: RegisterBackend, key: str, r2: Any, **extra: Any) -> dict[str, Any]:
     params = {"model_uri": "/m", "metrics": {"r2": r2, "rmse": "1.5"}, "tags": {"team": "a"}}
     result = reg.launch(request("register", "register", key, params, **extra))
-    assert result.remote_id == key
-    status = reg.poll(result.remote_id)
-    assert status.state == "succeeded"
+    assert unstamped(result.remote_id)[0] == key
+    status = settled(reg, result.remote_id)
+    assert status.state == "succeeded", status.error
     return status.outputs
 
 
 def deploy(dep: DeployBackend, key: str, version: str, **params: Any) -> dict[str, Any]:
     result = dep.launch(request("deploy", "deploy", key, {"version": version, **params}))
-    status = dep.poll(result.remote_id)
-    assert status.state == "succeeded"
+    status = settled(dep, result.remote_id)
+    assert status.state == "succeeded", status.error
     return status.outputs
 
 
@@ -144,6 +156,33 @@ def test_register_is_idempotent_and_polls_after_restart() -> None:
     assert first == again and registry.registers == 1
     assert RegisterBackend(registry).poll("k1").outputs["version"] == first["version"]
     assert RegisterBackend(registry).poll("unknown").state == "failed"
+
+
+def test_register_launch_returns_before_the_registry_is_done() -> None:
+    import threading
+
+    gate = threading.Event()
+
+    class Slow(MemoryRegistry):
+        def register(self, *args: Any, **kwargs: Any) -> ModelVersion:
+            gate.wait(5)
+            return super().register(*args, **kwargs)
+
+    registry = Slow()
+    reg = RegisterBackend(registry)
+    result = reg.launch(request("register", "register", "k1", {"model_uri": "/m", "metrics": {"r2": 1}}))
+    assert reg.poll(result.remote_id).state == "running" and registry.registers == 0
+    again = reg.launch(request("register", "register", "k1", {"model_uri": "/m", "metrics": {"r2": 1}}))
+    assert again.reattached and again.remote_id == result.remote_id  # a redelivered launch: the same work
+    gate.set()
+    assert settled(reg, result.remote_id).state == "succeeded" and registry.registers == 1
+
+
+def test_work_found_nowhere_is_running_then_lost_with_its_host() -> None:
+    other = RegisterBackend(MemoryRegistry())  # another process: it knows nothing of the work
+    assert other.poll(stamped("k9")).state == "running"  # may still be going on another instance
+    old = other.poll(stamped("k9", time.time() - LOST_AFTER_SECONDS - 1))
+    assert old.state == "failed" and old.retryable and "lost with its host" in (old.error or "")
 
 
 def test_register_rejects_non_numeric_metric_naming_it() -> None:
@@ -208,8 +247,9 @@ def test_replay_after_crash_before_promotion_promotes() -> None:
         def deploy(self, endpoint: str, model: ModelVersion) -> Deployment:
             raise RuntimeError("host died")
 
-    with pytest.raises(RuntimeError):
-        DeployBackend(registry, Crashing()).launch(request("deploy", "deploy", "d1", {"version": v1}))
+    crashing = DeployBackend(registry, Crashing())
+    crashed = settled(crashing, crashing.launch(request("deploy", "deploy", "d1", {"version": v1})).remote_id)
+    assert crashed.state == "failed" and "host died" in (crashed.error or "")
     out = deploy(DeployBackend(registry, deployer), "d1", v1)
     assert out["decision"] == "promoted" and deployer.deploys == [("retrain", v1)]
 
@@ -237,8 +277,8 @@ def test_deploy_validates_params() -> None:
     with pytest.raises(ValidationError) as err:
         dep.launch(request("deploy", "deploy", "d", {"version": "1"}, model={"name": "m"}))
     assert err.value.field == "model.metric"
-    with pytest.raises(NotFoundError):
-        dep.launch(request("deploy", "deploy", "d", {"version": "9"}))
+    missing = settled(dep, dep.launch(request("deploy", "deploy", "d", {"version": "9"})).remote_id)
+    assert missing.state == "failed" and not missing.retryable  # the version is looked up in the background
 
 
 def mv(version: str) -> ModelVersion:
@@ -273,8 +313,9 @@ def test_register_and_deploy_per_instance_take_their_keys_from_the_instance() ->
         item = {"partition": store, "model_uri": f"/m/{store}"}
         params = {"model_name": f"sales-{store}", "model_uri": item["model_uri"], "metrics": {"r2": 0.5 + i / 10}}
         req = request("register", "register", key, params, index=i, item=item)
-        assert reg.launch(req).remote_id == key and reg.launch(req).reattached  # one version per instance
-        outs.append(reg.poll(key).outputs)
+        launched = reg.launch(req)
+        assert unstamped(launched.remote_id)[0] == key and reg.launch(req).reattached  # one version per instance
+        outs.append(settled(reg, launched.remote_id).outputs)
     assert registry.registers == 2
     tags = registry.get("sales-south", outs[1]["version"]).tags
     assert tags["conveyor.key"] == "run1-register_1-1" and tags["conveyor.index"] == "1"
@@ -282,6 +323,6 @@ def test_register_and_deploy_per_instance_take_their_keys_from_the_instance() ->
     for i, out in enumerate(outs):
         key = idempotency_key("run1", "deploy", 1, i)
         req = request("deploy", "deploy", key, {"model_name": out["model_name"], "version": out["version"]}, index=i)
-        got = dep.poll(dep.launch(req).remote_id).outputs
+        got = settled(dep, dep.launch(req).remote_id).outputs
         assert got["decision"] == "promoted" and registry.champion(out["model_name"]).version == out["version"]  # type: ignore[union-attr]
         assert registry.get(out["model_name"], out["version"]).tags["gate.key"] == key

@@ -23,6 +23,7 @@ from shared.deploy.azureml_v1 import AzureMLWebServiceDeployer
 from shared.errors import NotFoundError, PermanentError, TransientError, ValidationError
 from shared.registry.azureml_v1 import AzureMLv1Registry
 from tests.functional.azure.azureml_v1.fake_sdk import FakeAzureML
+from tests.functional.backends.conftest import wait_done
 
 
 @pytest.fixture
@@ -266,12 +267,12 @@ def test_register_and_gated_deploy_steps_run_on_the_v1_adapters(registry, deploy
         reg = register.launch(
             step_request("register", f"{run}-register-1", {"model_uri": uri, "metrics": {"auc": auc}}, model)
         )
-        out = register.poll(reg.remote_id).outputs
+        out = wait_done(register, reg.remote_id).outputs
         assert out["model_uri"] == f"azureml:churn:{out['version']}"
         dep = deploy.launch(
             step_request("deploy", f"{run}-deploy-1", {"version": out["version"], "endpoint": "churn-svc"}, model)
         )
-        result = deploy.poll(dep.remote_id).outputs
+        result = wait_done(deploy, dep.remote_id).outputs
         served.append((result["decision"], result["serving_version"]))
 
     assert served == [("promoted", "1"), ("promoted", "2"), ("rejected", "2")]

@@ -20,6 +20,7 @@ from shared.errors import NotFoundError, PermanentError, ThrottledError, Transie
 from shared.registry.azureml_v2 import ALIAS_TAG, AzureMLRegistry
 from shared.registry.base import ModelVersion
 from tests.functional.azure.azureml_v2.fake_mlclient import FakeMLClient, http_error
+from tests.functional.backends.conftest import wait_done
 
 MODEL = "sales-forecaster"
 
@@ -85,6 +86,7 @@ def test_register_step_on_the_azure_registry(client: FakeMLClient) -> None:
         steps={"train": {"remote_id": "run7-train-1", "outputs": {}}},
     )
     res = step.launch(req)
+    wait_done(step, res.remote_id)
     st = RegisterBackend(reg).poll(res.remote_id)  # a restarted host
     assert st.state == "succeeded"
     assert st.outputs["version"] == "1" and st.outputs["metrics"] == {"r2": 0.75}
@@ -255,12 +257,13 @@ def test_deploy_step_gates_promotes_and_records_a_rejection(client: FakeMLClient
         )
 
     v1 = register(reg, "k1", 0.80)
-    st = step.poll(step.launch(req(v1.version, "r1-deploy-1")).remote_id)
+    st = wait_done(step, step.launch(req(v1.version, "r1-deploy-1")).remote_id)
     assert st.outputs["decision"] == "promoted" and st.outputs["serving_version"] == "1"
     assert reg.champion(MODEL).version == "1"  # type: ignore[union-attr]
 
     v2 = register(reg, "k2", 0.805)  # below min_improvement
     res = step.launch(req(v2.version, "r2-deploy-1"))
+    wait_done(step, res.remote_id)
     st = DeployBackend(reg, dep).poll(res.remote_id)  # after a restart: read back from the version tags
     assert st.state == "succeeded"
     assert st.outputs["decision"] == "rejected" and st.outputs["gate"]["promote"] is False
