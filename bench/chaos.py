@@ -209,8 +209,10 @@ class Config:
     kills: int = 100
     min_life: float = 0.5  # seconds a host lives before its kill, drawn uniformly
     max_life: float = 6.0
-    # seconds between triggers while the kills go on; None: spread them over the expected kill
-    # phase (kills x mean life), so that runs are in flight up to the last kill
+    # seconds between triggers while the kills go on; None: by the kills' progress (run i is
+    # triggered once kills x i / runs kills are done), so that runs are in flight at the last kill
+    # however long each trigger call took (a time-based spread finished too early when calls
+    # went through at once: nothing was left to drain)
     trigger_every: float | None = None
     fault_rate: float = 0.0
     broken_runs: int = 0  # runs of the flow that fails for good (its reason must be the run's error)
@@ -408,17 +410,23 @@ def run_experiment(name: str, cfg: Config, azurite: Settings, work: Path, say: A
         ids = [run_id(FLOW, k) for k in keys] + [run_id(BROKEN, k) for k in broken]
         retries: list[int] = []
 
-        every = cfg.trigger_every
-        if every is None:
-            every = 0.9 * cfg.kills * (cfg.min_life + cfg.max_life) / 2 / max(1, cfg.runs)
         triggered: list[str] = []
+
+        def wait_turn(i: int) -> None:
+            """Until run ``i``'s turn: its share of the kills done (or its time, with trigger_every)."""
+            if not cfg.kills or i == 0:
+                return
+            if cfg.trigger_every is not None:
+                time.sleep(cfg.trigger_every)
+                return
+            while report.kills < cfg.kills * i // max(1, cfg.runs):
+                time.sleep(0.05)
 
         def triggers() -> None:
             for i, key in enumerate(keys):
+                wait_turn(i)
                 retries.append(host.trigger(FLOW, key, {"r2": round(rng.uniform(0.1, 0.9), 3)}, time.monotonic() + 600))
                 triggered.append(run_id(FLOW, key))
-                if i < len(keys) - 1 and cfg.kills:
-                    time.sleep(every)
             for key in broken:
                 retries.append(host.trigger(BROKEN, key, {}, time.monotonic() + 600))
 
