@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench.common import interleaved, report
 from shared.backends.base import LaunchRequest
-from shared.blobs.base import BlobInfo, BlobStore
+from shared.blobs.base import BlobInfo, BlobStore, Recipe, StrPath
 from shared.errors import ValidationError
 
 # argv (tasks run without a shell); the redirect needs one, so both sides run the same sh -c
@@ -76,7 +76,7 @@ class DirBlobStore(BlobStore):
             f.write(data)
         return self._info(container, name, path)
 
-    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+    def upload_file(self, container: str, name: str, path: StrPath) -> BlobInfo:
         target = self._path(container, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(path, target)
@@ -86,7 +86,7 @@ class DirBlobStore(BlobStore):
         with open(self._path(container, name), "rb") as f:
             return f.read()
 
-    def download_to(self, container: str, name: str, path: Path) -> None:
+    def download_to(self, container: str, name: str, path: StrPath) -> None:
         shutil.copyfile(self._path(container, name), path)
 
     def info(self, container: str, name: str) -> BlobInfo | None:
@@ -101,6 +101,9 @@ class DirBlobStore(BlobStore):
             if path.is_file() and name.startswith(prefix):
                 found.append(self._info(container, name, str(path)))
         return found
+
+    def recipe(self) -> Recipe:
+        return (type(self), (self.root,), {})
 
     def url(self, container: str, name: str) -> str:
         return f"{SCHEME}{container}/{name}"
@@ -254,4 +257,6 @@ def main(tasks: int = 1000, rounds: int = 5, workers: tuple[int, ...] = (1, 2)) 
 
 
 if __name__ == "__main__":
-    main()
+    from bench.bench_batch import main as bench_main  # DirBlobStore pickles as bench.bench_batch's, not __main__'s
+
+    bench_main()

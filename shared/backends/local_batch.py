@@ -1,4 +1,4 @@
-"""Local Azure Batch: one task per input, the same commands, a bounded process pool.
+"""Local Azure Batch: one task per input, the same commands, run by a pool of node processes.
 
 A task runs its command as an argv list, without a shell: at launch the command template
 (shared.flows.argv) is filled once per task with the run's ``${...}`` scope and the task's
@@ -14,22 +14,25 @@ Layout of a job (``<home>/batch/<key>/``)::
     cancelled           present once the job was cancelled
     status.json         final state, written once when the last task has finished
     tasks/<task_id>/    stdout.txt, stderr.txt, wd/ (resource files, input, output/), exit.json;
-                        the command's helper holds an flock on this directory while the
-                        command runs, then writes exit.json (see commandline)
+                        the task's node holds an flock on this directory while the command
+                        runs, then writes exit.json (see batch_node)
+
+Each of the ``max_workers`` worker threads hands its tasks to a node process of its own
+(shared.backends.batch_node), which stages, runs and uploads the whole task, like the agent
+on a Batch node; this module keeps the jobs: launch, tasks.log, the final status, poll, cancel.
 
 A backend instance runs a job only while it holds the job's lock. Another instance on the
 same home (a restarted host) that polls a job whose lock is free takes it over and goes
 through the tasks missing from tasks.log: a task never started runs; a task the dead host
 started is adopted -- the new host waits while its command still runs, then takes its exit
 code and uploads its outputs -- and only a task whose command left no exit code (killed
-mid-flight with its helper) runs again, counted (``reruns``) as a re-run after host loss.
+mid-flight with its node) runs again, counted (``reruns``) as a re-run after host loss.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,24 +40,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
+from shared.backends.batch_node import NodeClient, failed
 from shared.backends.commandline import (
-    MARKER_ENV,
     JobLock,
-    Spawner,
-    Watchdog,
     WorkerPool,
     atomic_write_json,
+    child_env,
     create_json_once,
     job_dir,
     kill_marked,
     local_file_name,
     read_json,
-    tail_text,
     validation_error,
-    wait_for_record,
 )
 from shared.backends.resource_files import resolve as resolve_resources
-from shared.errors import NotFoundError, RetryableError, ValidationError
+from shared.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from shared.blobs.base import BlobStore
@@ -63,9 +63,9 @@ if TYPE_CHECKING:
 MAX_OUTPUT_URLS = 1000  # outputs are small values on the run; the prefix finds the rest
 _FAILED_DETAIL = 5  # failed tasks described in full in the error
 CANCEL_CHECK_SECONDS = 0.2  # how stale a "not cancelled by another process" answer may be
-# A task whose downloads or uploads fail with a retryable error (storage busy past the SDK's own
-# retries) is staged again, this many times in all; a command it already ran is adopted, not rerun.
-STAGING_TRIES = 4
+# Tasks a node gets in one message while many are left, like a process pool's chunks: one
+# round trip (and one wake-up of the host) per few short tasks instead of per task.
+BATCH_TASKS = 4
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class _Job:
     reruns: int = 0  # results re-run after host loss (kept here so that a poll is O(1))
     log_fd: int = -1
     final: dict[str, Any] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  # what a node needs of the job (batch_node)
 
     tasks_dir: str = ""
     marker: str = ""
@@ -134,19 +134,26 @@ class LocalBatchBackend(JobBackend):
         self.root = root  # the project: ./path resource files are staged from it
         self.max_workers = max_workers
         self.resume = resume  # take over jobs whose host is gone (off for read-only users)
-        self._pool = WorkerPool(max_workers, name="conveyor-batch")
-        self._watchdog = Watchdog()
+        if blobs.recipe() is None:
+            raise ValidationError(
+                "the local batch backend needs a blob store its node processes can build "
+                "(BlobStore.recipe): one made from settings or a connection string",
+                field="blobs",
+            )
+        # Two threads per node: one waits on the task its node runs, one on the next task,
+        # sent while no node is idle (see _pick_node); at most max_workers commands run at once.
+        self._pool = WorkerPool(2 * max_workers, name="conveyor-batch")
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._spawners: list[Spawner] = []
+        self._nodes: list[NodeClient] = []
+        self._node_env = child_env()
 
     def close(self) -> None:
-        """Stop the helper processes (idle ones exit at once). Jobs keep their state on disk."""
+        """Stop the node processes (idle ones exit at once). Jobs keep their state on disk."""
         with self._lock:
-            spawners, self._spawners = self._spawners, []
-        for sp in spawners:
-            sp.close()
+            nodes, self._nodes = self._nodes, []
+        for node in nodes:
+            node.close()
 
     @classmethod
     def from_settings(cls, settings: Settings, blobs: BlobStore) -> LocalBatchBackend:
@@ -271,166 +278,52 @@ class LocalBatchBackend(JobBackend):
             return job
         (jdir / "tasks").mkdir(exist_ok=True)
         job.log_fd = os.open(jdir / "tasks.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        job.env = {**(spec.get("env") or {}), "AZ_BATCH_JOB_ID": key, "TRACEPARENT": spec.get("traceparent") or ""}
-        self._pool.submit_all(_bind(self._run_task, job, t) for t in todo)
+        job.context = {
+            "tasks_dir": job.tasks_dir,
+            "marker": job.marker,
+            "run_id": spec["run_id"],
+            "step": spec["step"],
+            "output_container": spec["output_container"],
+            "resources": spec["resources"],
+            "max_task_retries": spec.get("max_task_retries"),
+            "max_wall_clock_seconds": spec.get("max_wall_clock_seconds"),
+            "env": {**(spec.get("env") or {}), "AZ_BATCH_JOB_ID": key, "TRACEPARENT": spec.get("traceparent") or ""},
+        }
+        self._pool.submit_all(_bind(self._run_tasks, job, batch) for batch in _batches(todo, self.max_workers))
         return job
 
-    def _run_task(self, job: _Job, task: _Task) -> None:
-        record: dict[str, Any] | None = None
-        for staging in range(1, STAGING_TRIES + 1):
+    def _run_tasks(self, job: _Job, tasks: list[_Task]) -> None:
+        """Hand a few tasks to a node (batch_node) and record what it answers."""
+        records: list[dict[str, Any] | None] = [None] * len(tasks)
+        if not job.cancelled():
+            work = [[t.id, t.container, t.blob, t.local, t.argv] for t in tasks]
             try:
-                record = self._execute(job, task)
-                break
-            except RetryableError as exc:  # storage busy beyond the SDK's retries: stage the task again
-                if staging == STAGING_TRIES:
-                    record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
-                else:
-                    time.sleep(min(4.0, float(2 ** (staging - 1))))
-            except Exception as exc:  # a broken download or upload fails the task, never the pool
-                record = {"t": task.id, "s": "failed", "x": None, "a": 0, "e": f"{type(exc).__name__}: {exc}"}
-                break
-        if record is not None:
-            os.write(job.log_fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+                records = self._pick_node().run(job.key, job.context, work)
+            except Exception as exc:  # a node that died fails its tasks with the reason, never the pool
+                records = [failed(t.id, exc) for t in tasks]
+        done = [r for r in records if r is not None]
+        if done:
+            os.write(job.log_fd, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in done).encode())
         with job.mutex:
-            if record is not None:
-                job.results[task.id] = record
-                job.reruns += int(record.get("h", 0))
-            job.remaining -= 1
+            for rec in done:
+                job.results[rec["t"]] = rec
+                job.reruns += int(rec.get("h", 0))
+            job.remaining -= len(tasks)
             last = job.remaining == 0
         if last:
             self._finish(job)
 
-    def _spawner(self) -> Spawner:
-        sp: Spawner | None = getattr(self._local, "spawner", None)
-        if sp is None:
-            sp = self._local.spawner = Spawner()
-            with self._lock:
-                self._spawners.append(sp)
-        return sp
-
-    def _execute(self, job: _Job, task: _Task) -> dict[str, Any] | None:
-        """Run one task to its final state; None when cancelled (nothing is recorded).
-
-        The hot path of 1,000-task jobs: plain string paths, no fsync, no blob call when
-        there is nothing to upload, one log line at the end.
-        """
-        if job.cancelled():
-            return None
-        spec = job.spec
-        tdir = os.path.join(job.tasks_dir, task.id)
-        wd = os.path.join(tdir, "wd")
-        out = os.path.join(wd, "output")
-        stdout, stderr = os.path.join(tdir, "stdout.txt"), os.path.join(tdir, "stderr.txt")
-        record = os.path.join(tdir, "exit.json")
-        wall = spec.get("max_wall_clock_seconds")
-        tries = int(spec.get("max_task_retries") or 0) + 1
-        first, rerun = 1, 0
-        try:
-            os.mkdir(tdir)
-        except FileExistsError:  # started by a host that is gone: adopt what its command did
-            adopted = self._adopt(job, task, record, wall)
-            if adopted is None or "s" in adopted:
-                return adopted  # cancelled, or the command's own result
-            first, rerun = int(adopted["next"]), int(adopted["h"])
-        if first == 1:
-            os.mkdir(wd)  # output/ is made by the spawner helper, off this process
-            # Local names were checked at launch to be one plain segment (no '/', not '..'),
-            # and wd was created just now, so joining cannot leave wd.
-            for container, name, local in spec["resources"]:
-                self.blobs.download_to(container, name, Path(wd, local))
-            if task.argv is None:
-                error = "launched by an older Conveyor (no argv): rerun the step"
-                return {"t": task.id, "s": "failed", "x": None, "a": 0, "e": error}
-            self.blobs.download_to(task.container, task.blob, Path(wd, task.local))
-        assert task.argv is not None
-        env = dict(job.env)
-        env["AZ_BATCH_TASK_ID"] = task.id
-        env["AZ_BATCH_TASK_WORKING_DIR"] = wd
-        env["CONVEYOR_TASK_OUTPUT_DIR"] = out
-        marker = env[MARKER_ENV] = f"batch/{job.key}/{task.id}"
-        deadline = time.monotonic() + wall if wall else None
-        spawner = self._spawner()
-        code: int | None = None
-        for attempt in range(first, tries + 1):
-            if job.cancelled():
-                return None
-            if attempt > 1:
-                shutil.rmtree(out, ignore_errors=True)
-            timed_out = threading.Event()
-            # Killed by marker (a cancel, the wall clock), so the helper need not report its pid.
-            token = None
-            if deadline is not None:
-                token = self._watchdog.watch(deadline, _bind(_expire_marked, marker, timed_out))
-            code = spawner.run(
-                task.argv,
-                cwd=wd,
-                env=env,
-                stdout=stdout,
-                stderr=stderr,
-                mkdir=out,
-                lock=tdir,
-                record=record,
-                tag={"attempt": attempt},
-                cancelled=job.marker,
-            )
-            if token is not None:
-                self._watchdog.clear(token)
-            if job.cancelled(fresh=code != 0):  # killed by a cancel from elsewhere: not a failure
-                return None
-            if timed_out.is_set():
-                return _record(task, "failed", code, attempt, rerun, e=f"exceeded max wall clock ({wall}s)")
-            if code == 0:
-                return _record(task, "succeeded", 0, attempt, rerun, o=self._upload(job, task, out))
-        return _record(task, "failed", code, tries, rerun, e=tail_text(Path(stderr), lines=5, max_bytes=600))
-
-    def _adopt(self, job: _Job, task: _Task, record: str, wall: Any) -> dict[str, Any] | None:
-        """A task a gone host started: its final record when its command finished (waiting
-        while it still runs), None when cancelled, else ``{"next": attempt, "h": 0|1}`` -- where
-        to go on: a failed attempt with retries left, or (``h``) a re-run after host loss."""
-        tdir = os.path.join(job.tasks_dir, task.id)
-        out = os.path.join(tdir, "wd", "output")
-        marker = f"batch/{job.key}/{task.id}"
-        expired = threading.Event()
-        token = None
-        if wall:  # an orphan gets the wall clock again from now: at most twice its limit in all
-            token = self._watchdog.watch(time.monotonic() + wall, _bind(_expire_marked, marker, expired))
-        rec = wait_for_record(Path(tdir), Path(record))
-        if token is not None:
-            self._watchdog.clear(token)
-        if rec is not None:
-            code, attempt = int(rec["rc"]), int(rec.get("attempt") or 1)
-            tries = int(job.spec.get("max_task_retries") or 0) + 1
-            if job.cancelled(fresh=code != 0):
-                return None
-            if expired.is_set():
-                return _record(task, "failed", code, attempt, 0, e=f"exceeded max wall clock ({wall}s)", ad=1)
-            if code == 0:
-                return _record(task, "succeeded", 0, attempt, 0, o=self._upload(job, task, out), ad=1)
-            if attempt >= tries:
-                stderr = Path(tdir, "stderr.txt")
-                return _record(task, "failed", code, attempt, 0, e=tail_text(stderr, lines=5, max_bytes=600), ad=1)
-            return {"next": attempt + 1, "h": 0}
-        ran = os.path.exists(os.path.join(tdir, "stdout.txt"))  # its command had started
-        kill_marked(marker, exact=True)  # a leftover whose helper died with the host
-        shutil.rmtree(tdir)
-        os.mkdir(tdir)
-        return {"next": 1, "h": 1 if ran else 0}
-
-    def _upload(self, job: _Job, task: _Task, out: str) -> list[str]:
-        urls: list[str] = []
-        spec = job.spec
-        base = f"{spec['run_id']}/{spec['step']}/{task.id}/"
-        stack = [out]
-        while stack:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):  # symlinks are not followed out of wd
-                        rel = entry.path[len(out) + 1 :]  # scandir's path is out + "/" + the name
-                        info = self.blobs.upload_file(spec["output_container"], base + rel, Path(entry.path))
-                        urls.append(info.url)
-        return sorted(urls)
+    def _pick_node(self) -> NodeClient:
+        """The node with the fewest tasks (an idle one first; a new one while there are fewer
+        than ``max_workers``), counted in: so a task waits behind another only when every
+        node is busy, never while one is idle."""
+        with self._lock:
+            node = min(self._nodes, key=lambda n: n.outstanding, default=None)
+            if node is None or (node.outstanding and len(self._nodes) < self.max_workers):
+                node = NodeClient(self.blobs, self._node_env)
+                self._nodes.append(node)
+            node.outstanding += 1
+            return node
 
     def _finish(self, job: _Job) -> None:
         with job.mutex:
@@ -538,6 +431,14 @@ def _task_values(jdir: Path, index: int, task: list[Any]) -> dict[str, str]:
     }
 
 
+def _batches(tasks: list[_Task], workers: int, most: int = BATCH_TASKS) -> list[list[_Task]]:
+    """The tasks in the batches a node gets at once: up to ``most`` while many are left, one by
+    one for the last ``most`` x ``workers`` (so the end of a job spreads over every node)."""
+    cut = max(0, len(tasks) - most * workers) // most * most
+    head, tail = tasks[:cut], tasks[cut:]
+    return [head[i : i + most] for i in range(0, len(head), most)] + [[t] for t in tail]
+
+
 def _spec(jdir: Path, key: str) -> dict[str, Any]:
     spec = read_json(jdir / "job.json")
     if not isinstance(spec, dict):
@@ -562,25 +463,10 @@ def _read_log(path: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _record(task: _Task, state: str, code: int | None, attempt: int, rerun: int, **extra: Any) -> dict[str, Any]:
-    """A tasks.log line: t(ask), s(tate), x (exit code), a(ttempts), h (1: re-run after host
-    loss), ad (1: adopted from a gone host), o(utputs) / e(rror)."""
-    rec: dict[str, Any] = {"t": task.id, "s": state, "x": code, "a": attempt}
-    if rerun:
-        rec["h"] = rerun
-    rec.update(extra)
-    return rec
-
-
 def _counts(results: dict[str, dict[str, Any]]) -> dict[str, int]:
     """Tasks re-run after host loss and tasks adopted from a gone host, from tasks.log lines."""
     values = list(results.values())
     return {"reruns": sum(int(r.get("h", 0)) for r in values), "adopted": sum(int(r.get("ad", 0)) for r in values)}
-
-
-def _expire_marked(marker: str, flag: threading.Event) -> None:
-    flag.set()
-    kill_marked(marker, exact=True)
 
 
 def _bind(fn: Any, *args: Any) -> Any:

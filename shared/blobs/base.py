@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from typing import Any
+
+StrPath = str | os.PathLike[str]  # a local file: Path or plain string (the batch hot path)
+# How another process of ours builds an equal store: a picklable callable and its arguments.
+Recipe = tuple[Callable[..., "BlobStore"], tuple[Any, ...], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -24,13 +30,13 @@ class BlobStore(ABC):
     def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo: ...
 
     @abstractmethod
-    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo: ...
+    def upload_file(self, container: str, name: str, path: StrPath) -> BlobInfo: ...
 
     @abstractmethod
     def download(self, container: str, name: str) -> bytes: ...
 
     @abstractmethod
-    def download_to(self, container: str, name: str, path: Path) -> None: ...
+    def download_to(self, container: str, name: str, path: StrPath) -> None: ...
 
     @abstractmethod
     def info(self, container: str, name: str) -> BlobInfo | None:
@@ -45,3 +51,8 @@ class BlobStore(ABC):
     @abstractmethod
     def parse_url(self, url: str) -> tuple[str, str]:
         """(container, name) of a blob URL of this account; ValidationError otherwise."""
+
+    def recipe(self) -> Recipe | None:
+        """How a process of ours (a local Batch node) builds the same store for itself; None
+        when it cannot (a store built around an injected client or credential)."""
+        return None

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from shared.azure_errors import error_code, map_azure_error
 from shared.blobs.account import BlobAccount, NotThisAccount, is_container_name, name_problem
-from shared.blobs.base import BlobInfo, BlobStore
+from shared.blobs.base import BlobInfo, BlobStore, Recipe, StrPath
 from shared.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ def guess_content_type(name: str) -> str:
 
 class AzureBlobStore(BlobStore):
     def __init__(self, connection_string: str, client: BlobServiceClient | None = None) -> None:
+        self._recipe: Recipe | None = (AzureBlobStore, (connection_string,), {}) if client is None else None
         if client is None:
             from azure.storage.blob import BlobServiceClient
 
@@ -74,7 +75,13 @@ class AzureBlobStore(BlobStore):
         make = storage_clients(
             settings, "blob", "blobs", BlobServiceClient, credential=credential, client_kwargs=client_kwargs
         )
-        return cls("", make())
+        store = cls("", make())
+        if credential is None and client_kwargs is None:  # the settings say it all: another process can
+            store._recipe = (cls.from_settings, (settings,), {})
+        return store
+
+    def recipe(self) -> Recipe | None:
+        return self._recipe
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class AzureBlobStore(BlobStore):
     def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo:
         return self._upload(container, name, bytes(data), len(data), overwrite)
 
-    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+    def upload_file(self, container: str, name: str, path: StrPath) -> BlobInfo:
         path = Path(path)
         with path.open("rb") as f:
             return self._upload(container, name, f, path.stat().st_size, overwrite=True)
@@ -153,7 +160,7 @@ class AzureBlobStore(BlobStore):
         except Exception as exc:
             raise self._not_found_or_mapped(exc, container, name) from exc
 
-    def download_to(self, container: str, name: str, path: Path) -> None:
+    def download_to(self, container: str, name: str, path: StrPath) -> None:
         blob = self._blob(container, name)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

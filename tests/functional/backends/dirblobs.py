@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from shared.blobs.base import BlobInfo, BlobStore
+from shared.blobs.base import BlobInfo, BlobStore, Recipe, StrPath
 from shared.errors import ConflictError, NotFoundError, ValidationError
 
 PREFIX = "dirblob://"
@@ -42,7 +42,7 @@ class DirBlobStore(BlobStore):
             raise ConflictError(f"blob {container}/{name} already exists", status=409) from exc
         return self._info(container, name)
 
-    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+    def upload_file(self, container: str, name: str, path: StrPath) -> BlobInfo:
         return self.upload(container, name, Path(path).read_bytes())
 
     def download(self, container: str, name: str) -> bytes:
@@ -51,7 +51,7 @@ class DirBlobStore(BlobStore):
         except FileNotFoundError as exc:
             raise NotFoundError(f"no blob {container}/{name}") from exc
 
-    def download_to(self, container: str, name: str, path: Path) -> None:
+    def download_to(self, container: str, name: str, path: StrPath) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             shutil.copyfile(self._path(container, name), path)
@@ -65,6 +65,9 @@ class DirBlobStore(BlobStore):
         d = self.root / container
         names = sorted(unquote(p.name) for p in d.iterdir()) if d.exists() else []
         return [self._info(container, n) for n in names if n.startswith(prefix)]
+
+    def recipe(self) -> Recipe:
+        return (type(self), (self.root,), {})
 
     def url(self, container: str, name: str) -> str:
         return f"{PREFIX}{container}/{quote(name)}"

@@ -8,6 +8,7 @@ is not a failure, no queued task starts after it, and the job ends cancelled.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,70 @@ def test_a_word_the_helper_cannot_start_is_an_error_and_the_helper_lives_on(tmp_
         assert spawner.run(["sh", "-c", "exit 3"], **files) == 3
     finally:
         spawner.close()
+
+
+def test_a_task_command_starting_as_its_job_is_cancelled_is_killed_by_its_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for a batch task: its node looks at the job's cancel marker once the
+    command runs, kills it then, and writes its exit record (adoptable: the command ended).
+    The node runs in this process here (it sets its own PATH for posix_spawnp: restored after)."""
+    from shared.backends.batch_node import Node
+    from shared.backends.commandline import child_env
+
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
+    marker, tdir = tmp_path / "cancelled", tmp_path / "task"
+    marker.write_text("{}")
+    tdir.mkdir()
+    env = child_env()
+    node = Node(DirBlobStore(tmp_path / "blobs"), env)
+
+    def spawn(script: str) -> int:
+        argv = ["sh", "-c", script, "sh", str(tmp_path / "ran")]
+        files = [str(tdir / n) for n in ("stdout.txt", "stderr.txt")]
+        out, record = str(tdir / "out"), str(tdir / "exit.json")
+        return node.spawn(argv, str(tdir), env, *files, out, str(tdir), record, 1, str(marker))
+
+    assert spawn('sleep 5; echo ran > "$1"') == -9
+    assert not (tmp_path / "ran").exists()
+    assert json.loads((tdir / "exit.json").read_text()) == {"attempt": 1, "rc": -9}  # it ended: adoptable
+    marker.unlink()
+    assert spawn('echo ran > "$1"') == 0
+    assert (tmp_path / "ran").read_text() == "ran\n"
+
+
+def test_tasks_run_side_by_side_on_their_nodes_never_more_than_max_workers(blobs: DirBlobStore, tmp_path: Path) -> None:
+    """Each task logs when it starts and ends: with 2 workers, 6 tasks overlap two at a time
+    (a task never waits behind another while a node is idle) and never three at a time."""
+    log = tmp_path / "spans.log"
+    be = LocalBatchBackend(blobs, tmp_path / "home", 2)
+    urls = [blobs.upload("in", f"{i}.csv", b"x").url for i in range(6)]
+    script = 'echo "+ $1" >> "$2"; sleep 0.4; echo "- $1" >> "$2"'
+    params = {
+        "command": ["sh", "-c", script, "sh", "{task_index}", str(log)],
+        "inputs": urls,
+        "output_container": "out",
+    }
+    request = LaunchRequest(run_id="r", flow="f", step="s", kind="batch", key="spans", attempt=1, params=params)
+    try:
+        be.launch(request)
+        status = wait_done(be, "spans")
+        assert status.state == "succeeded", status.error
+    finally:
+        be.close()
+    running, most = 0, 0
+    for line in log.read_text().splitlines():
+        running += 1 if line.startswith("+") else -1
+        most = max(most, running)
+    assert most == 2
+
+
+def test_a_long_job_goes_in_batches_and_its_end_one_task_at_a_time() -> None:
+    from shared.backends.local_batch import BATCH_TASKS, _batches, _Task
+
+    tasks = [_Task(f"t{i}", i, "c", f"b{i}", f"u{i}", f"b{i}", ["true"]) for i in range(30)]
+    batches = _batches(tasks, workers=2)
+    assert [t for b in batches for t in b] == tasks  # every task once, in order
+    sizes = [len(b) for b in batches]
+    assert sizes == [BATCH_TASKS] * 5 + [1] * 10  # the last 8 to 11 one by one
+    assert _batches(tasks[:4], workers=4) == [[t] for t in tasks[:4]]  # a few long tasks: one per node

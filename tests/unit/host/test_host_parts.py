@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.api.http import HttpRequest, json_response
-from shared.blobs.base import BlobInfo, BlobStore
+from shared.blobs.base import BlobInfo, BlobStore, StrPath
 from shared.engine.model import Message, Run, RunStatus, StepRun, TriggerContext
 from shared.errors import NotFoundError, TransientError, ValidationError
 from shared.flows.model import FlowsFile
@@ -220,13 +220,13 @@ class MemoryBlobs(BlobStore):
     def upload(self, container: str, name: str, data: bytes, overwrite: bool = True) -> BlobInfo:
         return self.put(container, name)
 
-    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+    def upload_file(self, container: str, name: str, path: StrPath) -> BlobInfo:
         return self.put(container, name)
 
     def download(self, container: str, name: str) -> bytes:
         return b""
 
-    def download_to(self, container: str, name: str, path: Path) -> None:
+    def download_to(self, container: str, name: str, path: StrPath) -> None:
         pass
 
     def info(self, container: str, name: str) -> BlobInfo | None:

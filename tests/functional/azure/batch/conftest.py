@@ -14,7 +14,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from shared.backends.azure_batch import AzureBatchBackend
-from shared.blobs.base import BlobInfo, BlobStore
+from shared.blobs.base import BlobInfo, BlobStore, StrPath
 from shared.errors import NotFoundError, ValidationError
 from tests.functional.azure.batch.fake_batch import TOKEN, FakeBatchService
 from tests.functional.azure.https_fake import make_self_signed_cert, running_server, server_context
@@ -58,7 +58,7 @@ class MemoryBlobs(BlobStore):
         self.add(container, name, data)
         return self._info(container, name)
 
-    def upload_file(self, container: str, name: str, path: Path) -> BlobInfo:
+    def upload_file(self, container: str, name: str, path: StrPath) -> BlobInfo:
         return self.upload(container, name, Path(path).read_bytes())
 
     def download(self, container: str, name: str) -> bytes:
@@ -67,7 +67,7 @@ class MemoryBlobs(BlobStore):
         except KeyError:
             raise NotFoundError(f"no blob {container}/{name}") from None
 
-    def download_to(self, container: str, name: str, path: Path) -> None:
+    def download_to(self, container: str, name: str, path: StrPath) -> None:
         Path(path).write_bytes(self.download(container, name))
 
     def info(self, container: str, name: str) -> BlobInfo | None:
