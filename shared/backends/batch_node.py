@@ -219,10 +219,30 @@ class Node:
 
         The hot path of 1,000-task jobs: plain string paths, no fsync, no blob call when
         there is nothing to upload."""
+        if os.path.exists(job["marker"]):  # cancelled while it waited in the node's pipe
+            return None
+        tdir = os.path.join(job["tasks_dir"], task[0])
+        first, rerun = 1, 0
+        try:
+            os.mkdir(tdir)
+        except FileExistsError:  # started by a host that is gone: adopt what its command did
+            adopted = self.adopt(job, task, os.path.join(tdir, "exit.json"), job.get("max_wall_clock_seconds"))
+            if adopted is None or "s" in adopted:
+                return adopted  # cancelled, or the command's own result
+            first, rerun = int(adopted["next"]), int(adopted["h"])
+        # Held from here to the end, staging included: a node outlives its host, so one that
+        # is still staging must look busy to the restarted host's node, not killed mid-flight.
+        lock = os.open(tdir, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._run(job, task, first, rerun)
+        finally:
+            os.close(lock)
+
+    def _run(self, job: dict[str, Any], task: list[Any], first: int, rerun: int) -> dict[str, Any] | None:
+        """``execute`` from staging on (``first`` = 1) or from attempt ``first``, holding the lock."""
         task_id, container, blob, local, argv = task
         cancelled = job["marker"]
-        if os.path.exists(cancelled):  # cancelled while it waited in the node's pipe
-            return None
         tdir = os.path.join(job["tasks_dir"], task_id)
         wd = os.path.join(tdir, "wd")
         out = os.path.join(wd, "output")
@@ -230,14 +250,6 @@ class Node:
         exit_record = os.path.join(tdir, "exit.json")
         wall = job.get("max_wall_clock_seconds")
         tries = int(job.get("max_task_retries") or 0) + 1
-        first, rerun = 1, 0
-        try:
-            os.mkdir(tdir)
-        except FileExistsError:  # started by a host that is gone: adopt what its command did
-            adopted = self.adopt(job, task, exit_record, wall)
-            if adopted is None or "s" in adopted:
-                return adopted  # cancelled, or the command's own result
-            first, rerun = int(adopted["next"]), int(adopted["h"])
         if first == 1:
             os.mkdir(wd)
             # Local names were checked at launch to be one plain segment (no '/', not '..'),
@@ -265,7 +277,7 @@ class Node:
             token = None
             if deadline is not None:  # killed by marker, like a cancel from elsewhere
                 token = self.watchdog.watch(deadline, _expirer(marker, timed_out))
-            code = self.spawn(argv, wd, env, stdout, stderr, out, tdir, exit_record, attempt, cancelled)
+            code = self.spawn(argv, wd, env, stdout, stderr, out, exit_record, attempt, cancelled)
             if token is not None:
                 self.watchdog.clear(token)
             if code != 0 and os.path.exists(cancelled):  # killed by a cancel: not a failure
@@ -284,59 +296,53 @@ class Node:
         stdout: str,
         stderr: str,
         out: str,
-        lock_path: str,
         exit_record: str,
         attempt: int,
         cancelled: str,
     ) -> int:
-        """Run ``argv`` in its own session and wait: holds an flock on ``lock_path`` meanwhile,
-        then writes ``{"attempt", "rc"}`` to ``exit_record``. A command started while the job's
-        ``cancelled`` marker exists is killed at once (a cancel's /proc scan may have missed it).
-        What ``subprocess.Popen(start_new_session=True, stdin=DEVNULL)`` does, for half its CPU: stdin/stdout/stderr
-        dup'ed in, the signals Python ignores reset, no other fd inherited (Python opens them
-        non-inheritable)."""
+        """Run ``argv`` in its own session and wait, then write ``{"attempt", "rc"}`` to
+        ``exit_record`` (the caller holds the task directory's lock). A command started while
+        the job's ``cancelled`` marker exists is killed at once (a cancel's /proc scan may have
+        missed it). What ``subprocess.Popen(start_new_session=True, stdin=DEVNULL)`` does, for
+        half its CPU: stdin/stdout/stderr dup'ed in, the signals Python ignores reset, no other
+        fd inherited (Python opens them non-inheritable)."""
         with contextlib.suppress(FileExistsError):  # its parent (wd) is there: staged or adopted
             os.mkdir(out)
-        lock = os.open(lock_path, os.O_RDONLY)
         fds: list[int] = []
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             for name in (stdout, stderr):
                 fds.append(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             os.chdir(cwd)
             path = env.get("PATH", "")
             if os.environ.get("PATH") != path:
                 os.environ["PATH"] = path  # posix_spawnp searches this process's PATH
-            try:
-                pid = os.posix_spawnp(
-                    argv[0],
-                    argv,
-                    env,
-                    setsid=True,
-                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                    file_actions=[
-                        (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-                        (os.POSIX_SPAWN_DUP2, fds[0], 1),
-                        (os.POSIX_SPAWN_DUP2, fds[1], 2),
-                    ],
-                )
-            except (OSError, ValueError) as exc:  # not found, not executable; ValueError: a NUL in a word
-                raise OSError(f"{type(exc).__name__}: {exc}") from exc  # fails the task with this reason
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            if os.path.exists(cancelled):  # cancelled as it started (a cancel's scan may have missed it)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-            rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            tmp = exit_record + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.write(fd, b'{"attempt": %d, "rc": %d}' % (attempt, rc))
-            os.close(fd)
-            os.replace(tmp, exit_record)
-            return rc
+            pid = os.posix_spawnp(
+                argv[0],
+                argv,
+                env,
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, fds[0], 1),
+                    (os.POSIX_SPAWN_DUP2, fds[1], 2),
+                ],
+            )
+        except (OSError, ValueError) as exc:  # not found, not executable; ValueError: a NUL in a word
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc  # fails the task with this reason
         finally:
-            os.close(lock)
+            for fd in fds:
+                os.close(fd)
+        if os.path.exists(cancelled):  # cancelled as it started (a cancel's scan may have missed it)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        tmp = exit_record + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b'{"attempt": %d, "rc": %d}' % (attempt, rc))
+        os.close(fd)
+        os.replace(tmp, exit_record)
+        return rc
 
     def adopt(self, job: dict[str, Any], task: list[Any], exit_record: str, wall: Any) -> dict[str, Any] | None:
         """A task a gone host started: its final record when its command finished (waiting
@@ -416,6 +422,8 @@ def main() -> None:
         job = node.jobs[req["key"]]
         result = []
         for task in req["tasks"]:
+            if os.getppid() != parent:
+                break  # the host is gone: no new task (a restarted one runs what is left)
             try:
                 result.append(node.run(job, task))
             except Exception as exc:  # never leave the host waiting for an answer

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -77,3 +78,19 @@ class DirBlobStore(BlobStore):
             raise ValidationError(f"not a blob URL of this store: {url!r}", field="url")
         container, _, name = url[len(PREFIX) :].partition("/")
         return container, unquote(name)
+
+
+class SlowDirBlobStore(DirBlobStore):
+    """A DirBlobStore whose downloads take ``delay`` seconds: a host can be killed while its
+    batch tasks are still being staged."""
+
+    def __init__(self, root: Path, delay: float) -> None:
+        super().__init__(root)
+        self.delay = delay
+
+    def download_to(self, container: str, name: str, path: StrPath) -> None:
+        time.sleep(self.delay)
+        super().download_to(container, name, path)
+
+    def recipe(self) -> Recipe:
+        return (type(self), (self.root, self.delay), {})

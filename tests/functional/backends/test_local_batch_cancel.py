@@ -117,6 +117,7 @@ def test_a_task_command_starting_as_its_job_is_cancelled_is_killed_by_its_node(
 ) -> None:
     """The same race for a batch task: its node looks at the job's cancel marker once the
     command runs, kills it then, and writes its exit record (adoptable: the command ended).
+    (Node.execute holds the task directory's lock around this; here nobody needs it.)
     The node runs in this process here (it sets its own PATH for posix_spawnp: restored after)."""
     from shared.backends.batch_node import Node
     from shared.backends.commandline import child_env
@@ -132,7 +133,7 @@ def test_a_task_command_starting_as_its_job_is_cancelled_is_killed_by_its_node(
         argv = ["sh", "-c", script, "sh", str(tmp_path / "ran")]
         files = [str(tdir / n) for n in ("stdout.txt", "stderr.txt")]
         out, record = str(tdir / "out"), str(tdir / "exit.json")
-        return node.spawn(argv, str(tdir), env, *files, out, str(tdir), record, 1, str(marker))
+        return node.spawn(argv, str(tdir), env, *files, out, record, 1, str(marker))
 
     assert spawn('sleep 5; echo ran > "$1"') == -9
     assert not (tmp_path / "ran").exists()

@@ -117,6 +117,38 @@ def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
     assert '"ad":1' in lines  # at least one task was adopted from the dead host
 
 
+STAGING_HOST = BATCH_HOST.replace(
+    "blobs = DirBlobStore(Path(sys.argv[1]))",
+    "from tests.functional.backends.dirblobs import SlowDirBlobStore\nblobs = SlowDirBlobStore(Path(sys.argv[1]), 2.0)",
+)
+
+
+def test_a_task_its_node_was_staging_when_the_host_died_is_adopted_not_run_twice(tmp_path: Path) -> None:
+    """A node outlives its host, so it finishes the task it was staging: the restarted host's
+    node must wait for it (the task directory's lock is held from staging on), not take the
+    half-staged directory for a task killed mid-flight and run it a second time beside it."""
+    blobs, home, logs = _blobs(tmp_path), tmp_path / "home", tmp_path / "logs"
+    logs.mkdir()
+    host = _start_host(STAGING_HOST, str(tmp_path / "blobs"), str(home), str(logs), KEY)
+    tasks = home / "batch" / KEY / "tasks"
+    try:
+        wait_for(lambda: tasks.is_dir() and len(list(tasks.iterdir())) >= 2, what="two tasks staging")
+        assert not marked_pids(f"batch/{KEY}/") and not list(logs.iterdir())  # no command began yet
+    finally:
+        _kill_group(host)
+    second = LocalBatchBackend(blobs, home, 2)
+    try:
+        status = wait_done(second, KEY, timeout=60)
+    finally:
+        second.close()
+    assert status.state == "succeeded", status.error
+    assert status.reruns == 0
+    runs = _runs(logs)
+    assert sorted(runs) == [f"task-{i:05d}" for i in range(4)]
+    assert all(r == ["start", "end"] for r in runs.values()), runs  # each command ran once
+    assert '"ad":1' in (home / "batch" / KEY / "tasks.log").read_text()  # the staged ones were adopted
+
+
 def test_work_killed_mid_flight_is_run_again_and_counted(tmp_path: Path) -> None:
     blobs, home, logs, helpers = _kill_batch_host_mid_job(tmp_path)
     for pid in helpers:  # then the helpers and their commands: nobody is left to record an exit code
