@@ -118,11 +118,13 @@ def test_a_task_command_starting_as_its_job_is_cancelled_is_killed_by_its_node(
     """The same race for a batch task: its node looks at the job's cancel marker once the
     command runs, kills it then, and writes its exit record (adoptable: the command ended).
     (Node.execute holds the task directory's lock around this; here nobody needs it.)
-    The node runs in this process here (it sets its own PATH for posix_spawnp: restored after)."""
+    The node runs in this process here (it sets its own PATH for posix_spawnp and changes to
+    the task's directory: both restored after)."""
     from shared.backends.batch_node import Node
     from shared.backends.commandline import child_env
 
     monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
+    monkeypatch.chdir(tmp_path)
     marker, tdir = tmp_path / "cancelled", tmp_path / "task"
     marker.write_text("{}")
     tdir.mkdir()
