@@ -44,7 +44,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.commandline import Watchdog, kill_marked, tail_text, wait_for_record
+from shared.backends.commandline import Watchdog, kill_marked, stop_helper, tail_text, wait_for_record
 from shared.errors import RetryableError, ValidationError
 
 if TYPE_CHECKING:
@@ -175,16 +175,8 @@ class NodeClient:
     def close(self) -> None:
         with self._lock:
             proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(OSError):
-            if proc.stdin:
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_helper(proc)
 
 
 # ---------------------------------------------------------------- the node's end

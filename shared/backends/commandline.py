@@ -437,16 +437,22 @@ class Spawner:
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            with contextlib.suppress(OSError):
-                if proc.stdin:
-                    proc.stdin.close()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_helper(proc)
             if proc.stdout:
                 proc.stdout.close()
+
+
+def stop_helper(proc: subprocess.Popen[bytes]) -> None:
+    """End a helper process that reads its work from stdin: close its input (it finishes what
+    it runs, then exits), kill it if it has not gone in 5 s."""
+    with contextlib.suppress(OSError):
+        if proc.stdin:
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for_record(lock: Path, record: Path) -> dict[str, Any] | None:

@@ -98,12 +98,11 @@ def _kill_batch_host_mid_job(tmp_path: Path) -> tuple[DirBlobStore, Path, Path, 
     return blobs, home, logs, helpers
 
 
-def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
-    blobs, home, logs, _helpers = _kill_batch_host_mid_job(tmp_path)
-    assert marked_pids(f"batch/{KEY}/")  # the tasks outlive their host's process group
+def _finish_without_reruns(blobs: DirBlobStore, home: Path, logs: Path) -> None:
+    """A new backend on the dead host's home finishes the job: every command ran exactly once."""
     second = LocalBatchBackend(blobs, home, 2)
     try:
-        status = wait_done(second, KEY)
+        status = wait_done(second, KEY, timeout=60)
     finally:
         second.close()
     assert status.state == "succeeded", status.error
@@ -111,6 +110,12 @@ def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
     runs = _runs(logs)
     assert sorted(runs) == [f"task-{i:05d}" for i in range(4)]
     assert all(r == ["start", "end"] for r in runs.values()), runs  # each command ran once
+
+
+def test_finished_orphans_are_adopted_not_run_again(tmp_path: Path) -> None:
+    blobs, home, logs, _helpers = _kill_batch_host_mid_job(tmp_path)
+    assert marked_pids(f"batch/{KEY}/")  # the tasks outlive their host's process group
+    _finish_without_reruns(blobs, home, logs)
     outputs = sorted(blobs.download("out", f"run1/score/task-{i:05d}/o.txt").decode().strip() for i in range(4))
     assert outputs == [f"task-{i:05d}" for i in range(4)]  # the adopted tasks' outputs were uploaded
     lines = (home / "batch" / KEY / "tasks.log").read_text()
@@ -136,16 +141,7 @@ def test_a_task_its_node_was_staging_when_the_host_died_is_adopted_not_run_twice
         assert not marked_pids(f"batch/{KEY}/") and not list(logs.iterdir())  # no command began yet
     finally:
         _kill_group(host)
-    second = LocalBatchBackend(blobs, home, 2)
-    try:
-        status = wait_done(second, KEY, timeout=60)
-    finally:
-        second.close()
-    assert status.state == "succeeded", status.error
-    assert status.reruns == 0
-    runs = _runs(logs)
-    assert sorted(runs) == [f"task-{i:05d}" for i in range(4)]
-    assert all(r == ["start", "end"] for r in runs.values()), runs  # each command ran once
+    _finish_without_reruns(blobs, home, logs)
     assert '"ad":1' in (home / "batch" / KEY / "tasks.log").read_text()  # the staged ones were adopted
 
 
