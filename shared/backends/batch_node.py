@@ -32,6 +32,7 @@ import collections
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from shared.blobs.base import BlobStore
+
+log = logging.getLogger(__name__)
 
 # A task whose downloads or uploads fail with a retryable error (storage busy past the SDK's own
 # retries) is staged again, this many times in all; a command it already ran is adopted, not rerun.
@@ -86,10 +89,11 @@ def failed(task_id: str, exc: BaseException) -> dict[str, Any]:
 class NodeClient:
     """The host's handle on one node process, shared by the worker threads that send it tasks.
 
-    A node runs one task at a time, in the order sent; ``outstanding`` counts the tasks sent
-    and not yet answered. The backend gives a node a second task while it runs one only when
-    no node is idle (:meth:`LocalBatchBackend._pick_node`), so the next task is already in the
-    node's pipe when a command ends: the host's turn-around is off the path of a worker.
+    A node runs one task at a time, in the order sent; ``outstanding`` counts the messages
+    (a task or a few) sent and not yet answered. The backend sends a node its next message
+    while it runs one only when no node is idle (``LocalBatchBackend._pick_node``), so the
+    next task is already in the node's pipe when a command ends: the host's turn-around is
+    off the node's path.
     Replies are read by one thread per node process, in order; a node that dies fails every
     task still waiting on it with :class:`NodeDied` (and the next one starts a new node).
     """
@@ -138,10 +142,14 @@ class NodeClient:
     def _read(self, proc: subprocess.Popen[bytes], waiting: _Waiting) -> None:
         """The node's answers, in the order its tasks were sent, to those who wait for them."""
         assert proc.stdout is not None
-        for line in proc.stdout:
-            with self._lock:
-                future = waiting.popleft()
-            future.set_result(json.loads(line)["r"])
+        try:
+            for line in proc.stdout:
+                with self._lock:
+                    future = waiting.popleft()
+                future.set_result(json.loads(line)["r"])
+        except (OSError, ValueError, KeyError, IndexError):  # a garbled answer: the node is no use
+            log.exception("batch node %s answered what it should not", proc.pid)
+            proc.kill()
         self._gone(proc)
         with self._lock:
             pending = list(waiting)

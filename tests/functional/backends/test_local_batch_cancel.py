@@ -180,3 +180,28 @@ def test_a_long_job_goes_in_batches_and_its_end_one_task_at_a_time() -> None:
     sizes = [len(b) for b in batches]
     assert sizes == [BATCH_TASKS] * 5 + [1] * 10  # the last 8 to 11 one by one
     assert _batches(tasks[:4], workers=4) == [[t] for t in tasks[:4]]  # a few long tasks: one per node
+
+
+def test_a_node_that_dies_fails_its_task_with_the_reason_and_the_next_task_gets_a_new_node(
+    blobs: DirBlobStore, tmp_path: Path
+) -> None:
+    import signal
+
+    be = LocalBatchBackend(blobs, tmp_path / "home", 1)
+    url = blobs.upload("in", "0.csv", b"x").url
+    slow = {"command": ["sleep", "30"], "inputs": [url], "output_container": "out"}
+    quick = {"command": ["true"], "inputs": [url], "output_container": "out"}
+    try:
+        be.launch(LaunchRequest(run_id="r", flow="f", step="s", kind="batch", key="dies", attempt=1, params=slow))
+        wait_for(lambda: bool(marked_pids("batch/dies/")), what="the task to run")
+        node = be._nodes[0]._proc
+        assert node is not None
+        os.kill(node.pid, signal.SIGKILL)
+        for pid in marked_pids("batch/dies/"):
+            os.kill(pid, signal.SIGKILL)
+        status = wait_done(be, "dies")
+        assert status.state == "failed" and "NodeDied: batch node died while it ran a task" in (status.error or "")
+        be.launch(LaunchRequest(run_id="r", flow="f", step="t", kind="batch", key="next", attempt=1, params=quick))
+        assert wait_done(be, "next").state == "succeeded"
+    finally:
+        be.close()
