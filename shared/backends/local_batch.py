@@ -409,7 +409,7 @@ class LocalBatchBackend(JobBackend):
         if job is not None:
             job.cancel_event.set()
         # Its commands, and those of a gone host this one adopted; a command starting just now
-        # is killed by its helper, which finds the marker written above (commandline.Spawner).
+        # is killed by its node, which finds the marker written above (batch_node.Node.spawn).
         kill_marked(f"batch/{remote_id}/")
         if job is None:
             self._ensure_running(remote_id, takeover=self.resume)  # finalises a job whose host is gone
