@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.commandline import Watchdog, kill_marked, stop_helper, tail_text, wait_for_record
+from shared.backends.commandline import MARKER_ENV, Watchdog, kill_marked, stop_helper, tail_text, wait_for_record
 from shared.errors import RetryableError, ValidationError
 
 if TYPE_CHECKING:
@@ -86,6 +86,19 @@ def failed(task_id: str, exc: BaseException) -> dict[str, Any]:
 # ---------------------------------------------------------------- the host's end
 
 
+def hello(blobs: BlobStore, base_env: Mapping[str, str]) -> str:
+    """A node's first line: how to build ``blobs`` (its recipe, pickled) and the allow-listed
+    environment its tasks start from. ValidationError when the store has no recipe."""
+    recipe = blobs.recipe()
+    if recipe is None:
+        raise ValidationError(
+            "the local batch backend needs a blob store its node processes can build "
+            "(BlobStore.recipe): one made from settings or a connection string",
+            field="blobs",
+        )
+    return json.dumps({"blobs": base64.b64encode(pickle.dumps(recipe)).decode(), "env": dict(base_env)})
+
+
 class NodeClient:
     """The host's handle on one node process, shared by the worker threads that send it tasks.
 
@@ -98,14 +111,8 @@ class NodeClient:
     task still waiting on it with :class:`NodeDied` (and the next one starts a new node).
     """
 
-    def __init__(self, blobs: BlobStore, base_env: Mapping[str, str]) -> None:
-        recipe = blobs.recipe()
-        if recipe is None:
-            raise ValidationError(
-                "the local batch backend needs a blob store its node processes can build (BlobStore.recipe)",
-                field="blobs",
-            )
-        self._hello = json.dumps({"blobs": base64.b64encode(pickle.dumps(recipe)).decode(), "env": dict(base_env)})
+    def __init__(self, hello: str, base_env: Mapping[str, str]) -> None:
+        self._hello = hello  # the node's first line: see :func:`hello`
         self._env = dict(base_env)
         self._lock = threading.RLock()  # the process, what it was told, who waits on it
         self._proc: subprocess.Popen[bytes] | None = None
@@ -265,7 +272,7 @@ class Node:
         env["AZ_BATCH_TASK_ID"] = task_id
         env["AZ_BATCH_TASK_WORKING_DIR"] = wd
         env["CONVEYOR_TASK_OUTPUT_DIR"] = out
-        marker = env["CONVEYOR_TASK_JOB"] = f"batch/{job['key']}/{task_id}"
+        marker = env[MARKER_ENV] = f"batch/{job['key']}/{task_id}"
         deadline = time.monotonic() + wall if wall else None
         code: int | None = None
         for attempt in range(first, tries + 1):

@@ -17,9 +17,10 @@ Layout of a job (``<home>/batch/<key>/``)::
                         the task's node holds an flock on this directory while the command
                         runs, then writes exit.json (see batch_node)
 
-Each of the ``max_workers`` worker threads hands its tasks to a node process of its own
-(shared.backends.batch_node), which stages, runs and uploads the whole task, like the agent
-on a Batch node; this module keeps the jobs: launch, tasks.log, the final status, poll, cancel.
+Tasks are run by at most ``max_workers`` node processes (shared.backends.batch_node), each of
+which stages, runs and uploads a whole task, like the agent on a Batch node; worker threads
+hand each node a batch of tasks (``_batches``), an idle node first (``_pick_node``). This
+module keeps the jobs: launch, tasks.log, the final status, poll, cancel.
 
 A backend instance runs a job only while it holds the job's lock. Another instance on the
 same home (a restarted host) that polls a job whose lock is free takes it over and goes
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.backends.base import JobBackend, LaunchRequest, LaunchResult, StepLog, StepStatus
 from shared.backends.batch_node import NodeClient, failed
+from shared.backends.batch_node import hello as node_hello
 from shared.backends.commandline import (
     JobLock,
     WorkerPool,
@@ -134,19 +136,14 @@ class LocalBatchBackend(JobBackend):
         self.root = root  # the project: ./path resource files are staged from it
         self.max_workers = max_workers
         self.resume = resume  # take over jobs whose host is gone (off for read-only users)
-        if blobs.recipe() is None:
-            raise ValidationError(
-                "the local batch backend needs a blob store its node processes can build "
-                "(BlobStore.recipe): one made from settings or a connection string",
-                field="blobs",
-            )
+        self._node_env = child_env()
+        self._node_hello = node_hello(blobs, self._node_env)  # refuses a store without a recipe
         # Two threads per node: one waits on the task its node runs, one on the next task,
         # sent while no node is idle (see _pick_node); at most max_workers commands run at once.
         self._pool = WorkerPool(2 * max_workers, name="conveyor-batch")
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._nodes: list[NodeClient] = []
-        self._node_env = child_env()
 
     def close(self) -> None:
         """Stop the node processes (idle ones exit at once). Jobs keep their state on disk."""
@@ -320,7 +317,7 @@ class LocalBatchBackend(JobBackend):
         with self._lock:
             node = min(self._nodes, key=lambda n: n.outstanding, default=None)
             if node is None or (node.outstanding and len(self._nodes) < self.max_workers):
-                node = NodeClient(self.blobs, self._node_env)
+                node = NodeClient(self._node_hello, self._node_env)
                 self._nodes.append(node)
             node.outstanding += 1
             return node
